@@ -1,0 +1,54 @@
+"""``vpt score``: score videos with one or more reward models into a ``scores`` table."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from vpt.commands import _ui
+
+
+def score(
+    inputs: List[str] = typer.Argument(
+        None, help="Videos: a directory, files, a glob, or a videos manifest table (- for stdin).", show_default=False
+    ),
+    models: List[str] = typer.Option(
+        ..., "--model", "-m", help="Reward model; repeat or comma-separate for several (decoded once for all)."
+    ),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="prompts table with id and prompt columns."),
+    output: str = typer.Option("-", "--output", "-o", help="Output scores table; - is stdout."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Videos scored together."),
+    workers: int = typer.Option(2, "--workers", help="Background decoding threads."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable video instead of a row with error."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> None:
+    """Score videos with reward models into a scores table.
+
+    Rows stream to the output as batches finish.
+
+    Example: vpt score --model motion-smoothness videos/ > scores.parquet
+    """
+    from vpt.io.manifest import collect_videos
+    from vpt.io.tables import TableWriter
+    from vpt.rewards.engine import ScoreSummary, score_videos
+    from vpt.rewards.registry import load_reward_model
+
+    names = [name.strip() for value in models for name in value.split(",") if name.strip()]
+    reward_models = [load_reward_model(name) for name in names]
+    items = collect_videos(inputs or [], prompts)
+    summary = ScoreSummary()
+    columns = [dimension for model in reward_models for dimension in model.dimensions]
+    with TableWriter(output, "scores") as writer, _ui.progress(len(items), "scoring", quiet) as advance:
+        for rows in score_videos(items, reward_models, batch_size, workers, strict, advance):
+            writer.write(rows)
+            for row in rows:
+                summary.add(row, columns)
+    if summary.errors:
+        _ui.warn(f"{summary.errors} of {summary.videos} videos could not be scored (see the error column)")
+    if not quiet:
+        _ui.print_table(
+            f"{summary.videos} videos scored with {', '.join(names)}",
+            ["column", "n", "mean", "std", "min", "max"],
+            summary.table(),
+        )

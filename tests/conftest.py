@@ -1,0 +1,73 @@
+"""Shared fixtures. One torch thread everywhere: two threads on a shared 2-core box can run ~100x slower."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import io
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: bytes
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout.decode()
+
+
+@pytest.fixture
+def run_vpt(monkeypatch):
+    """Run the ``vpt`` command line in-process: ``run_vpt(["score", ...], stdin=b"...")`` -> CliResult."""
+
+    def run(args, stdin: bytes | None = None) -> CliResult:
+        from vpt.commands.main import main
+
+        out, err = io.BytesIO(), io.StringIO()
+        stdout = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
+        monkeypatch.setattr(sys, "stdout", stdout)
+        monkeypatch.setattr(sys, "stderr", err)
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin or b""), encoding="utf-8"))
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        finally:
+            stdout.flush()
+            monkeypatch.undo()
+        return CliResult(code, out.getvalue(), err.getvalue())
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo() -> Path:
+    """The tiny zoo for seed 0, built once and cached by (seed, version)."""
+    from vpt.models.zoo import cached_tiny_zoo
+
+    return cached_tiny_zoo(seed=0)
+
+
+@pytest.fixture(scope="session")
+def toy_manifest(tmp_path_factory) -> Path:
+    """24 toy-world clips written as mp4 with their ``videos`` manifest (seed 0)."""
+    from vpt.toyworld import write_toy_videos
+
+    return write_toy_videos(tmp_path_factory.mktemp("toy"), n=24, seed=0)

@@ -1,0 +1,60 @@
+"""Atomic file and directory creation: write under a temporary name beside the target, rename when complete.
+
+A reader never sees a half-written output: either the old file (or nothing) or the complete new one. On an
+exception or SIGTERM (turned into SystemExit by the command line) the temporary is removed; after SIGKILL only a
+hidden ``.NAME.tmp-*`` entry can remain, never the target itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+
+def temporary_sibling(target: Path) -> Path:
+    """A hidden, unique name beside ``target`` for writing it under."""
+    return target.with_name(f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it is renamed to ``target`` (replacing it)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_sibling(target)
+    try:
+        yield temporary
+        os.replace(temporary, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory to fill; on success it becomes ``target``.
+
+    With ``replace`` an existing ``target`` is swapped out; otherwise an existing target is left alone and the new
+    directory is discarded (a concurrent builder got there first, which is fine for caches).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_sibling(target)
+    temporary.mkdir()
+    try:
+        yield temporary
+        if target.exists():
+            if not replace:
+                return
+            old = temporary_sibling(target)
+            os.replace(target, old)
+            os.replace(temporary, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(temporary, target)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)

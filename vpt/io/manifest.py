@@ -1,0 +1,130 @@
+"""Turn what the user names on the command line into a list of videos to read: a ``videos`` manifest table, a
+directory (searched recursively), a glob, or video files; prompts come from the manifest or a ``prompts`` table.
+
+Ids: a manifest's ``id`` column; otherwise the file path without its extension, relative to the directory it was
+found in (for a directory argument) or as given (for files and globs).
+"""
+
+from __future__ import annotations
+
+import glob as globbing
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from vpt.errors import VptError
+
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v", ".gif")
+TABLE_EXTENSIONS = (".parquet", ".csv", ".jsonl", ".ndjson")
+CARRIED_COLUMNS = ("prompt_id", "group_id")
+
+
+@dataclass
+class VideoItem:
+    id: str
+    path: str  # as the user or manifest gave it (what output tables show)
+    file: Path  # where to read it
+    prompt: str | None = None
+    carried: dict = field(default_factory=dict)  # manifest columns copied to outputs (prompt_id, group_id)
+
+
+def is_table(name: str) -> bool:
+    return name == "-" or name.lower().endswith(TABLE_EXTENSIONS)
+
+
+def collect_videos(inputs: Sequence[str], prompts: str | None = None) -> list[VideoItem]:
+    """The videos named by ``inputs`` (one manifest, or any mix of directories, globs and files), in order."""
+    if not inputs:
+        raise VptError("no videos given; name a directory, files, a glob or a videos manifest")
+    tables = [name for name in inputs if is_table(name)]
+    if tables and len(inputs) > 1:
+        raise VptError(f"{tables[0]}: give a manifest table on its own, not mixed with other inputs")
+    items = _from_manifest(tables[0]) if tables else [item for name in inputs for item in _from_files(name)]
+    if prompts is not None:
+        _attach_prompts(items, prompts)
+    seen: dict[str, str] = {}
+    for item in items:
+        if item.id in seen:
+            raise VptError(
+                f"two videos have the id '{item.id}' ({seen[item.id]} and {item.path}); "
+                "give them distinct ids in a videos manifest"
+            )
+        seen[item.id] = item.path
+    return items
+
+
+def _from_manifest(source: str) -> list[VideoItem]:
+    from vpt.io.tables import read_table, source_directory
+
+    table = read_table(source, "videos")
+    base = source_directory(source)
+    columns = table.column_names
+    items = []
+    for row in table.to_pylist():
+        file = Path(row["path"])
+        items.append(VideoItem(
+            id=row["id"],
+            path=row["path"],
+            file=file if file.is_absolute() else base / file,
+            prompt=row.get("prompt"),
+            carried={name: row[name] for name in CARRIED_COLUMNS if name in columns},
+        ))
+    return items
+
+
+def _from_files(name: str) -> list[VideoItem]:
+    if any(ch in name for ch in "*?["):
+        matches = sorted(m for m in globbing.glob(name, recursive=True) if m.lower().endswith(VIDEO_EXTENSIONS))
+        if not matches:
+            raise VptError(f"{name}: no video file matches this pattern")
+        return [VideoItem(id=_strip_extension(m), path=m, file=Path(m)) for m in matches]
+    path = Path(name)
+    if path.is_dir():
+        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
+                       and not p.name.startswith("."))
+        if not found:
+            raise VptError(f"{name}: no video files in this directory ({', '.join(VIDEO_EXTENSIONS)})")
+        return [VideoItem(id=_strip_extension(p.relative_to(path).as_posix()), path=str(p), file=p) for p in found]
+    if not path.exists():
+        raise VptError(f"{name}: no such file or directory")
+    return [VideoItem(id=_strip_extension(name), path=name, file=path)]
+
+
+def _strip_extension(name: str) -> str:
+    root, _ = os.path.splitext(name)
+    return root
+
+
+def read_prompts(source: str):
+    """A ``prompts`` table from a table file or a plain text file with one prompt per line."""
+    from vpt.io.tables import read_table
+
+    if source.lower().endswith(".txt"):
+        import pyarrow as pa
+
+        try:
+            lines = [line.strip() for line in Path(source).read_text().splitlines()]
+        except OSError as exc:
+            raise VptError(f"{source}: cannot read ({exc.strerror})") from None
+        prompts = [line for line in lines if line]
+        if not prompts:
+            raise VptError(f"{source}: holds no prompt (one prompt per line)")
+        return pa.table({"prompt": prompts, "prompt_id": [f"p{i:04d}" for i in range(len(prompts))]})
+    return read_table(source, "prompts")
+
+
+def _attach_prompts(items: list[VideoItem], source: str) -> None:
+    table = read_prompts(source)
+    if "id" not in table.column_names:
+        raise VptError(f"{source}: needs an 'id' column naming the video each prompt belongs to")
+    by_id = dict(zip(table.column("id").to_pylist(), table.column("prompt").to_pylist()))
+    missing = [item.id for item in items if item.id not in by_id]
+    if missing:
+        raise VptError(
+            f"{source}: no prompt for video '{missing[0]}'"
+            + (f" and {len(missing) - 1} more" if len(missing) > 1 else "")
+            + "; add a row with its id"
+        )
+    for item in items:
+        item.prompt = by_id[item.id]

@@ -1,0 +1,141 @@
+"""The scoring engine every reward model runs through.
+
+Videos are decoded by a pool of background threads (decord releases the GIL while decoding) a bounded window ahead
+of the model, grouped into batches, scored, and handed back as rows in input order as soon as each batch is done,
+so a long run streams its table and memory stays flat. A video that cannot be read becomes a row with ``error``
+set (or stops the run when ``strict``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+from vpt.errors import VideoReadError, VptError
+from vpt.io.manifest import VideoItem
+from vpt.io.video import DecodedVideo, FrameSampling, decode
+from vpt.rewards.registry import RewardModel
+
+
+@dataclass
+class ScoreSummary:
+    """Running statistics of a scoring run, per output column."""
+
+    videos: int = 0
+    errors: int = 0
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, row: dict, dimensions: Sequence[str]) -> None:
+        self.videos += 1
+        if row["error"] is not None:
+            self.errors += 1
+            return
+        for dimension in dimensions:
+            self.values.setdefault(dimension, []).append(row[dimension])
+
+    def table(self) -> list[tuple[str, int, float, float, float, float]]:
+        """(column, n, mean, std, min, max) per column; population std."""
+        rows = []
+        for name, values in self.values.items():
+            mean = math.fsum(values) / len(values)
+            std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values))
+            rows.append((name, len(values), mean, std, min(values), max(values)))
+        return rows
+
+
+def output_columns(models: Sequence[RewardModel]) -> list[str]:
+    """Dimension columns of several models, in order; two models may not write the same column."""
+    columns: list[str] = []
+    for model in models:
+        for dimension in model.dimensions:
+            if dimension in columns:
+                raise VptError(f"two reward models write the column '{dimension}'; score them in separate runs")
+            columns.append(dimension)
+    return columns
+
+
+def _decode_all(item: VideoItem, samplings: Sequence[FrameSampling]) -> dict[FrameSampling, DecodedVideo]:
+    return {sampling: decode(item.file, sampling) for sampling in samplings}
+
+
+def score_videos(
+    items: Sequence[VideoItem],
+    models: Sequence[RewardModel],
+    batch_size: int = 8,
+    workers: int = 2,
+    strict: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+) -> Iterator[list[dict]]:
+    """Score ``items`` with every model; yields the rows of each finished batch, in input order.
+
+    Each row has ``id, path, prompt, model, score, error``, the carried manifest columns and one column per model
+    dimension. ``score`` is the first model's primary dimension. ``on_progress(n)`` is called with the number of
+    videos finished since the last call.
+    """
+    if batch_size < 1 or workers < 1:
+        raise VptError("--batch-size and --workers must be at least 1")
+    for model in models:
+        if model.needs_prompt:
+            unprompted = next((item for item in items if not item.prompt), None)
+            if unprompted is not None:
+                raise VptError(
+                    f"reward model '{model.name}' needs a prompt for every video and '{unprompted.id}' has none; "
+                    "give a manifest with a prompt column or --prompts TABLE"
+                )
+    columns = output_columns(models)
+    samplings = list(dict.fromkeys(model.sampling for model in models))
+    model_names = ",".join(model.name for model in models)
+    window = max(2 * batch_size, 2 * workers)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="vpt-decode") as pool:
+        pending: deque[tuple[VideoItem, Future]] = deque()
+        upcoming = iter(items)
+
+        def refill() -> None:
+            while len(pending) < window:
+                item = next(upcoming, None)
+                if item is None:
+                    return
+                pending.append((item, pool.submit(_decode_all, item, samplings)))
+
+        refill()
+        while pending:
+            batch: list[tuple[VideoItem, dict | None, str | None]] = []
+            while pending and len(batch) < batch_size:
+                item, future = pending.popleft()
+                refill()
+                try:
+                    batch.append((item, future.result(), None))
+                except VideoReadError as error:
+                    if strict:
+                        for _, waiting in pending:
+                            waiting.cancel()
+                        raise
+                    batch.append((item, None, error.reason))
+            yield _score_batch(batch, models, columns, model_names)
+            if on_progress is not None:
+                on_progress(len(batch))
+
+
+def _score_batch(batch, models, columns, model_names) -> list[dict]:
+    rows = []
+    for item, _, error in batch:
+        row = {"id": item.id, "path": item.path, "prompt": item.prompt, "model": model_names, "score": None,
+               "error": error, **item.carried}
+        row.update({column: None for column in columns})
+        rows.append(row)
+    decoded = [(row, videos) for row, (_, videos, _) in zip(rows, batch) if videos is not None]
+    if not decoded:
+        return rows
+    prompts = [row["prompt"] for row, _ in decoded]
+    for index, model in enumerate(models):
+        scores = model.score([videos[model.sampling] for _, videos in decoded], prompts)
+        for position, (row, _) in enumerate(decoded):
+            for dimension in model.dimensions:
+                row[dimension] = float(scores[dimension][position])
+            if index == 0:
+                row["score"] = row[model.primary]
+    return rows
