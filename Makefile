@@ -1,0 +1,35 @@
+# The two commands of the README: `make demo` and `make test`. Both set the environment up first when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.vpt-installed
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+
+.PHONY: setup demo test test-all bench clean
+
+setup: $(STAMP)
+
+# torch first, from the exact version: a later requirement on "torch" is then already satisfied and pip never
+# reaches for the CUDA wheels.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(MAKE) -C examples demo VPT=$(CURDIR)/$(BIN)/vpt OUT=$(CURDIR)/demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m ''
+
+bench: setup
+	$(BIN)/python benchmarks/bench_foundation.py
+
+clean:
+	rm -rf demo build dist *.egg-info

@@ -1,0 +1,53 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vpt.rewards.engine as engine
+from vpt.io.manifest import VideoItem
+from vpt.io.video import write_video
+from vpt.rewards.registry import load_reward_model
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    items = []
+    for index in range(24):
+        path = folder / f"c{index:02d}.mp4"
+        write_video(path, np.full((4, 16, 16, 3), 10 * index, np.uint8), fps=4)
+        items.append(VideoItem(id=f"c{index:02d}", path=str(path), file=path))
+    return items
+
+
+def test_rows_stream_in_input_order_with_bounded_prefetch(clips, monkeypatch):
+    decoded = []
+    real_decode = engine.decode
+    monkeypatch.setattr(engine, "decode", lambda file, sampling: decoded.append(file) or real_decode(file, sampling))
+    stream = engine.score_videos(clips, [load_reward_model("brightness")], batch_size=4, workers=2)
+    first = next(stream)
+    assert [row["id"] for row in first] == ["c00", "c01", "c02", "c03"]
+    assert len(decoded) <= 4 + 8  # the batch plus a window of 2 x batch_size ahead, not the whole input
+    rest = [row for batch in stream for row in batch]
+    assert [row["id"] for row in first + rest] == [item.id for item in clips]
+    scores = [row["score"] for row in first + rest]
+    assert scores == sorted(scores)
+
+
+def test_progress_counts_every_video(clips):
+    seen = []
+    for _ in engine.score_videos(clips[:10], [load_reward_model("motion")], batch_size=3, on_progress=seen.append):
+        pass
+    assert seen == [3, 3, 3, 1]
+
+
+def test_summary_statistics_match_numpy():
+    summary = engine.ScoreSummary()
+    values = [0.1, 0.4, 0.35, 0.9]
+    for value in values:
+        summary.add({"error": None, "x": value}, ["x"])
+    summary.add({"error": "bad", "x": None}, ["x"])
+    (name, n, mean, std, low, high), = summary.table()
+    assert (name, n, summary.errors, summary.videos) == ("x", 4, 1, 5)
+    assert mean == pytest.approx(np.mean(values)) and std == pytest.approx(np.std(values))
+    assert (low, high) == (0.1, 0.9)

@@ -1,0 +1,152 @@
+"""vpt.rewards.heuristic: values worked out by hand on tiny frame arrays, and monotonicity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vpt.rewards.heuristic import (
+    HEURISTIC_DESCRIPTIONS,
+    HEURISTICS,
+    brightness,
+    flicker,
+    luma,
+    motion,
+    motion_smoothness,
+)
+
+METRICS = [brightness, motion, motion_smoothness, flicker]
+
+
+def grey(values, height: int = 4, width: int = 4) -> np.ndarray:
+    """Frames of one grey level each: ``values[t]`` everywhere in frame ``t``."""
+    return np.broadcast_to(np.asarray(values, np.uint8)[:, None, None, None], (len(values), height, width, 3)).copy()
+
+
+def square_clip(xs, size: int = 2, height: int = 8, width: int = 16, background: int = 100, square: int = 200):
+    """A ``size`` x ``size`` square of grey ``square`` at column ``xs[t]`` (row 2) over a uniform background."""
+    frames = np.full((len(xs), height, width, 3), background, np.uint8)
+    for t, x in enumerate(xs):
+        frames[t, 2 : 2 + size, x : x + size] = square
+    return frames
+
+
+def test_luma_weights():
+    frames = np.array([[[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]]]], np.uint8)
+    out = luma(frames)
+    assert out.dtype == np.float32 and out.shape == (1, 1, 4)
+    np.testing.assert_allclose(out[0, 0], [0.299 * 255, 0.587 * 255, 0.114 * 255, 255.0], rtol=1e-6)
+
+
+def test_constant_frames():
+    frames = grey([100] * 4)
+    assert brightness(frames) == pytest.approx(100 / 255)
+    assert motion(frames) == 0.0
+    assert motion_smoothness(frames) == 1.0
+    assert flicker(frames) == 1.0
+
+
+@pytest.mark.parametrize("rgb, expected", [((255, 0, 0), 0.299), ((0, 255, 0), 0.587), ((0, 0, 255), 0.114),
+                                           ((255, 255, 255), 1.0), ((0, 0, 0), 0.0)])
+def test_brightness_of_pure_colours(rgb, expected):
+    frames = np.broadcast_to(np.array(rgb, np.uint8), (2, 3, 5, 3)).copy()
+    assert brightness(frames) == pytest.approx(expected, abs=1e-6)
+
+
+def test_single_pixel_changing():
+    # 2x2 frames: black, then one white pixel. Luma change 255 on 1 of 4 pixels.
+    frames = np.zeros((2, 2, 2, 3), np.uint8)
+    frames[1, 0, 0] = 255
+    assert motion(frames) == pytest.approx(0.25)  # mean |dL| = 255 / 4 -> / 255
+    assert flicker(frames) == pytest.approx(0.75)  # frame means 0 and 63.75
+    assert brightness(frames) == pytest.approx(0.125)  # (0 + 63.75) / 2 / 255
+    assert motion_smoothness(frames) == 1.0  # fewer than three frames
+
+
+def test_black_white_alternation_has_no_uint8_wraparound():
+    frames = grey([0, 255, 0])
+    assert motion(frames) == pytest.approx(1.0, abs=1e-6)
+    assert flicker(frames) == pytest.approx(0.0, abs=1e-6)
+    assert motion_smoothness(frames) == pytest.approx(0.0, abs=1e-6)  # predicted 0 for the middle, got 255
+    assert brightness(frames) == pytest.approx(1 / 3, abs=1e-6)
+
+
+def test_linear_brightness_ramp_is_perfectly_smooth():
+    ramp = grey([0, 10, 20, 30, 40])
+    assert motion_smoothness(ramp) == pytest.approx(1.0, abs=1e-7)  # exact up to float32 luma rounding
+    assert motion(ramp) == pytest.approx(10 / 255)
+    assert flicker(ramp) == pytest.approx(1 - 10 / 255)
+    # a per-pixel linear fade (every pixel its own slope) is linear in time too
+    base = np.arange(48, dtype=np.uint8).reshape(1, 4, 4, 3)
+    fade = np.concatenate([base + 3 * t for t in range(6)]).astype(np.uint8)
+    assert motion_smoothness(fade) == pytest.approx(1.0, abs=1e-7)
+
+
+def test_jitter_hand_worked():
+    frames = grey([0, 30, 0])
+    assert motion_smoothness(frames) == pytest.approx(1 - 30 / 255)  # middle predicted 0, is 30
+    assert motion(frames) == pytest.approx(30 / 255)
+    assert flicker(frames) == pytest.approx(1 - 30 / 255)
+
+
+def test_flicker_tells_global_pulse_from_moving_object():
+    pulse = grey([100, 120, 100, 120], height=8, width=16)
+    moving = square_clip([2, 3, 4, 5])
+    assert flicker(pulse) == pytest.approx(1 - 20 / 255)
+    assert flicker(moving) == pytest.approx(1.0, abs=1e-9)  # the square moves, the frame mean does not change
+    assert flicker(moving) > flicker(pulse)
+    # both move: the square changes 4 of 128 pixels by 100 grey levels per step
+    assert motion(moving) == pytest.approx(4 * 100 / 128 / 255, rel=1e-6)
+    assert motion(pulse) == pytest.approx(20 / 255)
+
+
+def test_single_and_two_frame_clips():
+    one = grey([77])
+    assert (motion(one), motion_smoothness(one), flicker(one)) == (0.0, 1.0, 1.0)
+    assert brightness(one) == pytest.approx(77 / 255)
+    assert motion_smoothness(grey([0, 200])) == 1.0
+
+
+def test_more_motion_scores_higher():
+    # a 4x4 square moving 1..4 px per frame changes 8 * speed pixels per step
+    scores = [motion(square_clip([speed * t for t in range(4)], size=4, width=24)) for speed in (1, 2, 3, 4)]
+    assert scores == sorted(scores) and len(set(scores)) == 4
+    np.testing.assert_allclose(scores, [8 * s * 100 / (8 * 24) / 255 for s in (1, 2, 3, 4)], rtol=1e-6)
+
+
+def test_jitter_scores_lower_smoothness():
+    steady = square_clip([0, 1, 2, 3, 4, 5], size=4, width=16)
+    jittery = square_clip([0, 3, 1, 4, 2, 5], size=4, width=16)
+    assert motion_smoothness(jittery) < motion_smoothness(steady) < 1.0
+    # growing noise on a smooth ramp: strictly falling smoothness
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((8, 6, 6, 1))
+    base = np.linspace(60, 130, 8)[:, None, None, None]
+    scores = [motion_smoothness(np.repeat(np.rint(base + a * noise), 3, -1).astype(np.uint8)) for a in (0, 2, 5, 10)]
+    assert scores[0] == pytest.approx(1.0, abs=1e-7)
+    assert all(a > b for a, b in zip(scores, scores[1:]))
+
+
+def test_results_are_python_floats_in_unit_range():
+    frames = np.random.default_rng(1).integers(0, 256, (5, 6, 7, 3), dtype=np.uint8)
+    for metric in METRICS:
+        value = metric(frames)
+        assert type(value) is float and 0.0 <= value <= 1.0
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [np.zeros((2, 4, 4, 3), np.float32), np.zeros((4, 4, 3), np.uint8), np.zeros((2, 4, 4, 4), np.uint8),
+     np.zeros((0, 4, 4, 3), np.uint8), [[[[0, 0, 0]]]]],
+)
+def test_rejects_bad_frames(frames):
+    for metric in METRICS:
+        with pytest.raises(ValueError):
+            metric(frames)
+
+
+def test_registry():
+    assert list(HEURISTICS) == ["brightness", "motion", "motion-smoothness", "flicker"]
+    assert HEURISTICS["motion-smoothness"] is motion_smoothness and HEURISTICS["flicker"] is flicker
+    assert set(HEURISTIC_DESCRIPTIONS) == set(HEURISTICS)
+    assert all(isinstance(text, str) and text and "\n" not in text for text in HEURISTIC_DESCRIPTIONS.values())
