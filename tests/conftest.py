@@ -32,29 +32,30 @@ class CliResult:
         return self.stdout.decode()
 
 
-@pytest.fixture
-def run_vpt(monkeypatch):
-    """Run the ``vpt`` command line in-process: ``run_vpt(["score", ...], stdin=b"...")`` -> CliResult."""
+def run_cli(args, stdin: bytes | None = None) -> CliResult:
+    """Run the ``vpt`` command line in-process with captured stdin/stdout/stderr."""
+    from vpt.commands.main import main
 
-    def run(args, stdin: bytes | None = None) -> CliResult:
-        from vpt.commands.main import main
+    out, err = io.BytesIO(), io.StringIO()
+    stdout = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
+    saved = sys.stdout, sys.stderr, sys.stdin
+    sys.stdout, sys.stderr = stdout, err
+    sys.stdin = io.TextIOWrapper(io.BytesIO(stdin or b""), encoding="utf-8")
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        stdout.flush()
+        sys.stdout, sys.stderr, sys.stdin = saved
+    return CliResult(code, out.getvalue(), err.getvalue())
 
-        out, err = io.BytesIO(), io.StringIO()
-        stdout = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
-        monkeypatch.setattr(sys, "stdout", stdout)
-        monkeypatch.setattr(sys, "stderr", err)
-        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin or b""), encoding="utf-8"))
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-        finally:
-            stdout.flush()
-            monkeypatch.undo()
-        return CliResult(code, out.getvalue(), err.getvalue())
 
-    return run
+@pytest.fixture(scope="session")
+def run_vpt():
+    """``run_vpt(["score", ...], stdin=b"...")`` -> CliResult (see :func:`run_cli`)."""
+    return run_cli
 
 
 @pytest.fixture(scope="session")

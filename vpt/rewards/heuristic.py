@@ -15,6 +15,10 @@ name                      formula                                               
                           ``L[t]``
 ========================  =================================================================  ==========================
 
+``motion`` and ``motion-smoothness`` read gain-normalised luma ``L'[t] = L[t] * mean(m) / m[t]`` (``m[t]`` the mean
+luma of frame ``t``): a whole-frame brightness change (flicker, a fade) is not motion, just as optical flow ignores
+it; ``flicker`` measures exactly that change.
+
 A single frame has ``motion`` 0 and ``flicker`` 1; fewer than three frames have ``motion-smoothness`` 1.
 The CLI names map to functions in :data:`HEURISTICS`, with one-line help in :data:`HEURISTIC_DESCRIPTIONS`.
 """
@@ -59,6 +63,17 @@ def luma(frames: np.ndarray) -> np.ndarray:
     return out
 
 
+def _gain_normalised_luma(frames: np.ndarray) -> np.ndarray:
+    """Luma with every frame rescaled to the clip's mean level, so global brightness changes cancel out."""
+    lum = luma(frames)
+    frame_means = lum.reshape(lum.shape[0], -1).mean(axis=1, dtype=np.float64)
+    level = frame_means.mean()
+    # A black frame has no gain to undo; leave it as it is.
+    gains = np.where(frame_means > 1e-3, level / np.maximum(frame_means, 1e-3), 1.0).astype(np.float32)
+    lum *= gains[:, None, None]
+    return lum
+
+
 def _mean(array: np.ndarray) -> float:
     return float(array.mean(dtype=np.float64))
 
@@ -69,25 +84,27 @@ def brightness(frames: np.ndarray) -> float:
 
 
 def motion(frames: np.ndarray) -> float:
-    """Dynamic degree: ``mean_{t,y,x} |L[t+1] - L[t]| / 255`` over the ``T - 1`` consecutive pairs, in ``[0, 1]``.
+    """Dynamic degree: ``mean_{t,y,x} |L'[t+1] - L'[t]| / 255`` over the ``T - 1`` consecutive pairs, in ``[0, 1]``.
 
-    Higher = more motion (or change). 0 for a single frame or a still clip.
+    ``L'`` is gain-normalised luma (see the module notes), so flicker is not counted as motion. Higher = more motion.
+    0 for a single frame or a still clip.
     """
-    lum = luma(frames)
+    lum = _gain_normalised_luma(frames)
     if lum.shape[0] < 2:
         return 0.0
     return _mean(np.abs(lum[1:] - lum[:-1])) / 255.0
 
 
 def motion_smoothness(frames: np.ndarray) -> float:
-    """Smoothness: ``1 - mean_{t=1..T-2, y, x} |L[t] - (L[t-1] + L[t+1]) / 2| / 255``, in ``[0, 1]``.
+    """Smoothness: ``1 - mean_{t=1..T-2, y, x} |L'[t] - (L'[t-1] + L'[t+1]) / 2| / 255``, in ``[0, 1]``.
 
     Each interior frame is predicted from its two neighbours by linear interpolation (a weight-free stand-in for
-    VBench's frame-interpolation model); the score is one minus the mean prediction error. Higher = smoother: a still
-    clip and any change that is linear in time (a steady brightness ramp, a fade) score 1; jitter, stutter and
-    frames out of order score lower. Fewer than three frames give 1.0.
+    VBench's frame-interpolation model) in gain-normalised luma ``L'``; the score is one minus the mean prediction
+    error. Higher = smoother: a still clip, a fade and any change linear in time score 1; jitter, stutter and frames
+    out of order score lower. Pixel-space interpolation also costs a little for fast motion of hard edges, so compare
+    clips of similar speed. Fewer than three frames give 1.0.
     """
-    lum = luma(frames)
+    lum = _gain_normalised_luma(frames)
     if lum.shape[0] < 3:
         return 1.0
     predicted = (lum[:-2] + lum[2:]) * np.float32(0.5)
@@ -119,7 +136,7 @@ HEURISTICS: dict[str, Callable[[np.ndarray], float]] = {
 
 HEURISTIC_DESCRIPTIONS: dict[str, str] = {
     "brightness": "mean Rec.601 luma in [0, 1] (0 black, 1 white)",
-    "motion": "mean absolute luma change between consecutive frames in [0, 1]; higher = more motion",
+    "motion": "mean absolute change of gain-normalised luma between frames in [0, 1]; higher = more motion",
     "motion-smoothness": "1 - error of predicting each frame as the average of its neighbours; higher = smoother",
     "flicker": "1 - mean change of whole-frame brightness between frames; higher = steadier (less flicker)",
 }
