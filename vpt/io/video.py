@@ -389,13 +389,16 @@ def decode(path, sampling: FrameSampling = FrameSampling()) -> DecodedVideo:
 # Resizing
 
 
-def _check_frames(frames, name: str = "frames") -> np.ndarray:
+def check_frames(frames, name: str = "frames") -> np.ndarray:
+    """``frames`` if it is a non-empty ``uint8 [T, H, W, 3]`` array; ValueError (a programming error) otherwise."""
     if not isinstance(frames, np.ndarray):
         raise ValueError(f"{name} must be a numpy array, got {type(frames).__name__}")
     if frames.dtype != np.uint8:
         raise ValueError(f"{name} must be uint8, got {frames.dtype}")
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"{name} must have shape [T, H, W, 3], got {frames.shape}")
+    if 0 in frames.shape:
+        raise ValueError(f"{name} must hold at least one pixel in one frame, got shape {frames.shape}")
     return frames
 
 
@@ -408,7 +411,7 @@ def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     """
     from PIL import Image
 
-    frames = _check_frames(frames)
+    frames = check_frames(frames)
     height, width = int(height), int(width)
     if height < 1 or width < 1:
         raise ValueError(f"resize target must be positive, got {height}x{width}")
@@ -442,7 +445,7 @@ def write_video(path, frames: np.ndarray, fps: float, crf: int = 10) -> None:
     """
     import av
 
-    frames = _check_frames(frames)
+    frames = check_frames(frames)
     count, height, width, _ = frames.shape
     if count < 1:
         raise ValueError("frames must hold at least one frame")

@@ -29,6 +29,8 @@ from typing import Callable
 
 import numpy as np
 
+from vpt.io.video import check_frames
+
 __all__ = [
     "HEURISTICS",
     "HEURISTIC_DESCRIPTIONS",
@@ -42,21 +44,9 @@ __all__ = [
 _R, _G, _B = np.float32(0.299), np.float32(0.587), np.float32(0.114)
 
 
-def _check(frames) -> np.ndarray:
-    if not isinstance(frames, np.ndarray):
-        raise ValueError(f"frames must be a numpy array, got {type(frames).__name__}")
-    if frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 RGB, got dtype {frames.dtype}")
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must have shape [T, H, W, 3], got {frames.shape}")
-    if frames.shape[0] < 1 or frames.shape[1] < 1 or frames.shape[2] < 1:
-        raise ValueError(f"frames must hold at least one pixel in one frame, got shape {frames.shape}")
-    return frames
-
-
 def luma(frames: np.ndarray) -> np.ndarray:
     """Rec.601 luma ``0.299 R + 0.587 G + 0.114 B`` of ``uint8 [T, H, W, 3]`` frames: ``float32 [T, H, W]``, 0..255."""
-    frames = _check(frames)
+    frames = check_frames(frames)
     out = frames[..., 0] * _R  # uint8 * float32 scalar -> float32, one channel at a time (no [T,H,W,3] float copy)
     out += frames[..., 1] * _G
     out += frames[..., 2] * _B
