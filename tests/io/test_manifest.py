@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from vpt.errors import VptError
-from vpt.io.manifest import collect_videos, read_prompts
-from vpt.io.tables import write_table
+from vpt.io.manifest import collect_videos
+from vpt.io.tables import read_prompts, write_table
 from vpt.io.video import write_video
 
 

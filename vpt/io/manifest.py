@@ -96,25 +96,9 @@ def _strip_extension(name: str) -> str:
     return root
 
 
-def read_prompts(source: str):
-    """A ``prompts`` table from a table file or a plain text file with one prompt per line."""
-    from vpt.io.tables import read_table
-
-    if source.lower().endswith(".txt"):
-        import pyarrow as pa
-
-        try:
-            lines = [line.strip() for line in Path(source).read_text().splitlines()]
-        except OSError as exc:
-            raise VptError(f"{source}: cannot read ({exc.strerror})") from None
-        prompts = [line for line in lines if line]
-        if not prompts:
-            raise VptError(f"{source}: holds no prompt (one prompt per line)")
-        return pa.table({"prompt": prompts, "prompt_id": [f"p{i:04d}" for i in range(len(prompts))]})
-    return read_table(source, "prompts")
-
-
 def _attach_prompts(items: list[VideoItem], source: str) -> None:
+    from vpt.io.tables import read_prompts
+
     table = read_prompts(source)
     if "id" not in table.column_names:
         raise VptError(f"{source}: needs an 'id' column naming the video each prompt belongs to")

@@ -5,7 +5,7 @@ name, an Arrow type, ``nullable`` (may hold nulls), ``required`` (must be presen
 ``enum`` of allowed values and a description. Written files carry the schema name and version in their Parquet
 key-value metadata (``vpt.schema``, ``vpt.schema_version``), so a file announces what it is.
 
-Sources (:func:`read_table`, :func:`iter_batches`): a Parquet file, a directory of Parquet parts, a glob, ``-``
+Sources (:func:`read_table`, :func:`iter_batches`, :func:`read_prompts`): a Parquet file, a directory of Parquet parts, a glob, ``-``
 (standard input), or a CSV / JSON-lines file where a person writes the table by hand (manifests, annotations).
 Everything streams in record batches, so memory stays flat on large tables (stdin is the exception: Parquet keeps
 its index at the end, so a piped table is buffered once).
@@ -376,6 +376,20 @@ def read_table(source: str | os.PathLike, schema: Schema | str | None = None) ->
 def _declared_arrow_schema(schema: Schema) -> pa.Schema:
     return pa.schema([pa.field(f.name, f.type, f.nullable) for f in schema.fields if f.required],
                      metadata=schema.metadata)
+
+
+def read_prompts(source: str | os.PathLike) -> pa.Table:
+    """A ``prompts`` table from a table file, or from a text file with one prompt per line (ids p0000, p0001, ...)."""
+    if os.fspath(source).lower().endswith(".txt"):
+        try:
+            lines = [line.strip() for line in Path(source).read_text(encoding="utf-8").splitlines()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise VptError(f"{source}: cannot read ({exc})") from None
+        prompts = [line for line in lines if line]
+        if not prompts:
+            raise VptError(f"{source}: holds no prompt (one prompt per line)")
+        return pa.table({"prompt": prompts, "prompt_id": [f"p{i:04d}" for i in range(len(prompts))]})
+    return read_table(source, "prompts")
 
 
 def source_directory(source: str | os.PathLike) -> Path:
