@@ -5,8 +5,9 @@ name, an Arrow type, ``nullable`` (may hold nulls), ``required`` (must be presen
 ``enum`` of allowed values and a description. Written files carry the schema name and version in their Parquet
 key-value metadata (``vpt.schema``, ``vpt.schema_version``), so a file announces what it is.
 
-Sources (:func:`read_table`, :func:`iter_batches`, :func:`read_prompts`): a Parquet file, a directory of Parquet parts, a glob, ``-``
-(standard input), or a CSV / JSON-lines file where a person writes the table by hand (manifests, annotations).
+Sources (:func:`read_table`, :func:`iter_batches`): a Parquet file, a directory of Parquet parts, a glob, ``-``
+(standard input), or a CSV / JSON-lines file where a person writes the table by hand (manifests, annotations);
+:func:`read_prompts` also takes a text file with one prompt per line.
 Everything streams in record batches, so memory stays flat on large tables (stdin is the exception: Parquet keeps
 its index at the end, so a piped table is buffered once).
 
