@@ -1,0 +1,1 @@
+"""Pure tensor functions (no file I/O, no global state): losses, samplers, advantages. Shapes in docstrings."""

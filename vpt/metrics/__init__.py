@@ -1,0 +1,1 @@
+"""Evaluation arithmetic: reward-bench accuracy, GSB, optical-flow errors, win rates."""

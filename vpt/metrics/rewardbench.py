@@ -1,0 +1,52 @@
+"""Reward-bench accuracy (VideoAlign Table 2; SPEC §Reward-bench accuracy).
+
+``m = s_A - s_B`` per pair, human label ``h`` in {A wins (1), B wins (-1), tie (0)}; other labels are left out.
+
+- Without ties: over the non-tie pairs, a pair is right when ``sign(m)`` matches ``h``; ``m = 0`` counts as wrong.
+- With ties (tie calibration, Deutsch et al. 2023): predict a tie when ``|m| <= ε`` and ``sign(m)`` otherwise; sweep
+  ε over 0 and every ``|m|`` and report the best accuracy over all pairs (ties included), with the ε that gave it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def accuracy_without_ties(margins: np.ndarray, labels: np.ndarray) -> float:
+    """Share of decisive pairs whose margin sign matches the label. margins: float [N]; labels: int [N].
+
+    NaN when there is no decisive pair.
+    """
+    margins, labels = np.asarray(margins, np.float64), np.asarray(labels)
+    decisive = (labels == 1) | (labels == -1)
+    if not decisive.any():
+        return float("nan")
+    return float(np.mean(np.sign(margins[decisive]) == labels[decisive]))
+
+
+def accuracy_with_ties(margins: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Best tie-calibrated accuracy over pairs labelled A, B or tie, and the threshold ε that reaches it.
+
+    margins: float [N]; labels: int [N]. O(N log N): pairs sorted by |m|, all thresholds evaluated at once.
+    Returns (accuracy, ε); (NaN, NaN) with no usable pair.
+    """
+    margins, labels = np.asarray(margins, np.float64), np.asarray(labels)
+    usable = (labels == 1) | (labels == -1) | (labels == 0)
+    margins, labels = margins[usable], labels[usable]
+    n = len(margins)
+    if n == 0:
+        return float("nan"), float("nan")
+    magnitude = np.abs(margins)
+    order = np.argsort(magnitude, kind="stable")
+    magnitude, margins, labels = magnitude[order], margins[order], labels[order]
+    sign_right = (np.sign(margins) == labels) & (labels != 0)
+    # With ε = magnitude[k], pairs 0..k (and any later pair of equal |m|) are predicted tie.
+    ties_right = np.concatenate([[0], np.cumsum(labels == 0)])
+    signs_right_after = np.concatenate([np.cumsum(sign_right[::-1])[::-1], [0]])
+    last_of_group = np.r_[magnitude[1:] != magnitude[:-1], True]
+    candidates = [(float(np.sum(sign_right)) / n, 0.0)] if magnitude[0] > 0 else []
+    for k in np.flatnonzero(last_of_group):
+        correct = ties_right[k + 1] + signs_right_after[k + 1]
+        candidates.append((float(correct) / n, float(magnitude[k])))
+    accuracy, epsilon = max(candidates, key=lambda c: (c[0], -c[1]))
+    return accuracy, epsilon
