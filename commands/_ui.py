@@ -29,6 +29,14 @@ def progress(total: int | None, description: str, quiet: bool) -> Iterator[Calla
         yield lambda n: bar.advance(task, n)
 
 
+def aligned(rows: list[list[str]]) -> str:
+    """Plain text columns (for stdout, where exact output matters), the last column left ragged."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join([cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]).rstrip() for row in rows
+    )
+
+
 def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     """A small aligned table on stderr (numbers to 4 decimals)."""
     from rich.console import Console

@@ -14,6 +14,7 @@ from typer.core import TyperGroup
 
 from vpt import __version__
 from vpt.errors import VptError
+from vpt.commands import eval as eval_command
 from vpt.commands import schema, score, zoo
 
 
@@ -55,6 +56,7 @@ def root(
     """Post-training toolkit for video generators."""
 
 
+app.add_typer(eval_command.app, name="eval")
 app.add_typer(schema.app, name="schema")
 app.add_typer(zoo.app, name="zoo")
 app.command("score")(score.score)

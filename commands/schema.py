@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import typer
 
+from vpt.commands import _ui
+
 app = typer.Typer(help="List, show and check the declared table schemas.", no_args_is_help=True)
 
 
 def _first_sentence(text: str) -> str:
     return text.split(". ")[0].rstrip(".") + "."
-
-
-def _aligned(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join(
-        "  ".join([cell.ljust(width) for cell, width in zip(row, widths)] + [row[-1]]).rstrip() for row in rows
-    )
 
 
 @app.command("list")
@@ -24,7 +19,7 @@ def list_schemas() -> None:
     from vpt.io.tables import load_schema, schema_names
 
     schemas = [load_schema(name) for name in schema_names()]
-    typer.echo(_aligned([[s.name, f"v{s.version}", _first_sentence(s.description)] for s in schemas]))
+    typer.echo(_ui.aligned([[s.name, f"v{s.version}", _first_sentence(s.description)] for s in schemas]))
 
 
 @app.command("show")
@@ -49,7 +44,7 @@ def show(
         rows.append([field.name, type_name(field.type), "yes" if field.nullable else "no",
                      "yes" if field.required else "no", description])
     extra = "allowed" if schema.additional_columns else "not allowed"
-    typer.echo(f"{schema.label}\n{schema.description}\nOther columns: {extra}.\n\n{_aligned(rows)}")
+    typer.echo(f"{schema.label}\n{schema.description}\nOther columns: {extra}.\n\n{_ui.aligned(rows)}")
 
 
 @app.command("check")

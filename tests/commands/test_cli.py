@@ -14,7 +14,8 @@ def test_help_lists_every_command_with_a_summary(run_vpt):
     result = run_vpt(["--help"])
     assert result.exit_code == 0
     for command, summary in [("score", "Score videos with reward models"), ("schema", "List, show and check"),
-                             ("zoo", "Build tiny offline models and toy videos")]:
+                             ("zoo", "Build tiny offline models and toy videos"),
+                             ("eval", "Compute evaluation metrics")]:
         assert any(command in line and summary in line for line in result.output.splitlines()), command
 
 
@@ -29,7 +30,8 @@ def test_schema_list(run_vpt):
     result = run_vpt(["schema", "list"])
     assert result.exit_code == 0
     assert [line.split()[:2] for line in result.output.splitlines()] == [
-        ["annotations", "v1"], ["prefs", "v1"], ["prompts", "v1"], ["rollouts", "v1"], ["scores", "v1"], ["videos", "v1"]
+        ["annotations", "v1"], ["prefs", "v1"], ["prompts", "v1"], ["rewardbench", "v1"], ["rollouts", "v1"],
+        ["scores", "v1"], ["videos", "v1"],
     ]
 
 

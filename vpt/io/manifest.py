@@ -112,3 +112,46 @@ def _attach_prompts(items: list[VideoItem], source: str) -> None:
         )
     for item in items:
         item.prompt = by_id[item.id]
+
+
+def pair_videos(paths_a: Sequence[str], paths_b: Sequence[str], prompts: Sequence[str | None],
+                base: Path) -> list[VideoItem]:
+    """The unique (video, prompt) combinations of preference pairs, in first-seen order, to score each once.
+
+    A video judged against two prompts is two items: text alignment depends on the prompt.
+    """
+    items: dict[tuple[str, str | None], VideoItem] = {}
+    for path, prompt in [*zip(paths_a, prompts), *zip(paths_b, prompts)]:
+        if (path, prompt) not in items:
+            file = Path(path) if Path(path).is_absolute() else base / path
+            items[(path, prompt)] = VideoItem(id=f"v{len(items):06d}", path=path, file=file, prompt=prompt)
+    return list(items.values())
+
+
+class ScoreIndex:
+    """Finds the scores row of a video named by a table, whichever way its path was written when it was scored."""
+
+    def __init__(self, rows: Sequence[dict], source: str):
+        self.source = source
+        self._by_key: dict[tuple[str, str | None], dict] = {}
+        for row in rows:
+            for key in self._keys(row["path"], Path.cwd()):
+                self._by_key.setdefault((key, row.get("prompt")), row)
+                self._by_key.setdefault((key, None), row)
+
+    @staticmethod
+    def _keys(path: str, base: Path) -> tuple[str, str]:
+        return os.path.normpath(path), os.path.normpath(os.path.abspath(base / path))
+
+    def find(self, path: str, prompt: str | None, base: Path, where: str) -> dict:
+        for key in self._keys(path, base):
+            for wanted in ((key, prompt), (key, None)):
+                if wanted in self._by_key:
+                    row = self._by_key[wanted]
+                    if row.get("error") is not None:
+                        raise VptError(f"{self.source}: video {path} was not scored ({row['error']}); fix or drop it")
+                    return row
+        raise VptError(
+            f"{self.source}: no score for video {path} ({where}); score the videos under the same paths, "
+            "or let the command score them with --model"
+        )

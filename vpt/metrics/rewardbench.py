@@ -50,3 +50,34 @@ def accuracy_with_ties(margins: np.ndarray, labels: np.ndarray) -> tuple[float, 
         candidates.append((float(correct) / n, float(magnitude[k])))
     accuracy, epsilon = max(candidates, key=lambda c: (c[0], -c[1]))
     return accuracy, epsilon
+
+
+LABEL_VALUES = {"A": 1, "B": -1, "same": 0}
+DIMENSIONS = {"VQ": "vq", "MQ": "mq", "TA": "ta", "Overall": "overall"}
+
+
+def benchmark_rows(
+    labels: dict[str, list[str | None]], margins: dict[str, list[float]], columns: dict[str, str]
+) -> list[dict]:
+    """Rows of the ``rewardbench`` table: per dimension, both accuracies (percent) from labels and margins.
+
+    labels: dimension -> annotation labels (A, B, same; anything else is left out); margins: dimension -> s_A - s_B
+    per pair; columns: dimension -> the scores column the margins came from.
+    """
+    rows = []
+    for dimension, dimension_labels in labels.items():
+        codes = np.array([LABEL_VALUES.get(label, -2) for label in dimension_labels])
+        values = np.asarray(margins[dimension], np.float64)
+        with_ties, threshold = accuracy_with_ties(values, codes)
+        without_ties = accuracy_without_ties(values, codes)
+        usable = int(np.sum(codes != -2))
+        rows.append({
+            "dimension": dimension,
+            "score_column": columns[dimension],
+            "accuracy_with_ties": None if np.isnan(with_ties) else 100 * with_ties,
+            "tie_threshold": None if np.isnan(threshold) else threshold,
+            "accuracy_without_ties": None if np.isnan(without_ties) else 100 * without_ties,
+            "pairs": usable,
+            "ties": int(np.sum(codes == 0)),
+        })
+    return rows
