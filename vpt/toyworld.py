@@ -278,3 +278,51 @@ def write_toy_videos(
     manifest = out_dir / "videos.parquet"
     write_table(rows, manifest, schema="videos")
     return manifest
+
+
+def _vote(difference: float, tie: float) -> str:
+    """'a' when A is better by more than ``tie``, 'b' when B is, else 'tie'."""
+    if difference > tie:
+        return "a"
+    if difference < -tie:
+        return "b"
+    return "tie"
+
+
+def toy_preferences(clips: list[dict], n_pairs: int, seed: int = 0, brightness_tie: float = 0.05) -> list[dict]:
+    """Preference pairs between toy clips, labelled by the truth (rows of the ``prefs`` table).
+
+    ``clips`` are ``videos`` manifest rows carrying the true attributes. For a random pair (A, B), shown with the
+    prompt of one of them (chosen at random):
+
+    - ``vq``: the brighter clip wins; brightness within ``brightness_tie`` is a tie;
+    - ``mq``: the clip with less jitter wins; equal jitter is a tie;
+    - ``ta``: the clip whose colour and shape the prompt names wins; a tie when both have them;
+    - ``overall``: the majority of the three votes (a tie when they cancel).
+    """
+    if len(clips) < 2:
+        raise ValueError("need at least two clips to pair")
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for index in range(n_pairs):
+        a, b = (clips[i] for i in rng.choice(len(clips), size=2, replace=False))
+        shown = a if rng.random() < 0.5 else b
+        content = (shown["color"], shown["shape"])
+        votes = {
+            "vq": _vote(a["brightness"] - b["brightness"], brightness_tie),
+            "mq": _vote(b["jitter"] - a["jitter"], 0.0),
+            "ta": _vote(float((a["color"], a["shape"]) == content) - float((b["color"], b["shape"]) == content), 0.0),
+        }
+        balance = sum({"a": 1, "b": -1, "tie": 0}[vote] for vote in votes.values())
+        pairs.append({
+            "pair_id": f"toy-pair-{index:05d}",
+            "path_a": a["path"],
+            "path_b": b["path"],
+            "prompt": shown["prompt"],
+            "id_a": a["id"],
+            "id_b": b["id"],
+            **votes,
+            "overall": _vote(balance, 0.0),
+            "source": "toyworld",
+        })
+    return pairs
