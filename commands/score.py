@@ -25,25 +25,41 @@ def score(
 ) -> None:
     """Score videos with reward models into a scores table.
 
-    Rows stream to the output as batches finish.
+    Rows stream to the output as batches finish. Under `accelerate launch` each process scores its share and the
+    main process writes the one table, every input exactly once, in input order.
 
     Example: vpt score --model motion-smoothness videos/ > scores.parquet
     """
+    from vpt.distributed import current_processes
     from vpt.io.manifest import collect_videos
     from vpt.io.tables import TableWriter
-    from vpt.rewards.engine import ScoreSummary, score_videos
+    from vpt.rewards.engine import ScoreSummary, output_columns, score_videos
     from vpt.rewards.registry import load_reward_model
 
     names = [name.strip() for value in models for name in value.split(",") if name.strip()]
     reward_models = [load_reward_model(name) for name in names]
+    columns = output_columns(reward_models)
     items = collect_videos(inputs or [], prompts)
+    processes = current_processes()
     summary = ScoreSummary()
-    columns = [dimension for model in reward_models for dimension in model.dimensions]
-    with TableWriter(output, "scores") as writer, _ui.progress(len(items), "scoring", quiet) as advance:
-        for rows in score_videos(items, reward_models, batch_size, workers, strict, advance):
-            writer.write(rows)
-            for row in rows:
-                summary.add(row, columns)
+    if processes.count == 1:
+        with TableWriter(output, "scores") as writer, _ui.progress(len(items), "scoring", quiet) as advance:
+            for rows in score_videos(items, reward_models, batch_size, workers, strict, advance):
+                writer.write(rows)
+                for row in rows:
+                    summary.add(row, columns)
+    else:
+        from vpt.io.tables import gather_parts
+
+        with gather_parts(output, "scores", processes, order=[item.id for item in items]) as part:
+            mine = processes.shard(items)
+            with _ui.progress(len(mine), f"scoring (process {processes.rank})", quiet) as advance:
+                for rows in score_videos(mine, reward_models, batch_size, workers, strict, advance):
+                    part.write(rows)
+        if not processes.is_main:
+            processes.leave()
+        for row in part.merged.to_pylist():
+            summary.add(row, columns)
     if summary.errors:
         _ui.warn(f"{summary.errors} of {summary.videos} videos could not be scored (see the error column)")
     if not quiet:
@@ -52,3 +68,4 @@ def score(
             ["column", "n", "mean", "std", "min", "max"],
             summary.table(),
         )
+    processes.leave()

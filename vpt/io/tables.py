@@ -19,11 +19,14 @@ Row numbers in messages count data rows from 1 in source order (in a CSV file, r
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import glob as globbing
 import json
 import os
+import shutil
 import sys
+import uuid
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -509,3 +512,48 @@ def write_table(data: pa.Table | pa.RecordBatch | Sequence[dict], dest: str | os
     return writer.rows
 
 
+
+
+class _Parts:
+    """What :func:`gather_parts` yields: this process's writer, and (in the main process, afterwards) the merge."""
+
+    def __init__(self, writer: TableWriter):
+        self._writer = writer
+        self.merged: pa.Table | None = None
+
+    def write(self, data) -> None:
+        self._writer.write(data)
+
+
+@contextlib.contextmanager
+def gather_parts(dest: str | os.PathLike, schema: Schema | str, processes, order: Sequence[str], key: str = "id"):
+    """One table written by several processes (``vpt.distributed.Processes``): each writes its rows to a part, then
+    the main process writes ``dest`` with every row once, sorted into ``order`` (the values of column ``key``).
+
+    Parts live in a hidden directory beside ``dest`` (the working directory for stdout) and are removed afterwards.
+    """
+    schema = _as_schema(schema)
+    base = Path.cwd() if os.fspath(dest) == STDIO else Path(dest).parent
+    parts_dir = None
+    if processes.is_main:
+        parts_dir = base / f".{Path(os.fspath(dest)).name}.parts-{uuid.uuid4().hex[:8]}"
+        parts_dir.mkdir(parents=True)
+    parts_dir = Path(processes.share(None if parts_dir is None else str(parts_dir)))
+    writer = TableWriter(parts_dir / f"part-{processes.rank:05d}.parquet", schema)
+    parts = _Parts(writer)
+    with writer:
+        yield parts
+    processes.wait()
+    if not processes.is_main:
+        return
+    try:
+        tables = [read_table(path, schema) for path in sorted(parts_dir.glob("part-*.parquet"))]
+        merged = pa.concat_tables(tables, promote_options="default")
+        position = {value: index for index, value in enumerate(order)}
+        keys = merged.column(key).to_pylist()
+        if sorted(position[k] for k in keys) != list(range(len(order))):
+            raise VptError(f"{dest}: the processes' parts do not hold every row exactly once; run again")
+        parts.merged = merged.take(sorted(range(len(keys)), key=lambda i: position[keys[i]]))
+        write_table(parts.merged, dest, schema)
+    finally:
+        shutil.rmtree(parts_dir, ignore_errors=True)
