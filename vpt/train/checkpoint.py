@@ -1,0 +1,258 @@
+"""Checkpoint files: trainable weights, RNG states, the checkpoint directories of a run, and the metrics log.
+
+Layout of ``OUTPUT_DIR/checkpoint-{step}/`` (written under a hidden temporary name, renamed when complete)::
+
+    trainable.safetensors      every parameter with requires_grad (default save hook; row-masked parameters store
+                               only their trained rows as NAME@rows + NAME@row_index)
+      or adapter_model.safetensors + adapter_config.json + non_adapter.safetensors   (default for peft models)
+    optimizer.pt               optimizer state dict
+    scheduler.pt               LR scheduler state dict
+    rng_state.pt               python / numpy / torch (/ cuda) RNG states, one entry per process
+    extra_state.pt             the task's extra state (only when the task passes one)
+    trainer_state.json         step, epoch, batch_in_epoch, processes, batches_per_epoch, total_steps
+    config.json                the TrainConfig
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vpt.errors import VptError
+from vpt.io.atomic import atomic_path
+from vpt.train.optim import ROWS_ATTRIBUTE
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+TRAINER_STATE = "trainer_state.json"
+TRAINABLE_FILE = "trainable.safetensors"
+NON_ADAPTER_FILE = "non_adapter.safetensors"
+ROWS_SUFFIX, ROW_INDEX_SUFFIX = "@rows", "@row_index"
+
+
+# ----------------------------------------------------------------------------------------------- trainable weights
+def trainable_state_dict(model: torch.nn.Module, skip: set[int] | None = None) -> dict[str, torch.Tensor]:
+    """Every parameter with ``requires_grad`` by name (CPU copies); row-masked ones as their trained rows only.
+
+    ``skip`` holds ``data_ptr()`` values of tensors saved elsewhere (e.g. in a peft adapter file).
+    """
+    state = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad or (skip and param.data_ptr() in skip):
+            continue
+        rows = getattr(param, ROWS_ATTRIBUTE, None)
+        if rows is None:
+            state[name] = param.detach().cpu().contiguous().clone()
+        else:
+            state[name + ROWS_SUFFIX] = param.detach()[rows.to(param.device)].cpu().contiguous()
+            state[name + ROW_INDEX_SUFFIX] = rows.cpu().contiguous()
+    return state
+
+
+def load_trainable_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "") -> None:
+    """Copy ``state`` (from :func:`trainable_state_dict`) into ``model``; unknown or misshapen entries are errors."""
+    params = dict(model.named_parameters())
+    where = f"{source}: " if source else ""
+    with torch.no_grad():
+        for key, value in state.items():
+            if key.endswith(ROW_INDEX_SUFFIX):
+                continue
+            if key.endswith(ROWS_SUFFIX):
+                name = key[: -len(ROWS_SUFFIX)]
+                index = state.get(name + ROW_INDEX_SUFFIX)
+                param = params.get(name)
+                if param is None or index is None:
+                    raise VptError(f"{where}saved rows {name!r} do not fit this model; resume with the same model")
+                param[index.to(param.device)] = value.to(device=param.device, dtype=param.dtype)
+                continue
+            param = params.get(key)
+            if param is None or param.shape != value.shape:
+                found = "missing" if param is None else f"shape {tuple(param.shape)}"
+                raise VptError(f"{where}saved parameter {key!r} {tuple(value.shape)} does not fit this model "
+                               f"({found}); resume with the same model and trainable parameters")
+            param.copy_(value.to(device=param.device, dtype=param.dtype))
+
+
+def save_trainable(model: torch.nn.Module, directory: Path) -> None:
+    """Default save hook: ``trainable.safetensors`` with every trainable parameter."""
+    from safetensors.torch import save_file
+
+    save_file(trainable_state_dict(model), str(Path(directory) / TRAINABLE_FILE), metadata={"format": "pt"})
+
+
+def load_trainable(model: torch.nn.Module, directory: Path) -> None:
+    """Default load hook, the inverse of :func:`save_trainable`."""
+    from safetensors.torch import load_file
+
+    path = Path(directory) / TRAINABLE_FILE
+    if not path.is_file():
+        raise VptError(f"{directory}: {TRAINABLE_FILE} is missing; this checkpoint was written with another save "
+                       "hook, resume with the matching load hook")
+    load_trainable_state_dict(model, load_file(str(path)), str(path))
+
+
+def save_peft(model: torch.nn.Module, directory: Path) -> None:
+    """Save hook for peft models: ``save_pretrained`` (adapter + ``modules_to_save``) plus ``non_adapter.safetensors``
+    for trainable parameters peft does not save (e.g. parameters made trainable by pattern, embedding rows)."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    model.save_pretrained(str(directory))
+    covered = {t.data_ptr() for t in get_peft_model_state_dict(model).values()}
+    rest = trainable_state_dict(model, skip=covered)
+    if rest:
+        save_file(rest, str(directory / NON_ADAPTER_FILE), metadata={"format": "pt"})
+
+
+def load_peft(model: torch.nn.Module, directory: Path) -> None:
+    """Load hook, the inverse of :func:`save_peft` (adapter name ``default``)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    adapter = directory / "adapter_model.safetensors"
+    if not adapter.is_file():
+        raise VptError(f"{directory}: adapter_model.safetensors is missing; this checkpoint was not written by "
+                       "save_peft, resume with the matching load hook")
+    result = set_peft_model_state_dict(model, load_file(str(adapter)))
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise VptError(f"{adapter}: adapter weights {unexpected[:3]} do not fit this model; resume with the same "
+                       "LoRA targets")
+    if (directory / NON_ADAPTER_FILE).is_file():
+        load_trainable_state_dict(model, load_file(str(directory / NON_ADAPTER_FILE)), str(directory))
+
+
+# ----------------------------------------------------------------------------------------------------------- RNG
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states, as plain types and tensors (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class isolated_rng:
+    """Context manager: whatever runs inside leaves the python / numpy / torch RNG states as it found them."""
+
+    def __enter__(self):
+        self._state = rng_state()
+        return self
+
+    def __exit__(self, *exc):
+        set_rng_state(self._state)
+        return False
+
+
+# ------------------------------------------------------------------------------------------ checkpoint directories
+def list_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints in ``output_dir`` as (step, path), oldest first."""
+    output_dir = Path(output_dir)
+    found = []
+    if output_dir.is_dir():
+        for entry in output_dir.iterdir():
+            match = CHECKPOINT_PATTERN.match(entry.name)
+            if match and (entry / TRAINER_STATE).is_file():
+                found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    checkpoints = list_checkpoints(output_dir)
+    return checkpoints[-1][1] if checkpoints else None
+
+
+def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int | None) -> list[Path]:
+    """Delete all but the newest ``keep_last`` checkpoints (none when ``keep_last`` is 0/None); returns the deleted."""
+    import shutil
+
+    if not keep_last:
+        return []
+    doomed = [path for _, path in list_checkpoints(output_dir)[:-keep_last]]
+    for path in doomed:
+        # Rename first so a crash mid-delete never leaves a half checkpoint under a checkpoint-* name.
+        trash = path.with_name(f".{path.name}.deleting")
+        os.replace(path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    return doomed
+
+
+def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    path = Path(checkpoint) / TRAINER_STATE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise VptError(f"{checkpoint}: not a training checkpoint ({TRAINER_STATE} unreadable: {error}); pass a "
+                       "checkpoint-STEP directory written by the harness") from None
+
+
+def load_torch(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` with a one-line error naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise VptError(f"{path}: missing from the checkpoint; resume from a complete checkpoint") from None
+    except Exception as error:  # unpickling errors come in many types
+        raise VptError(f"{path}: cannot be loaded ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+                       "resume from another checkpoint") from None
+
+
+# ---------------------------------------------------------------------------------------------------- metrics log
+METRICS_FILE = "metrics.jsonl"
+
+
+def truncate_metrics(path: Path, after_step: int) -> int:
+    """Drop rows with ``step > after_step`` (and a torn last line) from a metrics log; returns the rows kept."""
+    if not path.is_file():
+        return 0
+    kept, changed = [], False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            changed = True
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= after_step:
+            kept.append(line)
+        else:
+            changed = True
+    if changed:
+        with atomic_path(path) as temporary:
+            temporary.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    return len(kept)
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` file."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

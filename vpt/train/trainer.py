@@ -1,0 +1,526 @@
+"""The training loop: accelerate, accumulation, clipping, logging, evaluation, checkpoints and exact resume.
+
+See :mod:`vpt.train` for how a training command plugs in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from vpt.errors import VptError
+from vpt.io.atomic import atomic_directory
+from vpt.train import checkpoint as ckpt
+from vpt.train.config import RESUME_LOCKED, TrainConfig
+from vpt.train.lora import is_peft_model
+from vpt.train.optim import LrLambda, build_optimizer, build_scheduler
+
+LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, Mapping[str, Any]]"]
+EvalFn = Callable[[torch.nn.Module], Mapping[str, Any]]
+ModelHook = Callable[[torch.nn.Module, Path], None]
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> Any: ...
+
+
+class EpochSampler(Sampler[int]):
+    """Dataset indices in an order fixed by ``(seed, epoch)`` alone: the same on every process and in every run.
+
+    Deliberately has no ``generator`` attribute, so accelerate does not try to synchronise it (it needs no
+    synchronisation) and no global RNG is consumed when an epoch starts.
+    """
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True):
+        self.size, self.seed, self.shuffle, self.epoch = int(size), int(seed), bool(shuffle), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def order(self, epoch: int | None = None) -> list[int]:
+        epoch = self.epoch if epoch is None else epoch
+        if not self.shuffle:
+            return list(range(self.size))
+        seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1, np.uint64)[0])
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.train` returns."""
+
+    step: int                      # optimizer steps done (in total, across resumes)
+    epoch: float                   # epochs done (fractional)
+    metrics: dict[str, Any]        # the last row written to metrics.jsonl (train + eval/ metrics)
+    checkpoint: Path | None        # the newest checkpoint (the final one)
+    output_dir: Path
+    metrics_file: Path
+    resumed_from: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: train, eval, save
+
+
+def finish_distributed(exit_code: int = 0) -> None:
+    """End a command run under ``accelerate launch`` with several processes: wait for the others, flush, exit hard.
+
+    Multi-process CPU (gloo) runs sometimes abort in interpreter teardown after finishing, which would turn a good
+    run into a failed one; call this as the last thing in a command's entry point. With one process it returns.
+    """
+    from vpt.distributed import current_processes
+
+    processes = current_processes()
+    processes.wait()
+    processes.leave(exit_code)
+
+
+def _make_accelerator(config: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # AcceleratorState / GradientState are process-wide singletons that refuse a second configuration; one harness
+    # run owns them (the process group in PartialState is kept).
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        step_scheduler_with_optimizer=False,  # we step it once per optimizer step, whatever the process count
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters)],
+    )
+
+
+class _Reporter:
+    """Progress on stderr: a rich progress bar on a terminal, one line per logged row otherwise; nothing when quiet."""
+
+    def __init__(self, enabled: bool, total: int, start: int):
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.total = total
+        self.enabled = enabled
+        self.progress = None
+        if enabled and self.console.is_terminal:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                     TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=self.console)
+            self.task = self.progress.add_task("train", total=total, completed=start, info="")
+            self.progress.start()
+
+    def note(self, message: str) -> None:
+        if self.enabled:
+            self.console.print(message, highlight=False, markup=False, soft_wrap=True)
+
+    def step(self, step: int) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step)
+
+    def row(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        shown = [f"{key} {_fmt(value)}" for key, value in row.items() if key not in ("step", "epoch", "time")]
+        if self.progress is not None:
+            self.progress.update(self.task, info="  ".join(shown[:4]))
+        else:
+            self.note(f"step {row['step']}/{self.total}  " + "  ".join(shown))
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _scalar(value: Any, name: str) -> torch.Tensor:
+    if torch.is_tensor(value):
+        if value.numel() != 1:
+            raise TypeError(f"metric {name!r} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        return value.detach().reshape(())
+    if isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
+        return torch.tensor(float(value))
+    raise TypeError(f"metric {name!r} must be a number or a scalar tensor, got {type(value).__name__}")
+
+
+class Trainer:
+    """Train ``model`` on a task given as callables; see :mod:`vpt.train` for the contract.
+
+    ``loss_fn(model, batch) -> (loss, metrics)``: the mean loss of one micro-batch (a scalar tensor with grad) and
+    scalar metrics to average into the log. ``model`` is the prepared model (DDP-wrapped under several processes):
+    call it (``model(...)``) rather than its methods so gradients synchronise. ``dataset`` is map-style;
+    ``collate_fn`` builds a batch from a list of items (torch's default when None). ``eval_fn(model) -> metrics``
+    runs on every process (in eval mode, under no_grad, without disturbing the training RNG) every ``eval_every``
+    steps and at the end; the main process's metrics are logged with an ``eval/`` prefix. ``save_model`` /
+    ``load_model`` write / restore the trainable weights of a checkpoint (defaults: :func:`~vpt.train.checkpoint.
+    save_peft` / ``load_peft`` for peft models, :func:`~vpt.train.checkpoint.save_trainable` / ``load_trainable``
+    otherwise); a ``save_model`` without ``load_model`` is an export, and the harness then also writes its own
+    ``trainable.safetensors`` to resume from. ``extra_state`` (``state_dict()`` / ``load_state_dict()``, plain
+    types and tensors) is saved and restored with each checkpoint, e.g. a curriculum.
+    """
+
+    def __init__(self, model: torch.nn.Module, config: TrainConfig, *, dataset: Dataset, loss_fn: LossFn,
+                 collate_fn: Callable[[list], Any] | None = None, eval_fn: EvalFn | None = None,
+                 save_model: ModelHook | None = None, load_model: ModelHook | None = None,
+                 extra_state: Stateful | None = None, quiet: bool = False):
+        if not isinstance(config, TrainConfig):
+            raise TypeError("config must be a TrainConfig")
+        self.config = config
+        self.model = model
+        self.dataset = dataset
+        self.loss_fn = loss_fn
+        self.collate_fn = collate_fn
+        self.eval_fn = eval_fn
+        self.extra_state = extra_state
+        self.quiet = quiet
+        peft = is_peft_model(model)
+        self.export_model = save_model
+        if save_model is None:
+            self.save_model, self.load_model = (ckpt.save_peft, ckpt.load_peft) if peft else \
+                (ckpt.save_trainable, ckpt.load_trainable)
+        elif load_model is None:
+            self.save_model, self.load_model = ckpt.save_trainable, ckpt.load_trainable
+        else:
+            self.save_model, self.load_model, self.export_model = save_model, load_model, None
+        self.accelerator = _make_accelerator(config)
+        self.optimizer = None
+        self.scheduler = None
+        self._trained = False
+        self.output_dir = Path(config.output_dir)
+        self.metrics_file = self.output_dir / ckpt.METRICS_FILE
+
+    # ------------------------------------------------------------------------------------------------ resume
+    def _resolve_resume(self, resume: bool | str | os.PathLike) -> Path | None:
+        out = self.output_dir
+        if resume is False or resume is None:
+            if ckpt.list_checkpoints(out) or self.metrics_file.exists():
+                raise VptError(f"{out}: already holds a training run (checkpoints or {ckpt.METRICS_FILE}); pass "
+                               "resume to continue it, or choose an empty output directory")
+            return None
+        if resume is True:
+            return ckpt.latest_checkpoint(out)
+        path = Path(resume)
+        if (path / ckpt.TRAINER_STATE).is_file():
+            return path
+        latest = ckpt.latest_checkpoint(path)
+        if latest is None:
+            raise VptError(f"{path}: no checkpoint to resume from (neither a checkpoint-STEP directory nor a run "
+                           "directory holding one); pass resume=True to start fresh when none exists")
+        return latest
+
+    def _check_resumable(self, checkpoint: Path, state: dict[str, Any]) -> None:
+        acc = self.accelerator
+        if state.get("num_processes") != acc.num_processes:
+            raise VptError(f"{checkpoint}: written by {state.get('num_processes')} process(es), resumed with "
+                           f"{acc.num_processes}; resume with the same number of processes (the data position "
+                           "is per process)")
+        saved_path = checkpoint / "config.json"
+        try:
+            saved = json.loads(saved_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as error:
+            raise VptError(f"{saved_path}: unreadable ({error}); resume from a complete checkpoint") from None
+        for name in RESUME_LOCKED:
+            if name in saved and saved[name] != getattr(self.config, name):
+                raise VptError(f"{checkpoint}: was trained with {name}={saved[name]!r}, now {name}="
+                               f"{getattr(self.config, name)!r}; resume with the same {name} (it fixes the data "
+                               "order) or start a new run")
+
+    # ------------------------------------------------------------------------------------------------ train
+    def train(self, resume: bool | str | os.PathLike = False) -> TrainResult:
+        """Run until ``max_steps`` / ``epochs``; ``resume=True`` continues from the newest checkpoint in the output
+        directory (or starts fresh when there is none), a path continues from that checkpoint (or run directory).
+
+        Resumed training is bit-identical to an uninterrupted run on the same hardware, provided the task's
+        randomness comes from the global RNGs inside ``loss_fn`` (restored) or from item indices — not from global
+        RNGs inside ``dataset.__getitem__`` / ``collate_fn`` (batches are prefetched one ahead).
+        """
+        if self._trained:
+            raise RuntimeError("Trainer.train() runs once per Trainer; build a new Trainer to train again")
+        self._trained = True
+        acc, cfg = self.accelerator, self.config
+        checkpoint = self._resolve_resume(resume)
+        state = ckpt.read_trainer_state(checkpoint) if checkpoint is not None else None
+        if state is not None:
+            self._check_resumable(checkpoint, state)
+            self.load_model(self.model, checkpoint)
+            if self.extra_state is not None and (checkpoint / "extra_state.pt").is_file():
+                self.extra_state.load_state_dict(ckpt.load_torch(checkpoint / "extra_state.pt"))
+
+        size = len(self.dataset)
+        if size == 0:
+            raise VptError("the training dataset is empty; give it at least one example")
+        sampler = EpochSampler(size, cfg.seed, cfg.shuffle)
+        loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=self.collate_fn,
+                            num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
+        optimizer = build_optimizer(self.model, cfg)
+        model, optimizer, loader = acc.prepare(self.model, optimizer, loader)
+        batches_per_epoch = len(loader)
+        k = cfg.gradient_accumulation_steps
+        steps_per_epoch = math.ceil(batches_per_epoch / k)
+        limits = [n for n in (cfg.max_steps, cfg.epochs and cfg.epochs * steps_per_epoch) if n]
+        total = min(limits)
+        scheduler = acc.prepare(build_scheduler(optimizer.optimizer, cfg, total))
+        self.optimizer, self.scheduler = optimizer, scheduler
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        if state is not None:
+            if state.get("batches_per_epoch") != batches_per_epoch:
+                raise VptError(f"{checkpoint}: an epoch had {state.get('batches_per_epoch')} batches per process, "
+                               f"now {batches_per_epoch}; resume with the same dataset and batch size")
+            self._load_optimizer_and_schedule(checkpoint, optimizer, scheduler, total)
+            rng_states = ckpt.load_torch(checkpoint / "rng_state.pt")
+            ckpt.set_rng_state(rng_states[acc.process_index])
+            step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        else:
+            ckpt.seed_everything(cfg.seed + acc.process_index)
+            step, epoch, batch_in_epoch = 0, 0, 0
+
+        main = acc.is_main_process
+        if main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.truncate_metrics(self.metrics_file, step)
+        acc.wait_for_everyone()
+        reporter = _Reporter(main and not self.quiet, total, step)
+        if checkpoint is not None:
+            reporter.note(f"resuming from {checkpoint} (step {step}/{total})")
+
+        timings = {"train": 0.0, "eval": 0.0, "save": 0.0}
+        window = _Window()
+        last_row: dict[str, Any] = {}
+        last_checkpoint = checkpoint
+        saved_step = step if checkpoint is not None else None
+        grad_norm = torch.zeros(())
+        lrs: list[float] = [group["lr"] for group in optimizer.param_groups]
+        model.train()
+        try:
+            while step < total:
+                sampler.set_epoch(epoch)
+                epoch_loader = loader if batch_in_epoch == 0 else _skip(loader, batch_in_epoch)
+                epoch_loader.set_epoch(epoch)
+                mark = time.perf_counter()
+                for batch in epoch_loader:
+                    with acc.accumulate(model):
+                        loss, metrics = self.loss_fn(model, batch)
+                        if not torch.is_tensor(loss) or loss.numel() != 1:
+                            raise TypeError("loss_fn must return (scalar loss tensor, metrics dict)")
+                        acc.backward(loss)
+                        window.add(loss, metrics or {}, _batch_size(batch, cfg.batch_size))
+                        if acc.sync_gradients:
+                            if cfg.clipping:
+                                grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
+                            else:
+                                grad_norm = torch.nn.utils.get_total_norm(
+                                    [p.grad for p in params if p.grad is not None])
+                            lrs = [group["lr"] for group in optimizer.param_groups]
+                            optimizer.step()
+                            scheduler.step()
+                            optimizer.zero_grad(set_to_none=True)
+                    batch_in_epoch += 1
+                    now = time.perf_counter()
+                    window.seconds += now - mark
+                    timings["train"] += now - mark
+                    if not acc.sync_gradients:
+                        mark = time.perf_counter()
+                        continue
+                    step += 1
+                    if batch_in_epoch >= batches_per_epoch:
+                        epoch, batch_in_epoch = epoch + 1, 0
+                    final = step >= total
+                    row: dict[str, Any] = {}
+                    if step % cfg.log_every == 0 or final:
+                        reduced = window.reduce(acc)
+                        if not math.isfinite(reduced["loss"]):
+                            raise VptError(f"the training loss is not finite at step {step} ({reduced['loss']}); "
+                                           "lower the learning rate or check the data")
+                        row["loss"] = reduced.pop("loss")
+                        row["lr"] = lrs[0]
+                        row.update({f"lr/group{i}": lr for i, lr in enumerate(lrs) if i and lr != lrs[0]})
+                        row["grad_norm"] = float(grad_norm)
+                        row.update(reduced)  # examples_per_s, then the task's metrics
+                        window = _Window()
+                    if self.eval_fn is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or final):
+                        began = time.perf_counter()
+                        row.update({f"eval/{key}": value for key, value in self._evaluate(model).items()})
+                        timings["eval"] += time.perf_counter() - began
+                    if row:
+                        row = {"step": step, "epoch": round(epoch + batch_in_epoch / batches_per_epoch, 6), **row}
+                        last_row = row
+                        if main:
+                            with open(self.metrics_file, "a", encoding="utf-8") as handle:
+                                handle.write(json.dumps(row) + "\n")
+                        reporter.row(row)
+                    reporter.step(step)
+                    if (cfg.save_every and step % cfg.save_every == 0) or final:
+                        began = time.perf_counter()
+                        last_checkpoint = self._save(model, step, epoch, batch_in_epoch, batches_per_epoch, total)
+                        saved_step = step
+                        timings["save"] += time.perf_counter() - began
+                    if final:
+                        break
+                    mark = time.perf_counter()
+        finally:
+            reporter.close()
+            acc.unwrap_model(model, keep_fp32_wrapper=False)  # give back the user's forward (autocast wraps it)
+        if saved_step != step:  # e.g. resumed from a checkpoint at or past the end: nothing new to save
+            last_checkpoint = self._save(model, step, epoch, batch_in_epoch, batches_per_epoch, total)
+        acc.wait_for_everyone()
+        if not last_row and self.metrics_file.is_file():  # nothing left to train: report the last logged row
+            rows = ckpt.read_metrics(self.metrics_file)
+            last_row = rows[-1] if rows else {}
+        return TrainResult(step=step, epoch=round(epoch + batch_in_epoch / batches_per_epoch, 6), metrics=last_row,
+                           checkpoint=last_checkpoint, output_dir=self.output_dir, metrics_file=self.metrics_file,
+                           resumed_from=checkpoint, timings=timings)
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    def _load_optimizer_and_schedule(self, checkpoint: Path, optimizer, scheduler, total: int) -> None:
+        """Restore optimizer moments and the schedule position; hyperparameters (learning rates, weight decay,
+        betas, schedule shape, total steps) come from the current config, so a resumed run may change them. With an
+        unchanged config the result is exactly the saved state."""
+        cfg = self.config
+        fresh = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+        saved = ckpt.load_torch(checkpoint / "optimizer.pt")
+        saved_names = [group.get("names") for group in saved.get("param_groups", [])]
+        if saved_names != [group["names"] for group in fresh]:
+            raise VptError(f"{checkpoint}: the optimizer was saved for other trainable parameters or parameter "
+                           "groups; resume with the same model, LoRA setup, param_group_lrs and no_decay")
+        optimizer.load_state_dict(saved)
+        for group, hyper in zip(optimizer.param_groups, fresh):
+            group.update(hyper)
+        inner = scheduler.scheduler
+        inner.load_state_dict(ckpt.load_torch(checkpoint / "scheduler.pt"))
+        inner.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+        inner.lr_lambdas = [LrLambda(cfg.lr_schedule, cfg.warmup_steps, total, cfg.min_lr_ratio)] * len(
+            optimizer.param_groups)
+        for group, base, lam in zip(optimizer.param_groups, inner.base_lrs, inner.lr_lambdas):
+            group["lr"] = base * lam(inner.last_epoch)
+        inner._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+    def _evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        acc = self.accelerator
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), ckpt.isolated_rng():
+                result = self.eval_fn(acc.unwrap_model(model))
+        finally:
+            model.train(was_training)
+        if not isinstance(result, Mapping):
+            raise TypeError("eval_fn must return a dict of scalar metrics")
+        return {str(key): float(_scalar(value, key)) for key, value in result.items()}
+
+    def _save(self, model, step: int, epoch: int, batch_in_epoch: int, batches_per_epoch: int, total: int) -> Path:
+        acc, cfg = self.accelerator, self.config
+        target = self.output_dir / f"checkpoint-{step}"
+        with ckpt.isolated_rng():
+            states = [ckpt.rng_state()]
+            if acc.num_processes > 1:
+                from accelerate.utils import gather_object
+
+                states = gather_object(states)
+            if acc.is_main_process:
+                unwrapped = acc.unwrap_model(model)
+                trainer_state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                                 "batches_per_epoch": batches_per_epoch, "total_steps": total,
+                                 "num_processes": acc.num_processes}
+                with atomic_directory(target, replace=True) as temporary:
+                    self.save_model(unwrapped, temporary)
+                    if self.export_model is not None:
+                        self.export_model(unwrapped, temporary)
+                    torch.save(self.optimizer.state_dict(), temporary / "optimizer.pt")
+                    torch.save(self.scheduler.state_dict(), temporary / "scheduler.pt")
+                    torch.save(states, temporary / "rng_state.pt")
+                    if self.extra_state is not None:
+                        torch.save(self.extra_state.state_dict(), temporary / "extra_state.pt")
+                    (temporary / "config.json").write_text(cfg.to_json() + "\n", encoding="utf-8")
+                    (temporary / ckpt.TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n",
+                                                                encoding="utf-8")
+                ckpt.prune_checkpoints(self.output_dir, cfg.keep_last)
+        acc.wait_for_everyone()
+        return target
+
+
+class _Window:
+    """Sums of loss, metrics, examples and time since the last logged step (this process)."""
+
+    def __init__(self):
+        self.loss = torch.zeros((), dtype=torch.float64)
+        self.micro = 0
+        self.examples = 0
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.seconds = 0.0
+
+    def add(self, loss: torch.Tensor, metrics: Mapping[str, Any], examples: int) -> None:
+        self.loss = self.loss.to(loss.device) + loss.detach().reshape(()).double()
+        self.micro += 1
+        self.examples += examples
+        for key, value in metrics.items():
+            value = _scalar(value, key).double()
+            previous = self.sums.get(key)
+            self.sums[key] = value if previous is None else previous.to(value.device) + value
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def reduce(self, acc) -> dict[str, float]:
+        """Means over micro-batches of every process; examples/s over all processes (collective when several)."""
+        keys = sorted(self.sums)
+        if acc.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            keys = sorted({key for keys_of_one in gather_object([keys]) for key in keys_of_one})
+        device = acc.device
+        values = [self.loss.to(device), torch.tensor(float(self.micro), dtype=torch.float64, device=device),
+                  torch.tensor(float(self.examples), dtype=torch.float64, device=device),
+                  torch.tensor(self.seconds, dtype=torch.float64, device=device)]
+        for key in keys:
+            values.append(self.sums[key].to(device) if key in self.sums else
+                          torch.zeros((), dtype=torch.float64, device=device))
+            values.append(torch.tensor(float(self.counts.get(key, 0)), dtype=torch.float64, device=device))
+        packed = torch.stack(values)
+        if acc.num_processes > 1:
+            packed = acc.reduce(packed, reduction="sum")
+        packed = packed.tolist()
+        loss, micro, examples, seconds = packed[:4]
+        seconds /= acc.num_processes  # processes run side by side: their mean wall time
+        row = {"loss": loss / max(micro, 1.0),
+               "examples_per_s": examples / seconds if seconds > 0 else 0.0}
+        for i, key in enumerate(keys):
+            total, count = packed[4 + 2 * i], packed[5 + 2 * i]
+            row[key] = total / count if count else float("nan")
+        return row
+
+
+def _skip(loader, batches: int):
+    from accelerate import skip_first_batches
+
+    return skip_first_batches(loader, batches)
+
+
+def _batch_size(batch: Any, default: int) -> int:
+    from accelerate.utils import find_batch_size
+
+    try:
+        return int(find_batch_size(batch))
+    except Exception:  # noqa: BLE001 - batches without tensors
+        return default
