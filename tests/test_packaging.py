@@ -12,7 +12,8 @@ def test_wheel_ships_commands_and_schemas_inside_vpt(tmp_path):
     (wheel,) = tmp_path.glob("vpt-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"vpt/commands/main.py", "vpt/commands/score.py", "vpt/schemas/__init__.py",
-            "vpt/schemas/videos.json", "vpt/schemas/scores.json", "vpt/io/tables.py"} <= names
+            "vpt/schemas/videos.json", "vpt/schemas/scores.json", "vpt/io/tables.py", "vpt/train/trainer.py",
+            "vpt/algo/preference.py", "vpt/metrics/rewardbench.py"} <= names
     assert not any(name.startswith(("commands/", "schemas/", "tests/")) for name in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "vpt = vpt.commands.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
