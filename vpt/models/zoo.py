@@ -9,8 +9,10 @@ Layout of a zoo directory (``build_tiny_zoo(out_dir)``)::
       zoo.json        index: zoo version, seed, library versions, one entry per component, build measurements
       wan/            diffusers WanPipeline (text-to-video): model_index.json, transformer/, vae/,
                       text_encoder/ (UMT5), tokenizer/ (trained in-process), scheduler/ (flow-match Euler + shift)
+      videoreward/    tiny VideoReward (VideoAlign on Qwen2-VL), our layout: LoRA adapter over base/ inside
+      videoreward-official/  the same weights in VideoAlign's layout (model_config.json, base/, checkpoint-1/)
 
-Later components (a tiny VideoReward, CLIP, DINOv2) go to ``out_dir/<name>`` with an entry under
+Later components (CLIP, DINOv2) go to ``out_dir/<name>`` with an entry under
 ``components`` in ``zoo.json``; bump :data:`ZOO_VERSION` whenever what a seed builds changes.
 
 The VAE is *trained* briefly on toy-world clips (a random tiny Wan VAE decodes every latent to the same grey,
@@ -32,7 +34,7 @@ from typing import Callable, Iterator
 
 from vpt.errors import VptError
 
-ZOO_VERSION = 1
+ZOO_VERSION = 2
 """Version of what :func:`build_tiny_zoo` produces for a seed; part of the cache key."""
 
 DEFAULT_SHIFT = 3.0
@@ -424,12 +426,16 @@ def build_tiny_zoo(
     log(f"building the tiny zoo v{ZOO_VERSION} (seed {seed}) in {out_dir}")
     with _deterministic_torch(threads=1):
         wan = _build_wan(out_dir, seed, vae_steps, vae_batch, shift, log)
+        log("  videoreward (tiny Qwen2-VL): our layout + VideoAlign's layout")
+        from vpt.models.videoreward import write_zoo_videoreward
+
+        videoreward = write_zoo_videoreward(out_dir, seed)
     index = {
         "zoo": "tiny",
         "zoo_version": ZOO_VERSION,
         "seed": seed,
         "versions": library_versions(),
-        "components": {"wan": wan},
+        "components": {"wan": wan, **videoreward},
         "build_seconds": round(time.perf_counter() - started, 2),
     }
     (out_dir / "zoo.json").write_text(json.dumps(index, indent=2, sort_keys=False) + "\n", encoding="utf-8")
