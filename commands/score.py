@@ -17,6 +17,11 @@ def score(
         ..., "--model", "-m", help="Reward model; repeat or comma-separate for several (decoded once for all)."
     ),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="prompts table with id and prompt columns."),
+    model_dir: Optional[str] = typer.Option(None, "--model-dir", help="Local copy of the videoreward weights "
+                                            "(default: $VPT_VIDEOREWARD_DIR, then the Hugging Face hub)."),
+    device: str = typer.Option("auto", "--device", help="Device of learned reward models: auto (this process's GPU "
+                               "when there is one), cpu, cuda, cuda:1."),
+    raw: bool = typer.Option(False, "--raw", help="Also write VideoReward's raw head outputs (vq_raw, ...)."),
     output: str = typer.Option("-", "--output", "-o", help="Output scores table; - is stdout."),
     batch_size: int = typer.Option(8, "--batch-size", help="Videos scored together."),
     workers: int = typer.Option(2, "--workers", help="Background decoding threads."),
@@ -37,10 +42,10 @@ def score(
     from vpt.rewards.registry import load_reward_model
 
     names = [name.strip() for value in models for name in value.split(",") if name.strip()]
-    reward_models = [load_reward_model(name) for name in names]
+    processes = current_processes()
+    reward_models = [load_reward_model(name, model_dir, device, batch_size, raw) for name in names]
     columns = output_columns(reward_models)
     items = collect_videos(inputs or [], prompts)
-    processes = current_processes()
     summary = ScoreSummary()
     if processes.count == 1:
         with TableWriter(output, "scores") as writer, _ui.progress(len(items), "scoring", quiet) as advance:

@@ -31,6 +31,18 @@ class Processes:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def device(self) -> str:
+        """This process's accelerator (its GPU under a multi-GPU launch), else ``cpu``; torch only when needed."""
+        if self._state is not None:
+            return str(self._state.device)
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            return "cpu"
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
     def shard(self, items: Sequence[T]) -> list[T]:
         """This process's share of ``items``: every ``count``-th item from its rank (each item exactly once)."""
         return list(items[self.rank :: self.count])

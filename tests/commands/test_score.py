@@ -89,7 +89,7 @@ def test_prompts_table_supplies_prompts_by_id(run_vpt, mixed_dir, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["-m", "sharpness", "x"], "unknown reward model 'sharpness'; available: brightness, flicker, motion, "
-                               "motion-smoothness"),
+                               "motion-smoothness, videoreward, or a VideoReward checkpoint directory"),
     (["-m", "brightness"], "no videos given; name a directory, files, a glob or a videos manifest"),
     (["-m", "brightness", "missing/"], "missing/: no such file or directory"),
     (["-m", "brightness", "nothing-*.mp4"], "nothing-*.mp4: no video file matches this pattern"),

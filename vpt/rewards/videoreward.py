@@ -18,6 +18,7 @@ from vpt.io.video import DecodedVideo, FrameSampling
 from vpt.rewards.registry import RewardModel
 
 NAME = "videoreward"
+RAW_DIMENSIONS = ("vq_raw", "mq_raw", "ta_raw")
 DESCRIPTION = "VideoAlign's VideoReward (Qwen2-VL): visual quality, motion quality, text alignment, overall"
 
 
@@ -29,12 +30,15 @@ class VideoRewardScorer(RewardModel):
     primary = "overall"
     needs_prompt = True
 
-    def __init__(self, model, batch_size: int = 4, normalised: bool = True):
+    def __init__(self, model, batch_size: int = 4, normalised: bool = True, with_raw: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model.eval()
         self.batch_size = int(batch_size)
         self.normalised = bool(normalised)  # False: the three dims are raw head outputs (overall = their sum)
+        self.with_raw = bool(with_raw)
+        if self.with_raw:
+            self.dimensions = VideoRewardScorer.dimensions + RAW_DIMENSIONS
 
     @property
     def sampling(self) -> FrameSampling:
@@ -70,12 +74,14 @@ class VideoRewardScorer(RewardModel):
             values = self.model.normalise(raw)
         else:
             values = np.concatenate([raw, raw.sum(-1, keepdims=True)], axis=-1)
+        if self.with_raw:
+            values = np.concatenate([values, raw], axis=-1)
         return {name: np.ascontiguousarray(values[:, i], dtype=np.float64) for i, name in enumerate(self.dimensions)}
 
 
 def load_videoreward_scorer(path: str | os.PathLike, device: str = "cpu", batch_size: int = 4, dtype: str = "float32",
                             base: str | os.PathLike | None = None, position_ids: str | None = None,
-                            normalised: bool = True) -> VideoRewardScorer:
+                            normalised: bool = True, with_raw: bool = False) -> VideoRewardScorer:
     """Load a VideoReward checkpoint (our layout, VideoAlign's, or a zoo directory) as a scorer.
 
     ``dtype``: ``float32``, ``bfloat16`` or ``float16``; ``position_ids``: override the checkpoint's position mode
@@ -94,4 +100,4 @@ def load_videoreward_scorer(path: str | os.PathLike, device: str = "cpu", batch_
     model = load_videoreward(path, device=device, dtype=dtypes[dtype], base=base)
     if position_ids is not None:
         model.with_config(position_ids=position_ids)
-    return VideoRewardScorer(model, batch_size=batch_size, normalised=normalised)
+    return VideoRewardScorer(model, batch_size=batch_size, normalised=normalised, with_raw=with_raw)
