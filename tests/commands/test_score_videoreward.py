@@ -68,6 +68,6 @@ def test_videoreward_needs_prompts(run_vpt, tiny_zoo, toy_manifest):
     result = run_vpt(["score", "-q", "-m", tiny_zoo / "videoreward", toy_manifest.parent / "clips"])
     assert result.exit_code == 2
     assert result.stderr == (
-        f"vpt: error: reward model 'videoreward' needs a prompt for every video and 'toy-0000' has none; "
+        f"vpt: error: reward model '{tiny_zoo / 'videoreward'}' needs a prompt for every video and 'toy-0000' has none; "
         "give a manifest with a prompt column or --prompts TABLE\n"
     )
