@@ -30,6 +30,7 @@ test-all: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_foundation.py
+	$(BIN)/python benchmarks/bench_videoreward.py
 
 clean:
 	rm -rf demo build dist *.egg-info
