@@ -81,6 +81,7 @@ import torch
 from torch import nn
 
 from vpt.errors import VptError
+from vpt.io.jsonfile import read_json_object
 from vpt.io.video import FrameSampling
 from vpt.models.qwen_frames import MAX_PIXELS, MIN_PIXELS, video_patches
 
@@ -803,13 +804,7 @@ def save_videoreward(model: VideoRewardModel, directory: str | os.PathLike, save
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise VptError(f"{path}: unreadable ({error}); re-export the checkpoint") from None
-    if not isinstance(data, dict):
-        raise VptError(f"{path}: expected a JSON object; re-export the checkpoint")
-    return data
+    return read_json_object(path, "the checkpoint file", "re-export the checkpoint")
 
 
 def _torch_load(path: Path) -> dict:

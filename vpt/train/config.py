@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vpt.errors import VptError
+from vpt.io.jsonfile import read_json_object
 
 SCHEDULES = ("constant", "cosine", "linear")
 MIXED_PRECISION = ("no", "bf16")
@@ -128,14 +129,7 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "TrainConfig":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise VptError(f"{path}: cannot read the training config ({error}); pass a JSON object file") from None
-        if not isinstance(data, dict):
-            raise VptError(f"{path}: the training config must be a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_object(path, "the training config", "pass a JSON object file"))
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
