@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from timing import best_of
 
 
 def help_time(repeats: int = 7) -> tuple[float, float]:
@@ -43,16 +44,6 @@ def make_clips(folder: Path, count: int, frames: int, size: int) -> list[Path]:
     return paths
 
 
-def timed(function, repeats: int = 3) -> float:
-    """Best wall time of ``repeats`` runs (the least disturbed by other load on the machine)."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=32)
@@ -73,15 +64,15 @@ def main() -> None:
         paths = make_clips(Path(folder), args.clips, args.frames, args.size)
         items = [VideoItem(id=p.stem, path=str(p), file=p) for p in paths]
         decode(paths[0], FrameSampling())  # warm the decoder libraries up
-        sequential = timed(lambda: [decode(p, FrameSampling()) for p in paths])
+        sequential = best_of(lambda: [decode(p, FrameSampling()) for p in paths])
         with ThreadPoolExecutor(args.workers) as pool:
-            threaded = timed(lambda: list(pool.map(lambda p: decode(p, FrameSampling()), paths)))
+            threaded = best_of(lambda: list(pool.map(lambda p: decode(p, FrameSampling()), paths)))
         decode_rate = len(paths) / threaded
         rows.append(("raw decode, 1 thread", f"{len(paths) / sequential:.1f} videos/s", ""))
         rows.append((f"raw decode, {args.workers} threads", f"{decode_rate:.1f} videos/s", "1.00x"))
         for names in [[name] for name in HEURISTICS] + [list(HEURISTICS)]:
             models = [load_reward_model(name) for name in names]
-            seconds = timed(lambda: [rows_ for rows_ in score_videos(items, models, batch_size=8,
+            seconds = best_of(lambda: [rows_ for rows_ in score_videos(items, models, batch_size=8,
                                                                       workers=args.workers)])
             rate = len(paths) / seconds
             rows.append((f"vpt score -m {','.join(names)}", f"{rate:.1f} videos/s", f"{rate / decode_rate:.2f}x"))

@@ -12,17 +12,8 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
-from pathlib import Path
 
-
-def best_of(function, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
-    return best
+from timing import best_of
 
 
 def main() -> None:
