@@ -289,7 +289,20 @@ def _vote(difference: float, tie: float) -> str:
     return "tie"
 
 
-def toy_preferences(clips: list[dict], n_pairs: int, seed: int = 0, brightness_tie: float = 0.05) -> list[dict]:
+def toy_mos(clip: dict, prompt_clip: dict) -> dict[str, float]:
+    """Mean opinion scores (1..5) of ``clip`` shown with ``prompt_clip``'s prompt, consistent with the labels of
+    :func:`toy_preferences` (up to its brightness tie band): ``vq`` grows with brightness, ``mq`` falls with jitter,
+    ``ta`` is 5 when the prompt names the clip's colour and shape, else 1."""
+    low, high = BRIGHTNESS_RANGE
+    return {
+        "vq": 1.0 + 4.0 * (float(clip["brightness"]) - low) / (high - low),
+        "mq": 5.0 - 4.0 * float(clip["jitter"]) / 3.0,
+        "ta": 5.0 if (clip["color"], clip["shape"]) == (prompt_clip["color"], prompt_clip["shape"]) else 1.0,
+    }
+
+
+def toy_preferences(clips: list[dict], n_pairs: int, seed: int = 0, brightness_tie: float = 0.05,
+                    mos: bool = False) -> list[dict]:
     """Preference pairs between toy clips, labelled by the truth (rows of the ``prefs`` table).
 
     ``clips`` are ``videos`` manifest rows carrying the true attributes. For a random pair (A, B), shown with the
@@ -299,6 +312,8 @@ def toy_preferences(clips: list[dict], n_pairs: int, seed: int = 0, brightness_t
     - ``mq``: the clip with less jitter wins; equal jitter is a tie;
     - ``ta``: the clip whose colour and shape the prompt names wins; a tie when both have them;
     - ``overall``: the majority of the three votes (a tie when they cancel).
+
+    With ``mos`` every row also carries mean opinion scores ``vq_mos_a, vq_mos_b, mq_mos_a, ...`` (:func:`toy_mos`).
     """
     if len(clips) < 2:
         raise ValueError("need at least two clips to pair")
@@ -325,4 +340,9 @@ def toy_preferences(clips: list[dict], n_pairs: int, seed: int = 0, brightness_t
             "overall": _vote(balance, 0.0),
             "source": "toyworld",
         })
+        if mos:
+            score_a, score_b = toy_mos(a, shown), toy_mos(b, shown)
+            for dimension in ("vq", "mq", "ta"):
+                pairs[-1][f"{dimension}_mos_a"] = score_a[dimension]
+                pairs[-1][f"{dimension}_mos_b"] = score_b[dimension]
     return pairs

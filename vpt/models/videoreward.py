@@ -116,7 +116,6 @@ HEAD_KINDS = {"shared": 1, "per_dim": 3}
 POSITION_MODES = ("sequential", "mrope")
 PADDING_SIDES = ("right", "left")
 SYSTEM_PROMPT = "You are a helpful assistant."
-PROMPT_TEMPLATES = ("detailed_special",)
 DEFAULT_LORA_EXCLUDE = ("lm_head", "rm_head", "embed_tokens", "visual")
 
 CONFIG_FILE = "vpt_videoreward.json"
@@ -191,6 +190,13 @@ VIDEOALIGN_QUERY = (
     "Please provide the ratings of Text Alignment: <|TA_reward|>\n"
     "END\n"
 )
+
+# The same order in a few tokens: for models trained from scratch, where ~830 tokens of instructions only dilute
+# the video (the tiny zoo model learns motion and text alignment with this one, not with the verbatim query).
+COMPACT_QUERY = ("\nRate the video.\nVisual Quality: <|VQ_reward|>\nMotion Quality: <|MQ_reward|>\n"
+                 "Textual prompt - {text_prompt}\nText Alignment: <|TA_reward|>\n")
+QUERIES = {"detailed_special": VIDEOALIGN_QUERY, "compact": COMPACT_QUERY}
+PROMPT_TEMPLATES = tuple(QUERIES)
 
 
 # ------------------------------------------------------------------------------------------------------ config
@@ -273,16 +279,17 @@ def normalise_rewards(raw, mean=RELEASE_NORM_MEAN, std=RELEASE_NORM_STD):
 # ------------------------------------------------------------------------------------------------------ prompt
 
 
-def videoalign_query(prompt: str) -> str:
-    """VideoAlign's ``detailed_special`` query for a text prompt (VQ and MQ requests first, then prompt and TA)."""
-    return VIDEOALIGN_QUERY.replace("{text_prompt}", prompt)
+def videoalign_query(prompt: str, template: str = "detailed_special") -> str:
+    """The rating query for a text prompt (VQ and MQ requests first, then the prompt and the TA request)."""
+    return QUERIES[template].replace("{text_prompt}", prompt)
 
 
-def chat_text(prompt: str, system_prompt: str = SYSTEM_PROMPT) -> str:
+def chat_text(prompt: str, system_prompt: str = SYSTEM_PROMPT, template: str = "detailed_special") -> str:
     """The full chat text with one ``<|video_pad|>`` placeholder (Qwen2-VL's chat template, generation prompt on)."""
     return (
         f"<|im_start|>system\n{system_prompt}<|im_end|>\n"
-        f"<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>{videoalign_query(prompt)}<|im_end|>\n"
+        f"<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>{videoalign_query(prompt, template)}"
+        "<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
 
@@ -334,7 +341,8 @@ class VideoRewardProcessor:
 
     def token_ids(self, prompt: str, video_tokens: int) -> list[int]:
         """Token ids of one row: the chat text with ``<|video_pad|>`` repeated ``video_tokens`` times."""
-        ids = self.tokenizer(chat_text(prompt, self.config.system_prompt), add_special_tokens=False)["input_ids"]
+        text = chat_text(prompt, self.config.system_prompt, self.config.prompt_template)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         at = ids.index(self.video_token_id)
         return ids[:at] + [self.video_token_id] * video_tokens + ids[at + 1:]
 
