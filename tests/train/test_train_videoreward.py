@@ -82,18 +82,21 @@ def prefs_rows(world: Path, count: int = 3) -> list[dict]:
 # --------------------------------------------------------------------------------------------------- bad inputs
 
 
+def preference_error(path, model) -> str:
+    """The one-line message reading the prefs table ``path`` for ``model`` fails with."""
+    with pytest.raises(VptError) as error:
+        read_preferences(path, model.sampling)
+    return str(error.value)
+
+
 def test_missing_table_columns(world, zoo_model):
     rows = prefs_rows(world)
     no_path = write_csv(world.parent / "no-path-b.csv", [{k: v for k, v in r.items() if k != "path_b"} for r in rows])
-    with pytest.raises(VptError) as error:
-        read_preferences(no_path, zoo_model.sampling)
-    assert str(error.value) == (f"{no_path}: missing column 'path_b' (schema prefs v1 requires: pair_id, path_a, "
+    assert preference_error(no_path, zoo_model) == (f"{no_path}: missing column 'path_b' (schema prefs v1 requires: pair_id, path_a, "
                                 "path_b, prompt)")
     no_labels = write_csv(world.parent / "no-labels.csv",
                           [{k: v for k, v in r.items() if k not in ("mq", "ta")} for r in rows])
-    with pytest.raises(VptError) as error:
-        read_preferences(no_labels, zoo_model.sampling)
-    assert str(error.value) == (f"{no_labels}: missing label columns 'mq', 'ta'; train-reward needs vq, mq and ta "
+    assert preference_error(no_labels, zoo_model) == (f"{no_labels}: missing label columns 'mq', 'ta'; train-reward needs vq, mq and ta "
                                 "(a, b, tie or invalid per pair)")
 
 
@@ -101,15 +104,11 @@ def test_wrong_label_values_and_empty_prompts(world, zoo_model):
     rows = prefs_rows(world)
     rows[1]["vq"] = "A"
     bad = write_csv(world.parent / "bad-label.csv", rows)
-    with pytest.raises(VptError) as error:
-        read_preferences(bad, zoo_model.sampling)
-    assert str(error.value) == f"{bad}: row 2: column 'vq' has 'A'; expected one of a, b, tie, invalid"
+    assert preference_error(bad, zoo_model) == f"{bad}: row 2: column 'vq' has 'A'; expected one of a, b, tie, invalid"
     rows = prefs_rows(world)
     rows[2]["prompt"] = "  "
     blank = write_csv(world.parent / "blank-prompt.csv", rows)
-    with pytest.raises(VptError) as error:
-        read_preferences(blank, zoo_model.sampling)
-    assert str(error.value) == (f"{blank}: row 3 (pair '{rows[2]['pair_id']}'): the prompt is empty; VideoReward "
+    assert preference_error(blank, zoo_model) == (f"{blank}: row 3 (pair '{rows[2]['pair_id']}'): the prompt is empty; VideoReward "
                                 "rates text alignment against the prompt, give every pair one")
 
 
@@ -117,9 +116,7 @@ def test_unreadable_videos_name_the_file_and_the_row(world, zoo_model):
     rows = prefs_rows(world)
     rows[1]["path_b"] = "clips/missing.mp4"
     missing = write_csv(world.parent / "missing-video.csv", rows)
-    with pytest.raises(VptError) as error:
-        read_preferences(missing, zoo_model.sampling)
-    assert str(error.value) == (f"{world.parent / 'clips' / 'missing.mp4'}: file not found (prefs row 2, pair "
+    assert preference_error(missing, zoo_model) == (f"{world.parent / 'clips' / 'missing.mp4'}: file not found (prefs row 2, pair "
                                 f"'{rows[1]['pair_id']}', path_b of {missing})")
     (world.parent / "clips" / "broken.mp4").write_text("this is not a video\n")
     rows = prefs_rows(world)

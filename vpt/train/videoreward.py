@@ -53,6 +53,7 @@ import torch
 from vpt.algo.preference import A_WINS, B_WINS, INVALID, TIE, bradley_terry_loss, bradley_terry_ties_loss, \
     regression_loss
 from vpt.errors import VideoReadError, VptError
+from vpt.io.atomic import atomic_path
 from vpt.io.video import FrameSampling
 from vpt.metrics.rewardbench import accuracy_with_ties, accuracy_without_ties
 from vpt.models.videoreward import DIMENSIONS, VideoRewardModel, save_videoreward, videoalign_lora_targets
@@ -540,7 +541,8 @@ def train_videoreward(model: VideoRewardModel, prefs: str | os.PathLike, config:
             "accuracy": evaluation.metrics, "options": options.to_dict(),
             "eval_pair_ids": [data.pair_ids[i] for i in eval_indices],
         }
-        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        with atomic_path(out / SUMMARY_FILE) as temporary:
+            temporary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     accelerator.wait_for_everyone()
     finished = time.perf_counter()
     return RewardTrainResult(train=result, model=model, output_dir=out, evaluation=evaluation,
