@@ -29,6 +29,7 @@ def train_reward(
     eval_fraction: float = typer.Option(0.1, "--eval-fraction", help="Share of pairs held out (seeded split)."),
     eval_every: int = typer.Option(100, "--eval-every", help="Held-out accuracy every N steps (0: at the end)."),
     save_every: int = typer.Option(200, "--save-every", help="Checkpoint every N steps (0: at the end)."),
+    log_every: int = typer.Option(10, "--log-every", help="Training metrics to metrics.jsonl every N steps."),
     lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="LoRA rank on the language model (default: "
                                                                       "64); 0 = no adapter."),
     lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default: 2 x rank)."),
@@ -72,7 +73,8 @@ def train_reward(
     config = TrainConfig(output_dir=out, seed=seed, learning_rate=defaults["learning_rate"] if lr is None else lr,
                          batch_size=batch_size, gradient_accumulation_steps=grad_accum, max_steps=max_steps,
                          epochs=2 if max_steps is None and epochs is None else epochs, eval_every=eval_every,
-                         save_every=save_every, max_grad_norm=max_grad_norm, mixed_precision=mixed_precision)
+                         save_every=save_every, log_every=log_every, max_grad_norm=max_grad_norm,
+                         mixed_precision=mixed_precision)
     result = train_videoreward(model, prefs, config, options, resume=resume, quiet=quiet)
     if result.evaluation is not None and not quiet:
         metrics = result.evaluation.metrics
