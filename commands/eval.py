@@ -92,3 +92,115 @@ def _percent(value: float | None) -> str:
 
 def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
+
+
+@app.command("gsb")
+def gsb(
+    good: Optional[int] = typer.Option(None, "--good", help="Judgements where the model was better (G)."),
+    same: Optional[int] = typer.Option(None, "--same", help="Judgements where the two were the same (S)."),
+    bad: Optional[int] = typer.Option(None, "--bad", help="Judgements where the model was worse (B)."),
+    aspect: Optional[str] = typer.Option(None, "--aspect", help="Aspect of --good/--same/--bad (default overall)."),
+    counts: Optional[str] = typer.Option(None, "--counts", help="gsb_counts table: aspect,good,same,bad per row."),
+    judgements: Optional[str] = typer.Option(None, "--judgements", help="gsb_judgements table: one judgement "
+                                                                        "(G/S/B) per row, [aspect], other columns."),
+    cluster_by: Optional[str] = typer.Option(None, "--cluster-by", help="Judgements column whose equal values form "
+                                                                        "one bootstrap cluster, e.g. prompt_id."),
+    bootstrap: int = typer.Option(10_000, "--bootstrap", help="Bootstrap replicates."),
+    confidence: float = typer.Option(0.95, "--confidence", help="Coverage of the intervals."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Also write the gsb table here."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print no text table."),
+) -> None:
+    """GSB human evaluation of a model against a baseline: WinRate, Preference and Margin with bootstrap intervals.
+
+    WinRate = G/(G+B), Preference = (G + S/2)/N, Margin = (G-B)/N, in percent. With --cluster-by, whole clusters
+    (e.g. all judgements of one prompt) are resampled, since judgements of one prompt are not independent.
+    """
+    from vpt.errors import VptError
+    from vpt.io.tables import write_table
+    from vpt.metrics.gsb import gsb_row
+
+    direct = {"good": good, "same": same, "bad": bad}
+    from_options = any(value is not None for value in direct.values())
+    if from_options + (counts is not None) + (judgements is not None) != 1:
+        raise VptError("give exactly one input: --good N --same N --bad N, --counts TABLE or --judgements TABLE")
+    if aspect is not None and not from_options:
+        raise VptError("--aspect goes with --good/--same/--bad; a table names its aspects in its aspect column")
+    if cluster_by is not None and judgements is None:
+        raise VptError("--cluster-by needs individual judgements: give them with --judgements TABLE")
+    if bootstrap < 1:
+        raise VptError(f"--bootstrap {bootstrap}: give at least 1 replicate (10000 is usual)")
+    if not 0 < confidence < 1:
+        raise VptError(f"--confidence {confidence}: give a coverage strictly between 0 and 1, e.g. 0.95")
+
+    if counts is not None:
+        groups = _counts_table(counts)
+    elif judgements is not None:
+        groups = _judgements_table(judgements, cluster_by)
+    else:
+        missing = [f"--{name}" for name, value in direct.items() if value is None]
+        if missing:
+            raise VptError(f"--good, --same and --bad go together; add {' and '.join(missing)}")
+        for name, value in direct.items():
+            if value < 0:
+                raise VptError(f"--{name} {value}: counts must be 0 or more")
+        groups = {aspect or "overall": [good, same, bad]}
+    rows = [gsb_row(name, group_counts, bootstrap, confidence, seed) for name, group_counts in groups.items()]
+    if output is not None:
+        write_table(rows, output, "gsb")
+    if not quiet:
+        interval = f"{100 * confidence:.10g}% CI"
+        header = ["aspect", "G", "S", "B", "N", "WinRate", interval, "Preference", interval, "Margin", interval]
+        body = [[r["aspect"], str(r["good"]), str(r["same"]), str(r["bad"]), str(r["total"]),
+                 *(cell for metric in ("win_rate", "preference", "margin")
+                   for cell in (_percent(r[metric]), _interval(r[f"{metric}_low"], r[f"{metric}_high"])))]
+                for r in rows]
+        # With -o -, stdout carries the Parquet table.
+        typer.echo(_ui.aligned([header, *body]), err=output == "-")
+
+
+def _counts_table(source: str) -> dict[str, list[int]]:
+    """aspect -> [G, S, B] from a gsb_counts table."""
+    from vpt.errors import VptError
+    from vpt.io.tables import read_table
+
+    groups = {}
+    for number, row in enumerate(read_table(source, "gsb_counts").to_pylist(), start=1):
+        for column in ("good", "same", "bad"):
+            if row[column] < 0:
+                raise VptError(f"{source}: row {number}: column '{column}' is {row[column]}; counts must be 0 or more")
+        if row["aspect"] in groups:
+            raise VptError(f"{source}: row {number}: aspect '{row['aspect']}' appears twice; give one row per aspect")
+        groups[row["aspect"]] = [row["good"], row["same"], row["bad"]]
+    return groups
+
+
+def _judgements_table(source: str, cluster_by: str | None) -> dict:
+    """aspect -> counts [3], or per-cluster counts [K, 3] with ``cluster_by``, from a gsb_judgements table."""
+    from vpt.errors import VptError
+    from vpt.io.tables import read_table
+    from vpt.metrics.gsb import count_judgements, parse_judgements
+
+    table = read_table(source, "gsb_judgements")
+    if cluster_by is not None and cluster_by not in table.column_names:
+        raise VptError(f"{source}: has no column '{cluster_by}' to cluster by; its columns are "
+                       f"{', '.join(table.column_names)}")
+    try:
+        codes = parse_judgements(table.column("judgement").to_pylist())
+    except ValueError as error:
+        raise VptError(f"{source}: {error}") from None
+    aspects = (table.column("aspect").to_pylist() if "aspect" in table.column_names
+               else ["overall"] * table.num_rows)
+    clusters = table.column(cluster_by).to_pylist() if cluster_by is not None else None
+    if clusters is not None and None in clusters:
+        raise VptError(f"{source}: row {clusters.index(None) + 1}: column '{cluster_by}' is empty; "
+                       f"every judgement needs a cluster")
+    members: dict[str, list[int]] = {}
+    for index, name in enumerate(aspects):
+        members.setdefault(name, []).append(index)
+    return {name: count_judgements(codes[rows], None if clusters is None else [clusters[i] for i in rows])
+            for name, rows in members.items()}
+
+
+def _interval(low: float | None, high: float | None) -> str:
+    return "n/a" if low is None or high is None else f"[{low:.2f}, {high:.2f}]"

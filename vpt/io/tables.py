@@ -27,7 +27,7 @@ import os
 import shutil
 import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -156,6 +156,13 @@ def load_schema(name: str) -> Schema:
 
 def _as_schema(schema: Schema | str | None) -> Schema | None:
     return load_schema(schema) if isinstance(schema, str) else schema
+
+
+def without_value_checks(schema: Schema | str) -> Schema:
+    """``schema`` with its enum and not-empty rules lifted (columns and types are still checked): for readers that
+    report bad values row by row themselves, or skip them."""
+    schema = _as_schema(schema)
+    return replace(schema, fields=tuple(replace(f, enum=None, nullable=True) for f in schema.fields))
 
 
 # ---------------------------------------------------------------------------------------------------- conforming
@@ -403,6 +410,20 @@ def source_directory(source: str | os.PathLike) -> Path:
         return Path.cwd()
     path = Path(text)
     return path if path.is_dir() else path.parent
+
+
+def declared_schema(source: str | os.PathLike) -> str | None:
+    """The schema name the first Parquet file of ``source`` carries in its metadata (None for CSV/JSONL/stdin or
+    an unmarked file)."""
+    first = _expand(source)[0]
+    if first == STDIO or not first.lower().endswith(".parquet"):
+        return None
+    try:
+        metadata = pq.read_schema(first).metadata or {}
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise VptError(f"{first}: not a readable table ({_first_line(exc)})") from None
+    name = metadata.get(SCHEMA_NAME_KEY)
+    return None if name is None else name.decode()
 
 
 def check_table(source: str | os.PathLike, schema: Schema | str | None = None) -> tuple[Schema, int]:

@@ -1,0 +1,1 @@
+"""Preference pairs (the ``prefs`` table) from human annotations, scored samples and synthetic temporal negatives."""

@@ -1,0 +1,71 @@
+"""What every source of preference pairs shares: stable pair ids, seeded side balancing, label swapping, paths.
+
+A pair's id hashes its two videos (in either order), its prompt and its source, so it does not depend on the row
+order of the input, on which side the preferred clip ends up, or on the run. Balancing puts the preferred clip on
+side A or B by a seeded coin per pair (drawn from the pair id, so also order-independent): a model trained on the
+pairs cannot learn the position.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+LABELS = ("a", "b", "tie", "invalid")
+DIMENSIONS = ("vq", "mq", "ta")
+LABEL_COLUMNS = (*DIMENSIONS, "overall")
+_SWAPPED_LABEL = {"a": "b", "b": "a", "tie": "tie", "invalid": "invalid", None: None}
+_SIDE_COLUMNS = [("path_a", "path_b"), ("id_a", "id_b")] + [(f"{d}_mos_a", f"{d}_mos_b") for d in DIMENSIONS]
+
+
+def pair_id(video_a: str, video_b: str, prompt: str | None, source: str) -> str:
+    """16 hex digits identifying the unordered pair {video_a, video_b} under ``prompt`` from ``source``."""
+    first, second = sorted((video_a, video_b))
+    text = "\x1f".join((source, first, second, "" if prompt is None else prompt))
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def _splitmix64(values: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        z = values + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def swap_coins(pair_ids: Sequence[str], seed: int) -> np.ndarray:
+    """``bool [N]``: whether each pair's sides are swapped; a fair coin per (pair id, seed)."""
+    ids = np.array([int(identifier, 16) for identifier in pair_ids], dtype=np.uint64)
+    mixed = _splitmix64(ids ^ _splitmix64(np.array([seed & (2**64 - 1)], dtype=np.uint64)))
+    return (mixed >> np.uint64(63)).astype(bool)
+
+
+def swap_sides(row: dict) -> dict:
+    """The same pair seen from the other side: A and B columns exchanged, labels a <-> b."""
+    swapped = dict(row)
+    for left, right in _SIDE_COLUMNS:
+        if left in row or right in row:
+            swapped[left], swapped[right] = row.get(right), row.get(left)
+    for column in LABEL_COLUMNS:
+        if column in row:
+            swapped[column] = _SWAPPED_LABEL[row[column]]
+    return swapped
+
+
+def balance(rows: list[dict], seed: int) -> list[dict]:
+    """``rows`` with each pair's sides swapped by its seeded coin (see :func:`swap_coins`)."""
+    coins = swap_coins([row["pair_id"] for row in rows], seed)
+    return [swap_sides(row) if coin else row for row, coin in zip(rows, coins)]
+
+
+def table_path(path: str | os.PathLike, relative_to: Path | None) -> str:
+    """How a video path is written into a prefs table: relative to the table's directory when it is written to a
+    file (the table reads its paths relative to itself), absolute when it goes to stdout."""
+    absolute = Path(os.path.abspath(path))
+    if relative_to is None:
+        return str(absolute)
+    return os.path.relpath(absolute, os.path.abspath(relative_to))
