@@ -66,7 +66,7 @@ def build_prefs(
     from vpt.errors import VptError
     from vpt.io.tables import write_table
     from vpt.prefs.pairs import balance as balanced
-    from vpt.prefs.pairs import table_path
+    from vpt.prefs.pairs import table_paths
 
     sources = [name for name, given in (("--from-annotations", from_annotations), ("--from-scores", from_scores),
                                         ("--synthetic", synthetic)) if given]
@@ -80,9 +80,9 @@ def build_prefs(
     else:
         rows, summary = _synthetic_pairs(synthetic, videos, out_dir, window, freeze_fraction, skip_symmetric,
                                          symmetric_column, reencode_source, crf, workers, seed, quiet)
-    relative_to = None if output == "-" else Path(output).parent
+    written = table_paths(None if output == "-" else Path(output).parent)
     for row in rows:
-        row["path_a"], row["path_b"] = table_path(row["path_a"], relative_to), table_path(row["path_b"], relative_to)
+        row["path_a"], row["path_b"] = written(row["path_a"]), written(row["path_b"])
     if balance:
         rows = balanced(rows, seed)
     write_table(rows, output, "prefs")
@@ -133,4 +133,17 @@ def _score_pairs(score_sources, videos, reward, min_gap, top_k, group_by):
 
 def _synthetic_pairs(kinds, videos, out_dir, window, freeze_fraction, skip_symmetric, symmetric_column,
                      reencode_source, crf, workers, seed, quiet):
-    raise NotImplementedError
+    from vpt.errors import VptError
+    from vpt.prefs.synthetic import synthetic_prefs
+
+    if videos is None or out_dir is None:
+        raise VptError("--synthetic needs --videos TABLE (the good clips) and --out-dir DIR (where the negative "
+                       "clips are written)")
+    names = tuple(name.strip() for name in kinds.split(",") if name.strip())
+    with _ui.progress(None, "negatives (clips)", quiet) as advance:
+        made = synthetic_prefs(videos, out_dir, names, skip_symmetric=skip_symmetric,
+                               symmetric_column=symmetric_column, seed=seed, window=window,
+                               freeze_fraction=freeze_fraction, workers=workers, crf=crf,
+                               reencode_source=reencode_source, on_progress=advance)
+    left_out = f"; left out: {_counts(made.skipped)}" if made.skipped else ""
+    return made.rows, f"of {made.clips} clips ({', '.join(names)}){left_out}"

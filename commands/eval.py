@@ -101,8 +101,8 @@ def gsb(
     bad: Optional[int] = typer.Option(None, "--bad", help="Judgements where the model was worse (B)."),
     aspect: Optional[str] = typer.Option(None, "--aspect", help="Aspect of --good/--same/--bad (default overall)."),
     counts: Optional[str] = typer.Option(None, "--counts", help="gsb_counts table: aspect,good,same,bad per row."),
-    judgements: Optional[str] = typer.Option(None, "--judgements", help="gsb_judgements table: one judgement "
-                                                                        "(G/S/B) per row, [aspect], other columns."),
+    judgements: Optional[str] = typer.Option(None, "--judgements", help="gsb_judgements table: one judgement (G/S/B) "
+                                                                        "per row, an optional aspect, other columns."),
     cluster_by: Optional[str] = typer.Option(None, "--cluster-by", help="Judgements column whose equal values form "
                                                                         "one bootstrap cluster, e.g. prompt_id."),
     bootstrap: int = typer.Option(10_000, "--bootstrap", help="Bootstrap replicates."),
@@ -113,8 +113,9 @@ def gsb(
 ) -> None:
     """GSB human evaluation of a model against a baseline: WinRate, Preference and Margin with bootstrap intervals.
 
-    WinRate = G/(G+B), Preference = (G + S/2)/N, Margin = (G-B)/N, in percent. With --cluster-by, whole clusters
-    (e.g. all judgements of one prompt) are resampled, since judgements of one prompt are not independent.
+    WinRate = G/(G+B), Preference = (G + S/2)/N, Margin = (G-B)/N, in percent.
+
+    Judgements of one prompt are not independent: --cluster-by prompt_id resamples whole prompts.
     """
     from vpt.errors import VptError
     from vpt.io.tables import write_table

@@ -131,3 +131,31 @@ def test_one_source_and_its_inputs_are_required(run_vpt, tmp_path):
     assert missing.exit_code == 2 and missing.stderr == (
         "vpt: error: --from-scores needs --videos TABLE: the videos or rollouts table the scores are of (it gives the "
         "groups and the paths)\n")
+
+
+def test_synthetic_negatives_are_written_with_their_pairs(run_vpt, toy_manifest, tmp_path):
+    source = tmp_path / "good.parquet"
+    write_table(read_table(toy_manifest, "videos").to_pylist()[:6], source, "videos")  # relative paths: copy clips
+    os.symlink(toy_manifest.parent / "clips", tmp_path / "clips")
+    out = tmp_path / "prefs.parquet"
+    args = ["build-prefs", "--synthetic", "reverse,freeze", "--videos", source, "--out-dir", tmp_path / "negatives",
+            "-o", out, "--seed", "2"]
+    result = run_vpt(args)
+    assert result.exit_code == 0, result.stderr
+    rows = pq.read_table(out).to_pylist()
+    assert len(rows) == 10 and result.stderr == ("build-prefs: 10 pairs of 6 clips (reverse, freeze); left out: 2 no visible "
+                                                "change\n")  # toy-0000 stands still
+    assert {row["source"] for row in rows} == {"synthetic:reverse", "synthetic:freeze"}
+    for row in rows:
+        negative_side = "a" if row["id_a"].endswith(("reverse", "freeze")) else "b"
+        preferred = "b" if negative_side == "a" else "a"
+        assert (row["mq"], row["overall"], row["vq"], row["ta"]) == (preferred, preferred, "invalid", "invalid")
+        negative = row[f"path_{negative_side}"]
+        assert negative.startswith("negatives/") and (tmp_path / negative).is_file()
+    assert {row["overall"] for row in rows} == {"a", "b"}  # balanced
+    again = run_vpt(args)
+    assert pq.read_table(out).to_pylist() == rows and again.stderr == result.stderr  # seeded and deterministic
+
+    assert run_vpt(["build-prefs", "--synthetic", "reverse", "--videos", source]).stderr == (
+        "vpt: error: --synthetic needs --videos TABLE (the good clips) and --out-dir DIR (where the negative clips "
+        "are written)\n")

@@ -68,7 +68,7 @@ def pairs_from_annotations(source: str | os.PathLike, data_dir: str | os.PathLik
     base = os.path.abspath(data_dir)
     columns = {name: table.column(name).to_pylist() for name in ("path_A", "path_B", "prompt", *LABEL_COLUMNS)}
     overall = table.column("Overall").to_pylist() if "Overall" in table.column_names else None
-    exists: dict[str, bool] = {}
+    resolved: dict[str, str | None] = {}  # as written -> absolute path, None when it is not a file
     first_row_of: dict[tuple, int] = {}
     rows: list[dict] = []
     problems: list[Problem] = []
@@ -87,15 +87,13 @@ def pairs_from_annotations(source: str | os.PathLike, data_dir: str | os.PathLik
             problems.append(Problem(number, "missing video", f"row {number}: column '{column}' is empty; every "
                                                              f"pair needs two videos"))
             return None
-        path = os.path.normpath(os.path.join(base, value))
-        if check_files:
-            found = exists.get(path)
-            if found is None:
-                found = exists[path] = os.path.isfile(path)
-            if not found:
-                problems.append(Problem(number, "missing video", f"row {number}: {column} {value!r} is not a file "
-                                                                 f"under {base}; fix the path or give --data-dir"))
-                return None
+        if value not in resolved:
+            path = os.path.normpath(os.path.join(base, value))
+            resolved[value] = path if not check_files or os.path.isfile(path) else None
+        path = resolved[value]
+        if path is None:
+            problems.append(Problem(number, "missing video", f"row {number}: {column} {value!r} is not a file under "
+                                                             f"{base}; fix the path or give --data-dir"))
         return path
 
     for index in range(table.num_rows):

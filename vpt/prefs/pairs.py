@@ -8,10 +8,11 @@ pairs cannot learn the position.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -62,10 +63,20 @@ def balance(rows: list[dict], seed: int) -> list[dict]:
     return [swap_sides(row) if coin else row for row, coin in zip(rows, coins)]
 
 
-def table_path(path: str | os.PathLike, relative_to: Path | None) -> str:
-    """How a video path is written into a prefs table: relative to the table's directory when it is written to a
-    file (the table reads its paths relative to itself), absolute when it goes to stdout."""
-    absolute = Path(os.path.abspath(path))
-    if relative_to is None:
-        return str(absolute)
-    return os.path.relpath(absolute, os.path.abspath(relative_to))
+def table_paths(relative_to: Path | None) -> Callable[[str | os.PathLike], str]:
+    """How video paths are written into a prefs table: relative to the table's directory when it is written to a
+    file (the table reads its paths relative to itself), absolute when it goes to stdout. Returns a converter that
+    remembers the paths it has seen (a video appears in many pairs)."""
+    base = None if relative_to is None else os.path.abspath(relative_to)
+    inside = None if base is None else base.rstrip(os.sep) + os.sep
+
+    @functools.cache
+    def convert(path: str) -> str:
+        absolute = os.path.abspath(path)
+        if base is None:
+            return absolute
+        if absolute.startswith(inside):
+            return absolute[len(inside):]
+        return os.path.relpath(absolute, base)
+
+    return lambda path: convert(os.fspath(path))

@@ -287,9 +287,11 @@ class SyntheticPairs:
     ``rows``: ``prefs`` rows, source on side A, absolute paths, in clip order then kind order. ``skipped``: number
     of negatives (clip, kind) not made, per reason in :data:`SKIP_REASONS` (only reasons that occurred).
     ``unreadable``: the one-line error of each unreadable video (when ``skip_unreadable``), in clip order.
+    ``clips``: how many clips were given.
     """
 
     rows: list[dict]
+    clips: int = 0
     skipped: Counter = field(default_factory=Counter)
     unreadable: list[str] = field(default_factory=list)
 
@@ -305,6 +307,7 @@ class _Options:
     skip_unreadable: bool
     crf: int
     reencode_source: bool
+    change_tolerance: int
 
 
 def _write(path: Path, frames: np.ndarray, fps: float, crf: int) -> str:
@@ -346,7 +349,7 @@ def _negatives_of(clip, stem: str, options: _Options) -> tuple[list[dict], Count
             continue
         indices = negative_indices(kind, count, kind_rng(options.seed, clip.id, kind), options.window,
                                    options.freeze_fraction)
-        if _unchanged(frames, indices):
+        if _unchanged(frames, indices, options.change_tolerance):
             skipped["no visible change"] += 1
             continue
         planned.append((kind, indices))
@@ -376,7 +379,7 @@ def _negatives_of(clip, stem: str, options: _Options) -> tuple[list[dict], Count
     return rows, skipped, None
 
 
-def _check_options(kinds, window, freeze_fraction, crf, workers) -> tuple[str, ...]:
+def _check_options(kinds, window, freeze_fraction, crf, workers, change_tolerance) -> tuple[str, ...]:
     if isinstance(kinds, str):
         kinds = [kinds]
     kinds = tuple(dict.fromkeys(kinds))  # a kind named twice would write its file twice
@@ -393,6 +396,8 @@ def _check_options(kinds, window, freeze_fraction, crf, workers) -> tuple[str, .
         raise VptError(f"crf must be a whole number in 0..51 (lower is better quality), got {crf!r}")
     if isinstance(workers, bool) or int(workers) != workers or workers < 1:
         raise VptError(f"workers must be a whole number >= 1, got {workers!r}")
+    if isinstance(change_tolerance, bool) or int(change_tolerance) != change_tolerance or change_tolerance < 0:
+        raise VptError(f"change tolerance must be a whole number of levels >= 0, got {change_tolerance!r}")
     return kinds
 
 
@@ -409,6 +414,7 @@ def make_negatives(
     workers: int = 1,
     crf: int = 10,
     reencode_source: bool = False,
+    change_tolerance: int = CHANGE_TOLERANCE,
     on_progress: Callable[[int], None] | None = None,
 ) -> SyntheticPairs:
     """Write the temporal negatives of ``clips`` under ``out_dir`` and return their ``prefs`` rows (unbalanced).
@@ -426,21 +432,28 @@ def make_negatives(
 
     Left out and counted in ``skipped`` (per negative, see :data:`SKIP_REASONS`): a clip of fewer than 2 frames
     ("too short"); a clip of odd height or width ("odd size": H.264 4:2:0 cannot store it at its own size); the
-    reversal of a clip marked ``time_symmetric`` when ``skip_symmetric`` ("time-symmetric"); a negative equal to
-    its source within :data:`CHANGE_TOLERANCE` levels ("no visible change"). An unreadable video raises its
-    one-line :class:`VptError` (``"<path>: <reason>"``), or is counted as "unreadable" with ``skip_unreadable``.
+    reversal of a clip marked ``time_symmetric`` when ``skip_symmetric`` ("time-symmetric"); a negative whose
+    frames all equal the source's frames within ``change_tolerance`` levels (largest per-pixel difference of the
+    decoded uint8 frames, before encoding; default :data:`CHANGE_TOLERANCE` = 1) ("no visible change"). An
+    unreadable video raises its one-line :class:`VptError` (``"<path>: <reason>"``), or is counted as "unreadable"
+    with ``skip_unreadable``.
 
     ``seed``: with the clip id and the kind, seeds each negative (:func:`kind_rng`). ``window``: shuffle window
-    (frames, >= 2). ``freeze_fraction``: share of the clip that freezes (0, 1]. ``skip_symmetric`` needs clips
-    that carry ``time_symmetric`` (:func:`load_clips` with ``symmetric_column``); ``ValueError`` otherwise.
+    (frames, >= 2). ``freeze_fraction``: share of the clip that freezes (0, 1]. ``skip_symmetric`` (with
+    ``reverse`` among ``kinds``) needs clips that carry ``time_symmetric`` (:func:`load_clips` with
+    ``symmetric_column``); ``ValueError`` otherwise.
+    ``change_tolerance``: raise it (e.g. to 16) to also drop negatives that differ from their source only by codec
+    noise, such as the reversal of a lossy-encoded palindrome (a few levels at crf 10, 14 in a 48x48 check at crf
+    23); a small object moving a pixel still differs by far more.
     ``workers``: clips decoded and encoded at once in threads (decord and PyAV release the GIL).
     ``reencode_source``: also write each source through the same encoder as ``<name>.source.mp4`` and use that as
     side A, so that both sides carry the same codec artefacts (a reward model could otherwise learn
     "re-encoded = worse" instead of the corruption); written only for clips with at least one negative.
     ``on_progress(n)``: called in the calling thread with the number of clips just finished (1 each time).
     """
-    kinds = _check_options(kinds, window, freeze_fraction, crf, workers)
+    kinds = _check_options(kinds, window, freeze_fraction, crf, workers, change_tolerance)
     clips = list(clips)
+    skip_symmetric = bool(skip_symmetric) and "reverse" in kinds  # only a reversal can be symmetric
     if skip_symmetric:
         unknown = [clip.id for clip in clips if getattr(clip, "time_symmetric", None) is None]
         if unknown:
@@ -452,7 +465,8 @@ def make_negatives(
     stems = _file_stems([clip.id for clip in clips])
     options = _Options(out_dir=Path(out_dir), kinds=kinds, seed=int(seed), window=int(window),
                        freeze_fraction=float(freeze_fraction), skip_symmetric=bool(skip_symmetric),
-                       skip_unreadable=bool(skip_unreadable), crf=int(crf), reencode_source=bool(reencode_source))
+                       skip_unreadable=bool(skip_unreadable), crf=int(crf), reencode_source=bool(reencode_source),
+                       change_tolerance=int(change_tolerance))
 
     results: list = [None] * len(clips)
     if int(workers) == 1 or len(clips) <= 1:
@@ -473,7 +487,7 @@ def make_negatives(
             # On an error (or Ctrl-C) do not start the clips still queued; the running ones finish their files.
             pool.shutdown(wait=True, cancel_futures=True)
 
-    made = SyntheticPairs(rows=[])
+    made = SyntheticPairs(rows=[], clips=len(clips))
     for rows, skipped, unreadable in results:
         made.rows.extend(rows)
         made.skipped.update(skipped)
@@ -493,9 +507,11 @@ def synthetic_prefs(
 ) -> SyntheticPairs:
     """:func:`load_clips` then :func:`make_negatives`: the negatives of every clip of a ``videos`` manifest.
 
-    With ``skip_symmetric`` the manifest must have ``symmetric_column`` (default ``time_symmetric``); ``options``
+    With ``skip_symmetric`` (and ``reverse`` among ``kinds``) the manifest must have ``symmetric_column`` (default
+    ``time_symmetric``); ``options``
     are those of :func:`make_negatives` (``seed``, ``window``, ``freeze_fraction``, ``skip_unreadable``,
     ``workers``, ``crf``, ``reencode_source``, ``on_progress``).
     """
-    clips = load_clips(manifest, symmetric_column=symmetric_column if skip_symmetric else None)
+    wanted = skip_symmetric and "reverse" in ([kinds] if isinstance(kinds, str) else kinds)
+    clips = load_clips(manifest, symmetric_column=symmetric_column if wanted else None)
     return make_negatives(clips, out_dir, kinds, skip_symmetric=skip_symmetric, **options)
