@@ -35,7 +35,8 @@ def _train(world: Path, zoo: Path, out: Path, batch_size: int, processes: int) -
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(out.parent / "hf")}  # no user accelerate config
     command = [VPT, "train-reward", str(world / "prefs.parquet"), "-m", str(zoo), "-o", str(out), "--max-steps",
                "3", "--batch-size", str(batch_size), "--lora-rank", "4", "--lora-dropout", "0", "--eval-fraction",
-               "0.25", "--eval-every", "0", "--save-every", "2", "--log-every", "1", "--lr", "1e-3", "--seed", "3", "-q", *SMALL]
+               "0.25", "--eval-every", "0", "--save-every", "2", "--log-every", "1", "--lr", "1e-3", "--seed", "3", "-q",
+               *SMALL]
     if processes > 1:
         command = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
                    "--mixed_precision", "no", "--dynamo_backend", "no", *command]
