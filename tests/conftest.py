@@ -72,3 +72,20 @@ def toy_manifest(tmp_path_factory) -> Path:
     from vpt.toyworld import write_toy_videos
 
     return write_toy_videos(tmp_path_factory.mktemp("toy"), n=24, seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_prefs_world(tmp_path_factory):
+    """``small_prefs_world(clips, pairs, seed)`` -> a directory with ``clips`` toy videos (8 frames, 56x56), their
+    ``videos.parquet`` and ``pairs`` toy-world pairs in ``prefs.parquet``: the smallest train-reward input."""
+    from vpt.io.tables import read_table, write_table
+    from vpt.toyworld import toy_preferences, write_toy_videos
+
+    def make(clips: int, pairs: int, seed: int) -> Path:
+        root = tmp_path_factory.mktemp(f"prefs-world-{seed}")
+        manifest = write_toy_videos(root, n=clips, seed=seed, frames=8, height=56, width=56, fps=8.0)
+        rows = read_table(manifest, "videos").to_pylist()
+        write_table(toy_preferences(rows, pairs, seed=seed), root / "prefs.parquet", "prefs")
+        return root
+
+    return make

@@ -1,6 +1,5 @@
 import io
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 

@@ -8,19 +8,13 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from vpt.io.tables import read_table, write_table
-from vpt.toyworld import toy_preferences, write_toy_videos
 
 SMALL = ["--frames", "8", "--min-pixels", "3136", "--max-pixels", "3136"]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli-reward")
-    manifest = write_toy_videos(root, n=6, seed=4, frames=8, height=56, width=56, fps=8.0)
-    rows = read_table(manifest, "videos").to_pylist()
-    write_table(toy_preferences(rows, 8, seed=4), root / "prefs.parquet", "prefs")
-    return root
+def world(small_prefs_world):
+    return small_prefs_world(clips=6, pairs=8, seed=4)
 
 
 def test_train_reward_then_score_with_the_trained_model(run_vpt, world, tiny_zoo, tmp_path):

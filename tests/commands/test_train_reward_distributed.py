@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vpt.io.tables import read_table, write_table
+from vpt.io.tables import read_table
 from vpt.io.video import decode
 from vpt.models.videoreward import load_videoreward
-from vpt.toyworld import toy_preferences, write_toy_videos
 
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 VPT = str(Path(sys.executable).with_name("vpt"))
@@ -23,12 +22,8 @@ SMALL = ["--frames", "8", "--min-pixels", "3136", "--max-pixels", "3136"]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dist-reward")
-    manifest = write_toy_videos(root, n=8, seed=5, frames=8, height=56, width=56, fps=8.0)
-    rows = read_table(manifest, "videos").to_pylist()
-    write_table(toy_preferences(rows, 12, seed=5), root / "prefs.parquet", "prefs")
-    return root
+def world(small_prefs_world):
+    return small_prefs_world(clips=8, pairs=12, seed=5)
 
 
 def _train(world: Path, zoo: Path, out: Path, batch_size: int, processes: int) -> subprocess.CompletedProcess:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from vpt.errors import VptError
 from vpt.io.tables import read_table, without_value_checks
