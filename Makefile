@@ -35,6 +35,7 @@ test-all: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_foundation.py
 	$(BIN)/python benchmarks/bench_videoreward.py
+	$(BIN)/python benchmarks/bench_build_prefs.py
 
 clean:
 	rm -rf demo build dist *.egg-info
