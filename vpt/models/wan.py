@@ -1,0 +1,108 @@
+"""The pieces of diffusers' ``WanPipeline`` that sampling and training call one by one: prompt encoding, the
+velocity with classifier-free guidance, the flow-matching schedule, initial noise and decoding.
+
+They do what ``WanPipeline.__call__`` does, operation for operation, so a sampler loop written over them (see
+:func:`vpt.algo.flow_sde.sample_flow`) reproduces the pipeline's output exactly at noise level 0.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+NUM_TRAIN_TIMESTEPS = 1000
+MAX_SEQUENCE_LENGTH = 512  # WanPipeline's default text length
+
+
+def schedule_sigmas(scheduler_config: dict, steps: int, shift: float | None = None) -> torch.Tensor:
+    """The flow-matching sigmas [steps + 1] (float32, 1 -> 0) that ``FlowMatchEulerDiscreteScheduler`` uses for
+    ``steps`` steps; ``shift`` defaults to the pipeline scheduler's (``shift``, or ``flow_shift`` of the UniPC
+    scheduler the Wan 2.1 releases ship)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if shift is None:
+        shift = scheduler_config.get("shift", scheduler_config.get("flow_shift", 1.0))
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=scheduler_config.get("num_train_timesteps", NUM_TRAIN_TIMESTEPS), shift=float(shift))
+    scheduler.set_timesteps(steps)
+    return scheduler.sigmas.to(torch.float32)
+
+
+def encode_prompts(pipe, prompts: Sequence[str], negative_prompt: str = "", guidance: float = 1.0,
+                   max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Text embeddings [P, L, D] of ``prompts`` (and of the negative prompt, [P, L, D], when ``guidance`` > 1),
+    in the transformer's dtype, computed by the pipeline's own ``encode_prompt``."""
+    with torch.no_grad():
+        positive, negative = pipe.encode_prompt(
+            prompt=list(prompts), negative_prompt=[negative_prompt] * len(prompts),
+            do_classifier_free_guidance=guidance > 1.0, num_videos_per_prompt=1,
+            max_sequence_length=max_sequence_length, device=pipe.transformer.device)
+    dtype = pipe.transformer.dtype
+    return positive.to(dtype), None if negative is None else negative.to(dtype)
+
+
+def latent_shape(pipe, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """(channels, latent frames, latent height, latent width) of one video; raises ValueError for sizes the
+    pipeline would silently round."""
+    temporal, spatial = pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial
+    patch = pipe.transformer.config.patch_size
+    if frames < 1 or (frames - 1) % temporal:
+        raise ValueError(f"frames must be 1 + a multiple of {temporal} (e.g. {temporal + 1}, {4 * temporal + 1}), "
+                         f"got {frames}")
+    for name, size, multiple in (("height", height, spatial * patch[1]), ("width", width, spatial * patch[2])):
+        if size < multiple or size % multiple:
+            raise ValueError(f"{name} must be a positive multiple of {multiple}, got {size}")
+    return (pipe.transformer.config.in_channels, (frames - 1) // temporal + 1, height // spatial, width // spatial)
+
+
+def initial_noise(shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    """Standard normal float32 latents [1, C, F, H, W] drawn as ``WanPipeline.prepare_latents`` draws them."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    return randn_tensor((1, *shape), generator=generator, device=torch.device("cpu"), dtype=torch.float32)
+
+
+class WanVelocity:
+    """``v(x, i, σ)`` of a Wan transformer for fixed text embeddings, with classifier-free guidance
+    ``v = v_uncond + w·(v_cond − v_uncond)`` when ``guidance`` > 1 (as WanPipeline)."""
+
+    def __init__(self, transformer, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor | None = None,
+                 guidance: float = 1.0):
+        if guidance > 1.0 and negative_embeds is None:
+            raise ValueError("guidance > 1 needs the negative prompt's embeddings")
+        self.transformer = transformer
+        self.prompt_embeds = prompt_embeds  # [B, L, D]
+        self.negative_embeds = negative_embeds  # [B, L, D] or None
+        self.guidance = float(guidance)
+
+    def __call__(self, x: torch.Tensor, index: int, sigma: torch.Tensor) -> torch.Tensor:
+        model_input = x.to(self.transformer.dtype)
+        timestep = (sigma * NUM_TRAIN_TIMESTEPS).to(x.device).expand(x.shape[0])
+        velocity = self.transformer(hidden_states=model_input, timestep=timestep,
+                                    encoder_hidden_states=self.prompt_embeds, return_dict=False)[0]
+        if self.guidance > 1.0:
+            unconditional = self.transformer(hidden_states=model_input, timestep=timestep,
+                                             encoder_hidden_states=self.negative_embeds, return_dict=False)[0]
+            velocity = unconditional + self.guidance * (velocity - unconditional)
+        return velocity
+
+
+def decode_latents(pipe, latents: torch.Tensor) -> np.ndarray:
+    """Float videos [B, T, H, W, 3] in [0, 1] from latents [B, C, F, h, w], as WanPipeline decodes them."""
+    vae = pipe.vae
+    latents = latents.to(vae.device, dtype=vae.dtype)
+    mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
+    inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device,
+                                                                                                  latents.dtype)
+    with torch.no_grad():
+        video = vae.decode(latents / inverse_std + mean, return_dict=False)[0]
+    return pipe.video_processor.postprocess_video(video, output_type="np")
+
+
+def to_uint8(videos: np.ndarray) -> np.ndarray:
+    """[0, 1] float videos -> uint8 (rounded), ready for :func:`vpt.io.video.write_video`."""
+    return np.clip(np.round(videos * 255.0), 0, 255).astype(np.uint8)
