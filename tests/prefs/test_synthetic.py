@@ -21,7 +21,6 @@ from vpt.prefs.synthetic import (
     make_negatives,
     negative_indices,
     reverse_indices,
-    safe_name,
     shuffle_indices,
     synthetic_prefs,
 )
@@ -147,14 +146,6 @@ def test_each_negative_has_its_own_seeded_generator():
     assert draw(0, "a", "shuffle") == draw(0, "a", "shuffle")
     assert draw(0, "a", "shuffle") != draw(1, "a", "shuffle")
     assert draw(0, "a", "shuffle") != draw(0, "b", "shuffle")
-
-
-def test_safe_names():
-    assert safe_name("toy-0001") == "toy-0001"
-    names = {safe_name(clip_id) for clip_id in ("a/b", "a b", "a_b", ".hidden", "", "x" * 300)}
-    assert len(names) == 6
-    assert all(name and name[0] not in ".-" and len(name) < 140 for name in names)
-    assert all(set(name) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") for name in names)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

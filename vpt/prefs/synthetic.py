@@ -27,9 +27,7 @@ the clips or on the number of worker threads.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -40,6 +38,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from vpt.errors import VideoReadError, VptError
+from vpt.io.names import file_stems
 from vpt.prefs.pairs import pair_id
 
 __all__ = [
@@ -53,7 +52,6 @@ __all__ = [
     "make_negatives",
     "negative_indices",
     "reverse_indices",
-    "safe_name",
     "shuffle_indices",
     "synthetic_prefs",
 ]
@@ -68,9 +66,6 @@ DEFAULT_FREEZE_FRACTION = 0.25
 # Largest per-pixel difference (uint8 levels) under which a negative counts as equal to its source.
 CHANGE_TOLERANCE = 1
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-# File names stay well under the usual 255-byte limit, with room for the hash and ".shuffle.mp4".
-_MAX_STEM = 120
 _MASK64 = (1 << 64) - 1
 
 
@@ -166,42 +161,6 @@ def _unchanged(frames: np.ndarray, indices: np.ndarray, tolerance: int = CHANGE_
         if difference.max() > tolerance:
             return False
     return True
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# File names
-
-
-def _short_hash(text: str) -> str:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=4).hexdigest()
-
-
-def safe_name(clip_id: str) -> str:
-    """A file-name stem for ``clip_id``: the id itself when it only holds ``[A-Za-z0-9._-]``, does not start with
-    ``.`` or ``-`` (hidden files, options) and is at most 120 characters; otherwise the id with every other
-    character replaced by ``_`` (and cut to 120) plus ``-`` and 8 hex digits of a hash of the id, so that ids that
-    differ only in replaced characters (``a/b``, ``a b``) still get different names."""
-    stem = _UNSAFE.sub("_", clip_id)
-    if stem[:1] in (".", "-"):
-        stem = "_" + stem[1:]
-    if stem == clip_id and stem and len(stem) <= _MAX_STEM:
-        return stem
-    return f"{stem[:_MAX_STEM] or '_'}-{_short_hash(clip_id)}"
-
-
-def _file_stems(ids: Sequence[str]) -> list[str]:
-    """One stem per clip, distinct even on a case-insensitive file system (macOS, Windows)."""
-    stems = [safe_name(clip_id) for clip_id in ids]
-    # "Clip" and "clip" are two ids but one file on a case-insensitive disk: hash both.
-    folded = Counter(stem.casefold() for stem in stems)
-    stems = [f"{stem}-{_short_hash(clip_id)}" if folded[stem.casefold()] > 1 else stem
-             for stem, clip_id in zip(stems, ids)]
-    seen: dict[str, str] = {}
-    for stem, clip_id in zip(stems, ids):
-        other = seen.setdefault(stem.casefold(), clip_id)
-        if other != clip_id:  # two hashes colliding: never silently overwrite a negative
-            raise VptError(f"videos '{other}' and '{clip_id}' would get the same file name '{stem}'; rename one")
-    return stems
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -462,7 +421,7 @@ def make_negatives(
     repeated = [clip_id for clip_id, times in Counter(clip.id for clip in clips).items() if times > 1]
     if repeated:  # their negatives would overwrite each other
         raise VptError(f"two videos have the id '{repeated[0]}'; give them distinct ids in a videos manifest")
-    stems = _file_stems([clip.id for clip in clips])
+    stems = file_stems([clip.id for clip in clips])
     options = _Options(out_dir=Path(out_dir), kinds=kinds, seed=int(seed), window=int(window),
                        freeze_fraction=float(freeze_fraction), skip_symmetric=bool(skip_symmetric),
                        skip_unreadable=bool(skip_unreadable), crf=int(crf), reencode_source=bool(reencode_source),
