@@ -15,7 +15,7 @@ from typer.core import TyperGroup
 from vpt import __version__
 from vpt.errors import VptError
 from vpt.commands import eval as eval_command
-from vpt.commands import build_prefs, schema, score, train_reward, zoo
+from vpt.commands import build_prefs, sample_rollouts, schema, score, train_reward, zoo
 
 
 class VptGroup(TyperGroup):
@@ -60,6 +60,7 @@ app.add_typer(eval_command.app, name="eval")
 app.add_typer(schema.app, name="schema")
 app.add_typer(zoo.app, name="zoo")
 app.command("build-prefs")(build_prefs.build_prefs)
+app.command("sample-rollouts")(sample_rollouts.sample_rollouts)
 app.command("score")(score.score)
 app.command("train-reward")(train_reward.train_reward)
 

@@ -88,3 +88,24 @@ def load_wan_pipeline(path: str | os.PathLike, dtype: torch.dtype = torch.float3
             module.eval()
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def load_policy(transformer: torch.nn.Module, path: str | os.PathLike) -> tuple[torch.nn.Module, str]:
+    """``transformer`` with the LoRA policy at ``path`` (a peft adapter directory, as the training commands write
+    it) applied, in eval mode, and the policy's id (its resolved path and a hash of its adapter weights)."""
+    import hashlib
+
+    from peft import PeftModel
+
+    directory = Path(path)
+    weights = directory / "adapter_model.safetensors"
+    if not (directory / "adapter_config.json").is_file() or not weights.is_file():
+        raise VptError(f"{directory}: not a LoRA policy checkpoint (adapter_config.json and "
+                       f"adapter_model.safetensors expected); give a checkpoint written by grpo-step, dpo or sft")
+    try:
+        policy = PeftModel.from_pretrained(transformer, str(directory), is_trainable=False)
+    except (ValueError, RuntimeError, KeyError) as error:
+        raise VptError(f"{directory}: this LoRA policy does not fit the generator ({str(error).splitlines()[0]}); "
+                       f"use the generator it was trained on") from None
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    return policy.eval(), f"{directory.resolve()}#{digest}"

@@ -1,0 +1,93 @@
+"""``vpt sample-rollouts``: G videos per prompt from a Wan generator, with trajectories and log-probs, into a
+rollouts directory (table + mp4s + safetensors shards)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from vpt.commands import _ui
+
+
+def _window(text: str | None) -> tuple[int, int] | None:
+    from vpt.errors import VptError
+
+    if text is None:
+        return None
+    start, sep, end = (part.strip() for part in text.partition(":"))
+    if not (sep and start.isdigit() and end.isdigit()):
+        raise VptError(f"--sde-window {text}: expected START:END step indices, e.g. 0:5")
+    return int(start), int(end)
+
+
+def sample_rollouts(
+    model: str = typer.Option(..., "--model", "-m", help="Wan pipeline directory (diffusers layout) or a zoo "
+                                                         "directory."),
+    prompts: str = typer.Option(..., "--prompts", help="prompts table (or a .txt file, one prompt per line)."),
+    out: str = typer.Option(..., "--out", "-o", help="Rollouts directory to create (must not exist)."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="LoRA policy checkpoint (peft adapter directory) "
+                                                                "to sample with."),
+    group_size: int = typer.Option(4, "--group-size", "-g", help="Samples per prompt (one GRPO group)."),
+    steps: int = typer.Option(10, "--steps", help="Sampler steps."),
+    noise_level: float = typer.Option(0.7, "--noise-level", help="SDE noise level a (0 = the deterministic ODE "
+                                                                 "sampler, nothing recorded)."),
+    sde_window: Optional[str] = typer.Option(None, "--sde-window", help="START:END: only steps START..END-1 are "
+                                                                       "stochastic and recorded (default: all but "
+                                                                       "the last)."),
+    guidance: float = typer.Option(5.0, "--guidance", help="Classifier-free guidance scale (<= 1: off)."),
+    negative_prompt: str = typer.Option("", "--negative-prompt", help="Negative prompt of the guidance."),
+    shift: Optional[float] = typer.Option(None, "--shift", help="Timestep shift (default: the pipeline "
+                                                                "scheduler's)."),
+    frames: int = typer.Option(81, "--frames", help="Frames per video (1 + a multiple of 4)."),
+    height: int = typer.Option(480, "--height", help="Video height in pixels."),
+    width: int = typer.Option(832, "--width", help="Video width in pixels."),
+    fps: float = typer.Option(16.0, "--fps", help="Frame rate of the written mp4s."),
+    same_noise: bool = typer.Option(False, "--same-noise", help="One initial noise per group (per-step noise "
+                                                                "stays independent)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per transformer forward "
+                                                                        "(default: the whole group)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every noise draw (with the prompt id and sample index)."),
+    device: str = typer.Option("auto", "--device", help="auto (this process's GPU when there is one), cpu, cuda."),
+    dtype: str = typer.Option("float32", "--dtype", help="Weights dtype: float32 or bfloat16."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary."),
+) -> None:
+    """Sample groups of videos per prompt with per-step log-probs (the input of grpo-step).
+
+    Under `accelerate launch` the prompts are shared out across processes; the result is the same for a seed
+    whatever the number of processes.
+
+    Example: vpt sample-rollouts -m zoo/ --prompts prompts.txt -g 8 --steps 10 --frames 9 --height 32 --width 32
+    -o rollouts/
+    """
+    import torch
+
+    from vpt.distributed import current_processes
+    from vpt.errors import VptError
+    from vpt.io.tables import read_prompts
+    from vpt.models.loading import load_policy, load_wan_pipeline, resolve_wan_directory
+    from vpt.rollouts.run import prompt_items, sample_rollouts as run
+    from vpt.rollouts.sampling import RolloutOptions
+
+    if dtype not in ("float32", "bfloat16"):
+        raise VptError(f"--dtype {dtype}: choose float32 or bfloat16")
+    processes = current_processes()
+    items = prompt_items(read_prompts(prompts).to_pylist(), prompts)
+    options = RolloutOptions(group_size=group_size, steps=steps, noise_level=noise_level, guidance=guidance,
+                             frames=frames, height=height, width=width, fps=fps, seed=seed, same_noise=same_noise,
+                             sde_window=_window(sde_window), negative_prompt=negative_prompt, shift=shift,
+                             batch_size=batch_size)
+    target = processes.device() if device == "auto" else device
+    pipe = load_wan_pipeline(model, dtype=getattr(torch, dtype), device=target)
+    policy_id = "base"
+    if policy is not None:
+        pipe.transformer, policy_id = load_policy(pipe.transformer, policy)
+    mine = len(processes.shard(range(len(items))))
+    total = mine * steps * -(-group_size // (batch_size or group_size))
+    with _ui.progress(total, "sampling", quiet or not processes.is_main) as advance:
+        summary = run(pipe, items, options, out, processes, policy_id=policy_id,
+                      model_id=str(resolve_wan_directory(model).resolve()), on_step=advance)
+    if not quiet and processes.is_main:
+        typer.echo(f"sample-rollouts: {summary.videos} videos of {summary.prompts} prompts "
+                   f"({group_size} per prompt, {len(options.sde_steps())} recorded steps each) in {out}", err=True)
+    processes.leave()

@@ -1,0 +1,103 @@
+"""A whole ``sample-rollouts`` run: prompts -> groups -> one rollouts directory, plain or across processes.
+
+Each process samples every ``count``-th prompt (from its rank) into one shared hidden directory and writes its rows
+to a table part; the main process merges the parts in prompt order, writes the shard checksums and renames the
+directory to its final name. Prompt embeddings are computed once per prompt.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from vpt.errors import VptError
+from vpt.io.atomic import temporary_sibling
+from vpt.io.names import file_stems
+from vpt.models.wan import encode_prompts
+from vpt.rollouts.sampling import RolloutOptions, sample_group
+from vpt.rollouts.store import TABLE_FILE, write_checksums, write_embeddings, write_group
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    prompt_id: str
+    prompt: str
+
+
+def prompt_items(rows: Sequence[dict], source: str) -> list[PromptItem]:
+    """Prompts from ``prompts`` table rows (``prompt_id`` defaults to p0000, p0001, ... in table order)."""
+    items, seen = [], {}
+    for number, row in enumerate(rows, start=1):
+        prompt_id = row.get("prompt_id") or f"p{number - 1:04d}"
+        first = seen.setdefault(prompt_id, number)
+        if first != number:
+            raise VptError(f"{source}: row {number}: prompt id '{prompt_id}' is already used by row {first}; give "
+                           f"every prompt its own id")
+        items.append(PromptItem(prompt_id, row["prompt"]))
+    if not items:
+        raise VptError(f"{source}: holds no prompt")
+    return items
+
+
+def group_id(options: RolloutOptions, prompt_id: str) -> str:
+    return f"{prompt_id}@{options.seed}"
+
+
+def sample_ids(options: RolloutOptions, prompt_id: str) -> list[str]:
+    return [f"{group_id(options, prompt_id)}#{k}" for k in range(options.group_size)]
+
+
+@dataclass
+class RunSummary:
+    prompts: int
+    videos: int
+    directory: Path
+
+
+def sample_rollouts(pipe, prompts: Sequence[PromptItem], options: RolloutOptions, out: str | os.PathLike,
+                    processes, policy_id: str, model_id: str,
+                    on_step: Callable[[int], None] | None = None) -> RunSummary:
+    """Sample ``options.group_size`` videos for every prompt into the rollouts directory ``out`` (see
+    :mod:`vpt.rollouts.store`). ``processes``: :class:`vpt.distributed.Processes` of this launch."""
+    from vpt.io.tables import gather_parts
+
+    try:
+        options.check()
+    except ValueError as error:
+        raise VptError(str(error)) from None
+    out = Path(out)
+    if out.exists():
+        raise VptError(f"{out}: already exists; remove it or choose another --out")
+    stems = file_stems([item.prompt_id for item in prompts])
+    order = [sample_id for item in prompts for sample_id in sample_ids(options, item.prompt_id)]
+    temporary = None
+    if processes.is_main:
+        temporary = temporary_sibling(out)
+        temporary.mkdir(parents=True)
+    temporary = Path(processes.share(None if temporary is None else str(temporary)))
+    common = {"policy_id": policy_id, "model_id": model_id, "noise_level": float(options.noise_level),
+              "guidance": float(options.guidance), "frames": options.frames, "height": options.height,
+              "width": options.width, "fps": float(options.fps)}
+    try:
+        with gather_parts(temporary / TABLE_FILE, "rollouts", processes, order=order) as part:
+            for index in processes.shard(range(len(prompts))):
+                item, stem = prompts[index], stems[index]
+                embeds, negative = encode_prompts(pipe, [item.prompt], options.negative_prompt, options.guidance,
+                                                  options.max_sequence_length)
+                embeds_shard, negative_key = write_embeddings(temporary, stem, embeds, negative)
+                group = sample_group(pipe, embeds, negative, item.prompt_id, options, on_step)
+                part.write(write_group(temporary, group, item.prompt, group_id(options, item.prompt_id), stem,
+                                       sample_ids(options, item.prompt_id),
+                                       [f"{stem}-{k:03d}" for k in range(options.group_size)], embeds_shard,
+                                       negative_key, common, options.fps))
+        if processes.is_main:
+            write_checksums(temporary)
+            os.replace(temporary, out)
+        processes.wait()
+    finally:
+        if processes.is_main:
+            shutil.rmtree(temporary, ignore_errors=True)
+    return RunSummary(prompts=len(prompts), videos=len(order), directory=out)

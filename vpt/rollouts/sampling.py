@@ -1,0 +1,139 @@
+"""Group sampling for GRPO: G videos per prompt from a Wan generator, with the trajectory and per-step log-probs.
+
+Every random choice is seeded from (run seed, prompt id, sample index), never from the process that happens to
+sample the group, so a run gives the same rollouts whatever the number of processes. Two generators per sample keep
+the initial noise and the per-step SDE noise apart: with ``same_noise`` the samples of a group share the initial
+noise while their step noise stays independent (a shared generator must not drive both).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from vpt.algo.flow_sde import sample_flow
+from vpt.models.wan import (
+    MAX_SEQUENCE_LENGTH, WanVelocity, decode_latents, initial_noise, latent_shape, schedule_sigmas, to_uint8,
+)
+
+
+@dataclass(frozen=True)
+class RolloutOptions:
+    """How groups are sampled (the ``sample-rollouts`` options)."""
+
+    group_size: int = 4
+    steps: int = 10
+    noise_level: float = 0.7
+    guidance: float = 5.0
+    frames: int = 81
+    height: int = 480
+    width: int = 832
+    fps: float = 16.0
+    seed: int = 0
+    same_noise: bool = False
+    sde_window: tuple[int, int] | None = None  # [start, end) of the stochastic steps; None = all but the last
+    negative_prompt: str = ""
+    shift: float | None = None  # None: the pipeline scheduler's
+    max_sequence_length: int = MAX_SEQUENCE_LENGTH
+    batch_size: int | None = None  # samples per transformer forward; None = the whole group
+
+    def sde_steps(self) -> list[int]:
+        if self.noise_level == 0:
+            return []
+        start, end = self.sde_window if self.sde_window is not None else (0, self.steps - 1)
+        return list(range(start, end))
+
+    def check(self) -> None:
+        """Raise ValueError with the option at fault."""
+        if self.group_size < 1:
+            raise ValueError(f"group size must be at least 1, got {self.group_size}")
+        if self.steps < 2:
+            raise ValueError(f"steps must be at least 2 (the last step is never stochastic), got {self.steps}")
+        if self.noise_level < 0:
+            raise ValueError(f"noise level must be >= 0, got {self.noise_level}")
+        if self.sde_window is not None:
+            start, end = self.sde_window
+            if not 0 <= start < end <= self.steps - 1:
+                raise ValueError(f"sde window {start}:{end} must satisfy 0 <= start < end <= steps - 1 = "
+                                 f"{self.steps - 1} (the last step is never stochastic)")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.fps <= 0:
+            raise ValueError(f"fps must be positive, got {self.fps}")
+
+
+def derived_seed(*parts: object) -> int:
+    """A 63-bit seed from ``parts`` (stable across runs, machines and Python versions)."""
+    text = "\x1f".join(str(part) for part in parts)
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big") >> 1
+
+
+def sample_seeds(options: RolloutOptions, prompt_id: str) -> tuple[list[int], list[int]]:
+    """(initial-noise seeds, step-noise seeds) of the ``group_size`` samples of ``prompt_id``."""
+    count = options.group_size
+    if options.same_noise:
+        noise = [derived_seed(options.seed, prompt_id, "noise")] * count
+    else:
+        noise = [derived_seed(options.seed, prompt_id, "noise", k) for k in range(count)]
+    return noise, [derived_seed(options.seed, prompt_id, "steps", k) for k in range(count)]
+
+
+@dataclass
+class GroupRollout:
+    """The G samples of one prompt."""
+
+    prompt_id: str
+    seeds: list[int]
+    step_seeds: list[int]
+    sigmas: torch.Tensor  # float32 [steps + 1]
+    recorded_steps: list[int]  # stochastic step indices i
+    state_indices: list[int]  # j of the stored states x_j (every recorded step's start and end)
+    states: torch.Tensor  # float32 [G, S, C, F, h, w], S = len(state_indices)
+    log_probs: torch.Tensor  # float32 [G, K], K = len(recorded_steps)
+    videos: np.ndarray  # uint8 [G, T, H, W, 3]
+
+
+def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor | None, prompt_id: str,
+                 options: RolloutOptions, on_step: Callable[[int], None] | None = None) -> GroupRollout:
+    """Sample the group of one prompt: ``prompt_embeds`` / ``negative_embeds`` [1, L, D] (see
+    :func:`vpt.models.wan.encode_prompts`). ``on_step(n)`` is told of finished sampler steps (progress)."""
+    shape = latent_shape(pipe, options.frames, options.height, options.width)
+    seeds, step_seeds = sample_seeds(options, prompt_id)
+    sigmas = schedule_sigmas(dict(pipe.scheduler.config), options.steps, options.shift)
+    sde_steps = options.sde_steps()
+    batch = options.batch_size or options.group_size
+    states, log_probs, videos = [], [], []
+    for start in range(0, options.group_size, batch):
+        members = range(start, min(start + batch, options.group_size))
+        noise = torch.cat([initial_noise(shape, torch.Generator().manual_seed(seeds[k])) for k in members])
+        generators = [torch.Generator().manual_seed(step_seeds[k]) for k in members]
+
+        def step_noise(index: int, like: torch.Tensor) -> torch.Tensor:
+            return torch.stack([torch.randn(like.shape[1:], generator=g, dtype=like.dtype) for g in generators])
+
+        size = len(members)
+        velocity = WanVelocity(pipe.transformer, prompt_embeds.expand(size, -1, -1),
+                               None if negative_embeds is None else negative_embeds.expand(size, -1, -1),
+                               options.guidance)
+        with torch.no_grad():
+            out = sample_flow(velocity, noise, sigmas, options.noise_level, sde_steps, step_noise,
+                              callback=None if on_step is None else lambda info: on_step(1))
+            if out.states:
+                states.append(torch.stack(out.states, dim=1))
+                log_probs.append(torch.stack(out.log_probs, dim=1))
+            videos.extend(to_uint8(decode_latents(pipe, out.latents[k:k + 1]))[0] for k in range(size))
+    empty = torch.zeros((options.group_size, 0, *shape))
+    return GroupRollout(prompt_id=prompt_id, seeds=seeds, step_seeds=step_seeds, sigmas=sigmas,
+                        recorded_steps=sde_steps, state_indices=state_indices_of(sde_steps),
+                        states=torch.cat(states) if states else empty,
+                        log_probs=torch.cat(log_probs) if log_probs else torch.zeros((options.group_size, 0)),
+                        videos=np.stack(videos))
+
+
+def state_indices_of(recorded_steps: Sequence[int]) -> list[int]:
+    """The stored state indices implied by the recorded steps (each step's start and end)."""
+    return sorted(set(recorded_steps) | {i + 1 for i in recorded_steps})

@@ -1,0 +1,196 @@
+"""The rollouts directory: one declared table plus the files its rows reference.
+
+::
+
+    OUT/rollouts.parquet         one row per video (schema ``rollouts``)
+    OUT/videos/<id>.mp4          decoded videos
+    OUT/latents/<group>.safetensors   per sample (key = sample index): the recorded states float32 [S, C, F, h, w]
+    OUT/embeds/<prompt>.safetensors   the prompt's text embeddings ("prompt", "negative"), computed once per prompt
+    OUT/shards.json              byte size and sha256 of every shard, checked when the set is loaded
+
+Text embeddings are stored without the zero rows the pipeline pads them with (``padded_length`` in the shard's
+metadata restores them exactly), so a prompt costs its token count, not 512 rows. A run writes into a hidden
+sibling directory renamed to ``OUT`` at the end: a killed run leaves no partial ``OUT``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from vpt.errors import VptError
+from vpt.io.atomic import atomic_path
+from vpt.rollouts.sampling import GroupRollout, state_indices_of
+
+TABLE_FILE = "rollouts.parquet"
+CHECKSUMS_FILE = "shards.json"
+VIDEOS_DIR, LATENTS_DIR, EMBEDS_DIR = "videos", "latents", "embeds"
+PROMPT_KEY, NEGATIVE_KEY = "prompt", "negative"
+_AGAIN = "sample the rollouts again"
+
+
+def _save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temporary:
+        save_file({key: value.contiguous() for key, value in tensors.items()}, str(temporary), metadata=metadata)
+
+
+def _trim_padding(embeds: torch.Tensor) -> torch.Tensor:
+    """[L, D] without its trailing all-zero rows (the pipeline's padding)."""
+    nonzero = torch.nonzero(embeds.abs().sum(dim=1)).flatten()
+    return embeds[: int(nonzero[-1]) + 1] if len(nonzero) else embeds[:0]
+
+
+def write_embeddings(directory: Path, stem: str, prompt_embeds: torch.Tensor,
+                     negative_embeds: torch.Tensor | None) -> tuple[str, str | None]:
+    """Write one prompt's embeddings ([1, L, D] each) to ``embeds/<stem>.safetensors``; returns the shard path
+    (relative to ``directory``) and the negative key (None without guidance)."""
+    relative = f"{EMBEDS_DIR}/{stem}.safetensors"
+    tensors = {PROMPT_KEY: _trim_padding(prompt_embeds[0].float())}
+    if negative_embeds is not None:
+        tensors[NEGATIVE_KEY] = _trim_padding(negative_embeds[0].float())
+    _save(tensors, directory / relative, {"padded_length": str(prompt_embeds.shape[1]),
+                                          "dtype": str(prompt_embeds.dtype).removeprefix("torch.")})
+    return relative, NEGATIVE_KEY if negative_embeds is not None else None
+
+
+def write_group(directory: Path, group: GroupRollout, prompt: str, group_id: str, group_stem: str,
+                sample_ids: list[str], sample_stems: list[str], embeds_shard: str, negative_key: str | None,
+                common: dict, fps: float) -> list[dict]:
+    """Write a group's videos and latents under ``directory``; returns its ``rollouts`` rows."""
+    from vpt.io.video import write_video
+
+    latents_shard = f"{LATENTS_DIR}/{group_stem}.safetensors"
+    _save({str(k): group.states[k] for k in range(len(sample_ids))}, directory / latents_shard,
+          {"state_indices": json.dumps(group.state_indices)})
+    rows = []
+    sigmas = [float(value) for value in group.sigmas]
+    for k, (sample_id, stem) in enumerate(zip(sample_ids, sample_stems)):
+        path = f"{VIDEOS_DIR}/{stem}.mp4"
+        write_video(directory / path, group.videos[k], fps)
+        rows.append({
+            "id": sample_id, "prompt": prompt, "prompt_id": group.prompt_id, "group_id": group_id,
+            "sample_index": k, "seed": group.seeds[k], "step_seed": group.step_seeds[k], "sigmas": sigmas,
+            "recorded_steps": list(group.recorded_steps),
+            "log_probs": [float(value) for value in group.log_probs[k]], "path": path,
+            "latents_shard": latents_shard, "latents_key": str(k), "embeds_shard": embeds_shard,
+            "embeds_key": PROMPT_KEY, "negative_embeds_key": negative_key, **common,
+        })
+    return rows
+
+
+def file_digest(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def write_checksums(directory: Path) -> None:
+    """``shards.json``: size and sha256 of every safetensors shard under ``directory``."""
+    shards = sorted(directory.glob(f"*/*.safetensors"))
+    entries = {path.relative_to(directory).as_posix(): file_digest(path) for path in shards}
+    (directory / CHECKSUMS_FILE).write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
+
+
+@dataclass
+class RolloutSet:
+    """A loaded rollouts directory: its rows, and the tensors they reference (read on demand)."""
+
+    directory: Path
+    rows: list[dict]
+    _open: dict = field(default_factory=dict, repr=False)
+
+    def _tensors(self, relative: str) -> dict[str, torch.Tensor]:
+        if relative not in self._open:
+            from safetensors.torch import load_file
+
+            self._open[relative] = load_file(str(self.directory / relative))
+        return self._open[relative]
+
+    def states(self, row: dict) -> torch.Tensor:
+        """float32 [S, C, F, h, w]: the states x_j, j in :func:`state_indices_of` (row's recorded steps)."""
+        return self._tensors(row["latents_shard"])[row["latents_key"]]
+
+    def log_probs(self, row: dict) -> torch.Tensor:
+        """float32 [K]: the stored log-prob of each recorded step."""
+        return torch.tensor(row["log_probs"], dtype=torch.float32)
+
+    def embeddings(self, row: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The prompt's (and negative prompt's) text embeddings [1, L, D], padded as the pipeline pads them."""
+        from safetensors import safe_open
+
+        path = self.directory / row["embeds_shard"]
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        length = int(metadata.get("padded_length", 0))
+        dtype = getattr(torch, metadata.get("dtype", "float32"))
+        tensors = self._tensors(row["embeds_shard"])
+
+        def padded(key: str) -> torch.Tensor:
+            trimmed = tensors[key]
+            out = torch.zeros((1, max(length, len(trimmed)), trimmed.shape[1]), dtype=trimmed.dtype)
+            out[0, : len(trimmed)] = trimmed
+            return out.to(dtype)
+
+        negative = row.get("negative_embeds_key")
+        return padded(row["embeds_key"]), None if negative is None else padded(negative)
+
+
+def load_rollouts(directory: str | os.PathLike, verify: bool = True) -> RolloutSet:
+    """Open a rollouts directory written by ``sample-rollouts``; with ``verify`` every shard's size and sha256 is
+    checked against ``shards.json`` and every referenced key must exist. Raises :class:`VptError` naming the file."""
+    from safetensors import SafetensorError, safe_open
+
+    from vpt.io.tables import read_table
+
+    directory = Path(directory)
+    table_path = directory / TABLE_FILE
+    if not table_path.is_file():
+        raise VptError(f"{directory}: not a rollouts directory ({TABLE_FILE} is missing); {_AGAIN}")
+    rows = read_table(table_path, "rollouts").to_pylist()
+    checksums_path = directory / CHECKSUMS_FILE
+    try:
+        checksums = json.loads(checksums_path.read_text())
+    except (OSError, ValueError) as error:
+        raise VptError(f"{checksums_path}: missing or unreadable ({error.__class__.__name__}); {_AGAIN}") from None
+    referenced: dict[str, tuple[int, set[str]]] = {}
+    for number, row in enumerate(rows, start=1):
+        for shard, key in ((row["latents_shard"], row["latents_key"]), (row["embeds_shard"], row["embeds_key"])):
+            referenced.setdefault(shard, (number, set()))[1].add(key)
+    for shard, (number, keys) in referenced.items():
+        path = directory / shard
+        if not path.is_file():
+            raise VptError(f"{path}: shard missing (used by {table_path} row {number}); {_AGAIN}")
+        expected = checksums.get(shard)
+        if expected is None:
+            raise VptError(f"{path}: shard not listed in {checksums_path}; {_AGAIN}")
+        if verify and file_digest(path) != expected:
+            raise VptError(f"{path}: corrupt shard (size or sha256 differs from {CHECKSUMS_FILE}); {_AGAIN}")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                missing = sorted(keys - set(handle.keys()))
+        except (SafetensorError, OSError, ValueError) as error:
+            raise VptError(f"{path}: corrupt shard ({str(error).splitlines()[0]}); {_AGAIN}") from None
+        if missing:
+            raise VptError(f"{path}: has no tensor '{missing[0]}' (used by {table_path} row {number}); {_AGAIN}")
+    for number, row in enumerate(rows, start=1):
+        if len(row["log_probs"]) != len(row["recorded_steps"]):
+            raise VptError(f"{table_path}: row {number}: {len(row['log_probs'])} log-probs for "
+                           f"{len(row['recorded_steps'])} recorded steps; {_AGAIN}")
+    loaded = RolloutSet(directory=directory, rows=rows)
+    if verify:
+        for number, row in enumerate(rows, start=1):
+            states = loaded.states(row).shape[0]
+            if states != len(state_indices_of(row["recorded_steps"])):
+                raise VptError(f"{directory / row['latents_shard']}: {states} states for {len(row['recorded_steps'])} "
+                               f"recorded steps (row {number}); {_AGAIN}")
+    return loaded
