@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 from vpt.errors import VptError
 from vpt.io.atomic import temporary_sibling
 from vpt.io.names import file_stems
-from vpt.models.wan import encode_prompts
+from vpt.models.wan import encode_prompts, latent_shape
 from vpt.rollouts.sampling import RolloutOptions, sample_group
 from vpt.rollouts.store import TABLE_FILE, write_checksums, write_embeddings, write_group
 
@@ -66,6 +66,7 @@ def sample_rollouts(pipe, prompts: Sequence[PromptItem], options: RolloutOptions
 
     try:
         options.check()
+        latent_shape(pipe, options.frames, options.height, options.width)
     except ValueError as error:
         raise VptError(str(error)) from None
     out = Path(out)
