@@ -31,11 +31,16 @@ TABLE_FILE = "rollouts.parquet"
 CHECKSUMS_FILE = "shards.json"
 VIDEOS_DIR, LATENTS_DIR, EMBEDS_DIR = "videos", "latents", "embeds"
 PROMPT_KEY, NEGATIVE_KEY = "prompt", "negative"
+EMBEDS_METADATA = "vpt.embeds"
 _AGAIN = "sample the rollouts again"
 
 
-def _save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+def _save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Save atomically. ``metadata`` must have one key: safetensors writes several keys in no fixed order, and
+    shards must be byte-identical across runs (their checksums are recorded)."""
     from safetensors.torch import save_file
+
+    assert len(metadata) == 1
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as temporary:
@@ -56,8 +61,8 @@ def write_embeddings(directory: Path, stem: str, prompt_embeds: torch.Tensor,
     tensors = {PROMPT_KEY: _trim_padding(prompt_embeds[0].float())}
     if negative_embeds is not None:
         tensors[NEGATIVE_KEY] = _trim_padding(negative_embeds[0].float())
-    _save(tensors, directory / relative, {"padded_length": str(prompt_embeds.shape[1]),
-                                          "dtype": str(prompt_embeds.dtype).removeprefix("torch.")})
+    layout = {"padded_length": prompt_embeds.shape[1], "dtype": str(prompt_embeds.dtype).removeprefix("torch.")}
+    _save(tensors, directory / relative, {EMBEDS_METADATA: json.dumps(layout, sort_keys=True)})
     return relative, NEGATIVE_KEY if negative_embeds is not None else None
 
 
@@ -96,7 +101,7 @@ def file_digest(path: Path) -> dict:
 
 def write_checksums(directory: Path) -> None:
     """``shards.json``: size and sha256 of every safetensors shard under ``directory``."""
-    shards = sorted(directory.glob(f"*/*.safetensors"))
+    shards = sorted(directory.glob("*/*.safetensors"))
     entries = {path.relative_to(directory).as_posix(): file_digest(path) for path in shards}
     (directory / CHECKSUMS_FILE).write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
 
@@ -130,9 +135,9 @@ class RolloutSet:
 
         path = self.directory / row["embeds_shard"]
         with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        length = int(metadata.get("padded_length", 0))
-        dtype = getattr(torch, metadata.get("dtype", "float32"))
+            layout = json.loads((handle.metadata() or {}).get(EMBEDS_METADATA, "{}"))
+        length = int(layout.get("padded_length", 0))
+        dtype = getattr(torch, layout.get("dtype", "float32"))
         tensors = self._tensors(row["embeds_shard"])
 
         def padded(key: str) -> torch.Tensor:

@@ -1,0 +1,65 @@
+"""sample-rollouts across processes and under signals: 2 CPU processes give the same rollouts as 1, and a killed
+run leaves no output directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+VPT = str(Path(sys.executable).with_name("vpt"))
+SMALL = ["--frames", "9", "--height", "32", "--width", "32", "--steps", "3", "-g", "2", "--guidance", "1", "-q"]
+
+
+def command(zoo, prompts, out, *extra):
+    return [VPT, "sample-rollouts", "-m", str(zoo), "--prompts", str(prompts), "-o", str(out), "--seed", "3",
+            *SMALL, *extra]
+
+
+def test_two_processes_write_the_same_rollouts_as_one(tiny_zoo, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"prompt number {i}\n" for i in range(5)))  # uneven split: 3 + 2
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf")}
+    launched = subprocess.run([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                               "--mixed_precision", "no", "--dynamo_backend", "no",
+                               *command(tiny_zoo, prompts, tmp_path / "two")], capture_output=True, text=True,
+                              env=env, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    subprocess.run(command(tiny_zoo, prompts, tmp_path / "one"), check=True, env=env, timeout=300)
+    one, two = (pq.read_table(tmp_path / name / "rollouts.parquet").to_pylist() for name in ("one", "two"))
+    assert len(two) == 10 and len({row["id"] for row in two}) == 10
+    assert two == one
+    for relative in sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.safetensors")):
+        assert (tmp_path / "two" / relative).read_bytes() == (tmp_path / "one" / relative).read_bytes()
+    assert (tmp_path / "two" / "shards.json").read_text() == (tmp_path / "one" / "shards.json").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "hf") == ["one", "prompts.txt", "two"]
+
+
+def _start_and_stop(zoo, prompts, out, sig):
+    process = subprocess.Popen(command(zoo, prompts, out), env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # stop once the first video of the run is on disk
+        if any(p.name.endswith(".mp4") for p in out.parent.glob(f".{out.name}.tmp-*/videos/*")):
+            break
+        time.sleep(0.05)
+    process.send_signal(sig)
+    process.wait(timeout=60)
+    process.stderr.close()
+    return process.returncode
+
+
+def test_a_killed_run_leaves_no_output(tiny_zoo, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"prompt number {i}\n" for i in range(40)))
+    assert _start_and_stop(tiny_zoo, prompts, tmp_path / "killed", signal.SIGKILL) == -signal.SIGKILL
+    assert not (tmp_path / "killed").exists()  # at most a hidden temporary remains
+    assert _start_and_stop(tiny_zoo, prompts, tmp_path / "stopped", signal.SIGTERM) != 0
+    assert not (tmp_path / "stopped").exists()
+    assert not list(tmp_path.glob(".stopped*"))  # SIGTERM also removes the temporary
