@@ -36,6 +36,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_foundation.py
 	$(BIN)/python benchmarks/bench_videoreward.py
 	$(BIN)/python benchmarks/bench_build_prefs.py
+	$(BIN)/python benchmarks/bench_rollouts.py
 
 clean:
 	rm -rf demo build dist *.egg-info

@@ -125,7 +125,7 @@ def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tenso
             if out.states:
                 states.append(torch.stack(out.states, dim=1))
                 log_probs.append(torch.stack(out.log_probs, dim=1))
-            videos.extend(to_uint8(decode_latents(pipe, out.latents[k:k + 1]))[0] for k in range(size))
+            videos.extend(to_uint8(decode_latents(pipe, out.latents)))  # one decode per batch, as WanPipeline
     empty = torch.zeros((options.group_size, 0, *shape))
     return GroupRollout(prompt_id=prompt_id, seeds=seeds, step_seeds=step_seeds, sigmas=sigmas,
                         recorded_steps=sde_steps, state_indices=state_indices_of(sde_steps),
