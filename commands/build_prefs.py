@@ -112,14 +112,14 @@ def _annotation_pairs(source, data_dir, check_files, skip_invalid, quiet):
 
 def _score_pairs(score_sources, videos, reward, min_gap, top_k, group_by):
     from vpt.errors import VptError
-    from vpt.io.tables import declared_schema, read_table, source_directory
+    from vpt.io.manifest import read_video_table
+    from vpt.io.tables import read_table, source_directory
     from vpt.prefs.from_scores import pairs_from_scores, parse_reward, rewards_by_id
 
     if videos is None:
         raise VptError("--from-scores needs --videos TABLE: the videos or rollouts table the scores are of (it "
                        "gives the groups and the paths)")
-    kind = "rollouts" if declared_schema(videos) == "rollouts" else "videos"
-    samples = read_table(videos, kind).to_pylist()
+    samples = read_video_table(videos).to_pylist()
     base = source_directory(videos)
     paths = [str(base / row["path"]) for row in samples]
     weights = parse_reward(reward)

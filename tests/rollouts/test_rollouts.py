@@ -184,3 +184,14 @@ def test_bad_options_and_inputs(run_vpt, tiny_zoo, rollouts, tmp_path):
                       "--frames", "8"])
     assert frames.exit_code == 2 and "frames must be 1 + a multiple of 4" in frames.stderr
     assert not any(path.name.startswith(".") for path in tmp_path.iterdir())  # nothing half-written
+
+
+def test_rollouts_feed_score_and_build_prefs(rollouts, run_vpt, tmp_path):
+    table = rollouts / "run" / "rollouts.parquet"
+    scored = run_vpt(["score", "-q", "-m", "brightness", table, "-o", tmp_path / "scores.parquet"])
+    assert scored.exit_code == 0, scored.stderr
+    scores = pq.read_table(tmp_path / "scores.parquet").to_pylist()
+    assert [row["group_id"] for row in scores] == ["p0000@7"] * 3 + ["p0001@7"] * 3 and scores[0]["error"] is None
+    built = run_vpt(["build-prefs", "--from-scores", tmp_path / "scores.parquet", "--videos", table, "-o",
+                     tmp_path / "prefs.parquet"])
+    assert built.stderr == "build-prefs: 2 pairs from 2 groups (by group_id)\n"

@@ -54,10 +54,17 @@ def collect_videos(inputs: Sequence[str], prompts: str | None = None) -> list[Vi
     return items
 
 
-def _from_manifest(source: str) -> list[VideoItem]:
-    from vpt.io.tables import read_table, source_directory
+def read_video_table(source: str | os.PathLike):
+    """A table of videos: a ``videos`` manifest, or a ``rollouts`` table (whose rows are videos too)."""
+    from vpt.io.tables import declared_schema, read_table
 
-    table = read_table(source, "videos")
+    return read_table(source, "rollouts" if declared_schema(source) == "rollouts" else "videos")
+
+
+def _from_manifest(source: str) -> list[VideoItem]:
+    from vpt.io.tables import source_directory
+
+    table = read_video_table(source)
     base = source_directory(source)
     columns = table.column_names
     items = []
