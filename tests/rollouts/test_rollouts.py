@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -15,7 +16,7 @@ from vpt.errors import VptError
 from vpt.models.loading import load_policy, load_wan_pipeline
 from vpt.models.wan import WanVelocity, encode_prompts
 from vpt.rollouts.sampling import RolloutOptions, sample_group, state_indices_of
-from vpt.rollouts.store import load_rollouts
+from vpt.rollouts.store import file_digest, load_rollouts
 
 SMALL = ["--frames", "9", "--height", "32", "--width", "32", "--steps", "4", "-g", "3", "--guidance", "3", "-q"]
 PROMPTS = "a red ball bouncing\na blue cube on green grass\n"
@@ -127,8 +128,6 @@ def test_a_lora_policy_changes_the_samples(pipe, tiny_zoo, tmp_path):
 
 
 def copy_run(rollouts, tmp_path):
-    import shutil
-
     shutil.copytree(rollouts / "run", tmp_path / "run")
     return tmp_path / "run"
 
@@ -157,8 +156,7 @@ def test_missing_and_corrupt_shards_are_named(rollouts, tmp_path):
     checksums = json.loads((run / "shards.json").read_text())
     with pytest.raises(VptError, match=r"embeds/p0000.safetensors: corrupt shard \(size or sha256"):
         load_rollouts(run)
-    checksums["embeds/p0000.safetensors"] = {"bytes": 20, "sha256": __import__("hashlib").sha256(
-        shard.read_bytes()).hexdigest()}
+    checksums["embeds/p0000.safetensors"] = file_digest(shard)
     (run / "shards.json").write_text(json.dumps(checksums))
     with pytest.raises(VptError, match=r"embeds/p0000.safetensors: corrupt shard \("):  # a consistent but broken file
         load_rollouts(run)
