@@ -43,7 +43,7 @@ def test_step_mean_and_std_match_the_formula_in_float64():
     v = torch.tensor([[0.5, 2.0]], dtype=torch.float64)
     sigma, sigma_next, a = torch.tensor(0.6, dtype=torch.float64), torch.tensor(0.45, dtype=torch.float64), 0.7
     mean, std = sde_step_mean_std(x, v, sigma, sigma_next, a)
-    s, sn, dt = 0.6, 0.45, 0.45 - 0.6
+    s, dt = 0.6, 0.45 - 0.6
     st = a * math.sqrt(s / (1 - s))
     for k in range(2):
         xk, vk = x[0, k].item(), v[0, k].item()
