@@ -35,11 +35,12 @@ def main() -> None:
 
     import torch
 
+    from vpt.algo.flow_sde import state_indices_of
     from vpt.distributed import Processes
     from vpt.models.loading import load_wan_pipeline
     from vpt.models.zoo import cached_tiny_zoo
     from vpt.rollouts.run import PromptItem, sample_rollouts
-    from vpt.rollouts.sampling import RolloutOptions, state_indices_of
+    from vpt.rollouts.sampling import RolloutOptions
 
     torch.set_num_threads(1)
     model = args.model or str(cached_tiny_zoo(0))

@@ -64,19 +64,18 @@ def rewardbench(
             rows = [row for batch in score_videos(items, [load_reward_model(model)], batch_size,
                                                   on_progress=advance) for row in batch]
         index, source = ScoreIndex(rows, model), model
+    scored = [(index.find(pair["path_A"], pair["prompt"], base, f"{bench} row {number}"),
+               index.find(pair["path_B"], pair["prompt"], base, f"{bench} row {number}"))
+              for number, pair in enumerate(pairs, start=1)]
     labels, margins = {}, {}
     for dimension, column in columns.items():
         if dimension not in table.column_names:
             continue
-        labels[dimension], margins[dimension] = [], []
-        for number, pair in enumerate(pairs, start=1):
-            where = f"{bench} row {number}"
-            a = index.find(pair["path_A"], pair["prompt"], base, where)
-            b = index.find(pair["path_B"], pair["prompt"], base, where)
-            if column not in a:
-                raise VptError(f"{source}: has no column '{column}' for {dimension}; choose one with --map {dimension}=COLUMN")
-            labels[dimension].append(pair[dimension])
-            margins[dimension].append(a[column] - b[column])
+        if scored and column not in scored[0][0]:
+            raise VptError(f"{source}: has no column '{column}' for {dimension}; choose one with "
+                           f"--map {dimension}=COLUMN")
+        labels[dimension] = [pair[dimension] for pair in pairs]
+        margins[dimension] = [a[column] - b[column] for a, b in scored]
     rows = benchmark_rows(labels, margins, {d: columns[d] for d in labels})
     if output is not None:
         write_table(rows, output, "rewardbench")

@@ -12,10 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from vpt.algo.flow_sde import state_indices_of
 from vpt.errors import VptError
 from vpt.models.loading import load_policy, load_wan_pipeline
 from vpt.models.wan import WanVelocity, encode_prompts
-from vpt.rollouts.sampling import RolloutOptions, sample_group, state_indices_of
+from vpt.rollouts.sampling import RolloutOptions, sample_group
 from vpt.rollouts.store import file_digest, load_rollouts
 
 SMALL = ["--frames", "9", "--height", "32", "--width", "32", "--steps", "4", "-g", "3", "--guidance", "3", "-q"]

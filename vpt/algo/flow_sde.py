@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -85,6 +85,12 @@ class FlowSample:
         return self.states[self.state_indices.index(index)]
 
 
+def state_indices_of(stochastic_steps: Iterable[int]) -> list[int]:
+    """Indices j of the states x_j that stochastic steps i start (j = i) or end (j = i + 1) at, sorted."""
+    steps = set(stochastic_steps)
+    return sorted(steps | {i + 1 for i in steps})
+
+
 def sample_flow(velocity_fn: VelocityFn, x: torch.Tensor, sigmas: torch.Tensor, noise_level: float = 0.0,
                 sde_steps: Sequence[int] | None = None, step_noise: Callable[[int, torch.Tensor], torch.Tensor] |
                 None = None, callback: StepCallback | None = None) -> FlowSample:
@@ -113,8 +119,7 @@ def sample_flow(velocity_fn: VelocityFn, x: torch.Tensor, sigmas: torch.Tensor, 
             raise ValueError("sde steps need a noise level > 0")
     if stochastic and step_noise is None:
         raise ValueError("stochastic steps need step_noise")
-    result = FlowSample(latents=x, stochastic_steps=sorted(stochastic),
-                        state_indices=sorted(stochastic | {i + 1 for i in stochastic}))
+    result = FlowSample(latents=x, stochastic_steps=sorted(stochastic), state_indices=state_indices_of(stochastic))
     first_next = sigmas[1]
     for i in range(steps):
         if i in result.state_indices:

@@ -16,7 +16,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-LABELS = ("a", "b", "tie", "invalid")
 DIMENSIONS = ("vq", "mq", "ta")
 LABEL_COLUMNS = (*DIMENSIONS, "overall")
 _SWAPPED_LABEL = {"a": "b", "b": "a", "tie": "tie", "invalid": "invalid", None: None}

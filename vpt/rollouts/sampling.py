@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
 
-from vpt.algo.flow_sde import sample_flow
+from vpt.algo.flow_sde import sample_flow, state_indices_of
 from vpt.models.wan import (
     MAX_SEQUENCE_LENGTH, WanVelocity, decode_latents, initial_noise, latent_shape, schedule_sigmas, to_uint8,
 )
@@ -106,14 +106,17 @@ def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tenso
     sigmas = schedule_sigmas(dict(pipe.scheduler.config), options.steps, options.shift)
     sde_steps = options.sde_steps()
     batch = options.batch_size or options.group_size
+    device = pipe.transformer.device
     states, log_probs, videos = [], [], []
     for start in range(0, options.group_size, batch):
         members = range(start, min(start + batch, options.group_size))
-        noise = torch.cat([initial_noise(shape, torch.Generator().manual_seed(seeds[k])) for k in members])
+        # Noise is drawn on CPU generators, so a seed gives the same rollout on any device.
+        noise = torch.cat([initial_noise(shape, torch.Generator().manual_seed(seeds[k])) for k in members]).to(device)
         generators = [torch.Generator().manual_seed(step_seeds[k]) for k in members]
 
         def step_noise(index: int, like: torch.Tensor) -> torch.Tensor:
-            return torch.stack([torch.randn(like.shape[1:], generator=g, dtype=like.dtype) for g in generators])
+            return torch.stack([torch.randn(like.shape[1:], generator=g, dtype=like.dtype)
+                                for g in generators]).to(like.device)
 
         size = len(members)
         velocity = WanVelocity(pipe.transformer, prompt_embeds.expand(size, -1, -1),
@@ -123,8 +126,8 @@ def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tenso
             out = sample_flow(velocity, noise, sigmas, options.noise_level, sde_steps, step_noise,
                               callback=None if on_step is None else lambda info: on_step(1))
             if out.states:
-                states.append(torch.stack(out.states, dim=1))
-                log_probs.append(torch.stack(out.log_probs, dim=1))
+                states.append(torch.stack(out.states, dim=1).cpu())
+                log_probs.append(torch.stack(out.log_probs, dim=1).cpu())
             videos.extend(to_uint8(decode_latents(pipe, out.latents)))  # one decode per batch, as WanPipeline
     empty = torch.zeros((options.group_size, 0, *shape))
     return GroupRollout(prompt_id=prompt_id, seeds=seeds, step_seeds=step_seeds, sigmas=sigmas,
@@ -133,7 +136,3 @@ def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tenso
                         log_probs=torch.cat(log_probs) if log_probs else torch.zeros((options.group_size, 0)),
                         videos=np.stack(videos))
 
-
-def state_indices_of(recorded_steps: Sequence[int]) -> list[int]:
-    """The stored state indices implied by the recorded steps (each step's start and end)."""
-    return sorted(set(recorded_steps) | {i + 1 for i in recorded_steps})

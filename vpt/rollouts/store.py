@@ -25,7 +25,8 @@ import torch
 
 from vpt.errors import VptError
 from vpt.io.atomic import atomic_path
-from vpt.rollouts.sampling import GroupRollout, state_indices_of
+from vpt.algo.flow_sde import state_indices_of
+from vpt.rollouts.sampling import GroupRollout
 
 TABLE_FILE = "rollouts.parquet"
 CHECKSUMS_FILE = "shards.json"
@@ -113,6 +114,7 @@ class RolloutSet:
     directory: Path
     rows: list[dict]
     _open: dict = field(default_factory=dict, repr=False)
+    _layouts: dict = field(default_factory=dict, repr=False)
 
     def _tensors(self, relative: str) -> dict[str, torch.Tensor]:
         if relative not in self._open:
@@ -129,15 +131,20 @@ class RolloutSet:
         """float32 [K]: the stored log-prob of each recorded step."""
         return torch.tensor(row["log_probs"], dtype=torch.float32)
 
+    def _embedding_layout(self, relative: str) -> tuple[int, torch.dtype]:
+        """(padded length, dtype) the embeddings of a shard had before they were stored."""
+        if relative not in self._layouts:
+            from safetensors import safe_open
+
+            with safe_open(str(self.directory / relative), framework="pt") as handle:
+                layout = json.loads((handle.metadata() or {}).get(EMBEDS_METADATA, "{}"))
+            self._layouts[relative] = (int(layout.get("padded_length", 0)),
+                                       getattr(torch, layout.get("dtype", "float32")))
+        return self._layouts[relative]
+
     def embeddings(self, row: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The prompt's (and negative prompt's) text embeddings [1, L, D], padded as the pipeline pads them."""
-        from safetensors import safe_open
-
-        path = self.directory / row["embeds_shard"]
-        with safe_open(str(path), framework="pt") as handle:
-            layout = json.loads((handle.metadata() or {}).get(EMBEDS_METADATA, "{}"))
-        length = int(layout.get("padded_length", 0))
-        dtype = getattr(torch, layout.get("dtype", "float32"))
+        length, dtype = self._embedding_layout(row["embeds_shard"])
         tensors = self._tensors(row["embeds_shard"])
 
         def padded(key: str) -> torch.Tensor:
