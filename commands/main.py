@@ -14,6 +14,7 @@ from typer.core import TyperGroup
 
 from vpt import __version__
 from vpt.errors import VptError
+from vpt.io.atomic import request_stop, stop_requested
 from vpt.commands import eval as eval_command
 from vpt.commands import build_prefs, sample_rollouts, schema, score, train_reward, zoo
 
@@ -66,7 +67,9 @@ app.command("train-reward")(train_reward.train_reward)
 
 
 def _terminate(signum, frame):
-    # SystemExit unwinds the stack, so atomic writers remove their temporary files on `kill`.
+    # SystemExit unwinds the stack, so atomic writers remove their temporary files on `kill`; the request is also
+    # recorded, because a library can swallow the exception when the signal lands inside one of its callbacks.
+    request_stop(signum)
     raise SystemExit(128 + signum)
 
 
@@ -74,6 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
         app(args=argv, prog_name="vpt")
+    except SystemExit:
+        if stop_requested() is not None:
+            sys.exit(128 + stop_requested())
+        raise
     except BrokenPipeError:
         # The reader went away (`vpt ... | head`): not an error of ours, and nothing more to write.
         sys.stderr.close()

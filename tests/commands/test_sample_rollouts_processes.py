@@ -50,16 +50,16 @@ def _start_and_stop(zoo, prompts, out, sig):
             break
         time.sleep(0.05)
     process.send_signal(sig)
-    process.wait(timeout=60)
-    process.stderr.close()
-    return process.returncode
+    stderr = process.communicate(timeout=60)[1].decode(errors="replace")
+    return process.returncode, stderr
 
 
 def test_a_killed_run_leaves_no_output(tiny_zoo, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"prompt number {i}\n" for i in range(40)))
-    assert _start_and_stop(tiny_zoo, prompts, tmp_path / "killed", signal.SIGKILL) == -signal.SIGKILL
+    assert _start_and_stop(tiny_zoo, prompts, tmp_path / "killed", signal.SIGKILL)[0] == -signal.SIGKILL
     assert not (tmp_path / "killed").exists()  # at most a hidden temporary remains
-    assert _start_and_stop(tiny_zoo, prompts, tmp_path / "stopped", signal.SIGTERM) != 0
+    returncode, stderr = _start_and_stop(tiny_zoo, prompts, tmp_path / "stopped", signal.SIGTERM)
+    assert returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert not (tmp_path / "stopped").exists()
     assert not list(tmp_path.glob(".stopped*"))  # SIGTERM also removes the temporary

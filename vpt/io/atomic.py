@@ -3,6 +3,10 @@
 A reader never sees a half-written output: either the old file (or nothing) or the complete new one. On an
 exception or SIGTERM (turned into SystemExit by the command line) the temporary is removed; after SIGKILL only a
 hidden ``.NAME.tmp-*`` entry can remain, never the target itself.
+
+A stop request is sticky: a library may swallow the SystemExit raised by the signal handler (an exception raised
+inside a C callback or a finalizer is printed and dropped), so every rename into place goes through
+:func:`commit`, which refuses once :func:`request_stop` has been called.
 """
 
 from __future__ import annotations
@@ -13,6 +17,27 @@ import shutil
 import uuid
 from pathlib import Path
 from typing import Iterator
+
+
+_stop_signal: int | None = None
+
+
+def request_stop(signum: int) -> None:
+    """Record that the process was asked to stop; no output is committed after this."""
+    global _stop_signal
+    _stop_signal = signum
+
+
+def stop_requested() -> int | None:
+    """The signal number of a pending stop request, or None."""
+    return _stop_signal
+
+
+def commit(temporary: Path, target: Path) -> None:
+    """Rename the finished ``temporary`` to ``target``, unless a stop was requested (then raise SystemExit)."""
+    if _stop_signal is not None:
+        raise SystemExit(128 + _stop_signal)
+    os.replace(temporary, target)
 
 
 def temporary_sibling(target: Path) -> Path:
@@ -28,7 +53,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     temporary = temporary_sibling(target)
     try:
         yield temporary
-        os.replace(temporary, target)
+        commit(temporary, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
@@ -51,10 +76,10 @@ def atomic_directory(target: str | os.PathLike, replace: bool = False) -> Iterat
             if not replace:
                 return
             old = temporary_sibling(target)
-            os.replace(target, old)
-            os.replace(temporary, target)
+            commit(target, old)
+            commit(temporary, target)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(temporary, target)
+            commit(temporary, target)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)

@@ -39,7 +39,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from vpt.errors import SchemaError, VptError
-from vpt.io.atomic import temporary_sibling
+from vpt.io.atomic import commit, temporary_sibling
 
 SCHEMA_NAME_KEY = b"vpt.schema"
 SCHEMA_VERSION_KEY = b"vpt.schema_version"
@@ -499,7 +499,7 @@ class TableWriter:
         if self.dest == STDIO:
             sys.stdout.buffer.flush()
         else:
-            os.replace(self._temporary, self.dest)
+            commit(self._temporary, self.dest)
 
     def abort(self) -> None:
         if self._writer is not None:

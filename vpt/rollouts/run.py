@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from vpt.errors import VptError
-from vpt.io.atomic import temporary_sibling
+from vpt.io.atomic import commit, temporary_sibling
 from vpt.io.names import file_stems
 from vpt.models.wan import encode_prompts, latent_shape
 from vpt.rollouts.sampling import RolloutOptions, sample_group
@@ -96,7 +96,7 @@ def sample_rollouts(pipe, prompts: Sequence[PromptItem], options: RolloutOptions
                                        negative_key, common, options.fps))
         if processes.is_main:
             write_checksums(temporary)
-            os.replace(temporary, out)
+            commit(temporary, out)
         processes.wait()
     finally:
         if processes.is_main:

@@ -468,7 +468,7 @@ class RewardTrainResult:
 def _save_final(model: VideoRewardModel, out: Path) -> None:
     """Write the model in our layout into ``out`` beside the run's checkpoints: saved under a temporary name, moved
     in entry by entry, ``vpt_videoreward.json`` (what marks a VideoReward directory) removed first, moved last."""
-    from vpt.io.atomic import temporary_sibling
+    from vpt.io.atomic import commit, temporary_sibling
     from vpt.models.videoreward import CONFIG_FILE
 
     temporary = temporary_sibling(out / "videoreward")
@@ -483,8 +483,8 @@ def _save_final(model: VideoRewardModel, out: Path) -> None:
                 shutil.rmtree(target)
             elif target.exists() or target.is_symlink():
                 target.unlink()
-            os.replace(entry, target)
-        os.replace(temporary / CONFIG_FILE, out / CONFIG_FILE)
+            commit(entry, target)
+        commit(temporary / CONFIG_FILE, out / CONFIG_FILE)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     if model.has_lora:
