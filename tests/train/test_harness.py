@@ -224,3 +224,32 @@ def test_a_trainer_trains_once(tmp_path):
     trainer.train()
     with pytest.raises(RuntimeError, match="once"):
         trainer.train(resume=True)
+
+
+def test_a_warm_started_chain_equals_one_run_over_the_joined_data(tmp_path):
+    # Two on-policy iterations (8 examples each, 2 steps each) warm-started one from the other give the weights of one
+    # unshuffled 4-step run over both datasets: optimizer moments, warmup position and RNGs all carry over.
+    first, second = Regression(8, seed=0), Regression(8, seed=1)
+    settings = dict(shuffle=False, warmup_steps=3, weight_decay=0.01, max_grad_norm=0.5, max_steps=2)
+    straight = mlp()
+    Trainer(straight, config(tmp_path / "straight", **{**settings, "max_steps": 4}),
+            dataset=torch.utils.data.ConcatDataset([first, second]), loss_fn=noisy_mse_loss, quiet=True).train()
+
+    chained = mlp()
+    before = Trainer(chained, config(tmp_path / "one", **settings), dataset=first, loss_fn=noisy_mse_loss,
+                     quiet=True).train()
+    chained = mlp(seed=7)  # the next iteration is a new process: the weights come from the checkpoint
+    after = Trainer(chained, config(tmp_path / "two", **settings), dataset=second, loss_fn=noisy_mse_loss,
+                    quiet=True).train(warm_start=before.checkpoint)
+    assert after.step == 4 and after.checkpoint == tmp_path / "two" / "run" / "checkpoint-4"
+    assert [row["step"] for row in read_metrics(after.metrics_file)] == [3, 4]
+    for (name, a), (_, b) in zip(straight.named_parameters(), chained.named_parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_a_warm_start_needs_a_constant_schedule(tmp_path):
+    done = Trainer(linear(), config(tmp_path / "one"), dataset=Regression(8), loss_fn=mse_loss, quiet=True).train()
+    trainer = Trainer(linear(), config(tmp_path / "two", lr_schedule="cosine"), dataset=Regression(8),
+                      loss_fn=mse_loss, quiet=True)
+    with pytest.raises(VptError, match="lr_schedule 'cosine' cannot continue across warm-started runs"):
+        trainer.train(warm_start=done.checkpoint)

@@ -248,13 +248,20 @@ class Trainer:
                                "order) or start a new run")
 
     # ------------------------------------------------------------------------------------------------ train
-    def train(self, resume: bool | str | os.PathLike = False) -> TrainResult:
+    def train(self, resume: bool | str | os.PathLike = False,
+              warm_start: str | os.PathLike | None = None) -> TrainResult:
         """Run until ``max_steps`` / ``epochs``; ``resume=True`` continues from the newest checkpoint in the output
         directory (or starts fresh when there is none), a path continues from that checkpoint (or run directory).
 
         Resumed training is bit-identical to an uninterrupted run on the same hardware, provided the task's
         randomness comes from the global RNGs inside ``loss_fn`` (restored) or from item indices — not from global
         RNGs inside ``dataset.__getitem__`` / ``collate_fn`` (batches are prefetched one ahead).
+
+        ``warm_start``: a checkpoint of an earlier run on *other data* (one on-policy RL iteration after another):
+        its weights, optimizer moments, schedule position and RNG states carry over and the step count continues
+        from it, while the data position starts fresh; ``max_steps`` / ``epochs`` then count this run's steps. The
+        extra state is the task's to restore (it usually shapes the data). Needs a constant schedule (warmup
+        allowed), because the length of the whole chain of runs is unknown.
         """
         if self._trained:
             raise RuntimeError("Trainer.train() runs once per Trainer; build a new Trainer to train again")
@@ -262,11 +269,26 @@ class Trainer:
         acc, cfg = self.accelerator, self.config
         checkpoint = self._resolve_resume(resume)
         state = ckpt.read_trainer_state(checkpoint) if checkpoint is not None else None
+        start = None if warm_start is None else Path(warm_start)
         if state is not None:
+            if start is not None:
+                raise VptError(f"{self.output_dir}: holds a run to resume, and a warm start was given too; resume "
+                               "it or start the warm-started run in an empty output directory")
             self._check_resumable(checkpoint, state)
             self.load_model(self.model, checkpoint)
             if self.extra_state is not None and (checkpoint / "extra_state.pt").is_file():
                 self.extra_state.load_state_dict(ckpt.load_torch(checkpoint / "extra_state.pt"))
+        start_state = None
+        if start is not None:
+            start_state = ckpt.read_trainer_state(start)
+            if start_state.get("num_processes") != acc.num_processes:
+                raise VptError(f"{start}: written by {start_state.get('num_processes')} process(es), continued "
+                               f"with {acc.num_processes}; continue with the same number of processes (the RNG "
+                               "state is per process)")
+            if cfg.lr_schedule != "constant":
+                raise VptError(f"lr_schedule {cfg.lr_schedule!r} cannot continue across warm-started runs (their "
+                               "total length is unknown); use a constant schedule, with warmup if needed")
+            self.load_model(self.model, start)
 
         size = len(self.dataset)
         if size == 0:
@@ -280,7 +302,8 @@ class Trainer:
         k = cfg.gradient_accumulation_steps
         steps_per_epoch = math.ceil(batches_per_epoch / k)
         limits = [n for n in (cfg.max_steps, cfg.epochs and cfg.epochs * steps_per_epoch) if n]
-        total = min(limits)
+        offset = start_state["step"] if start_state is not None else 0
+        total = offset + min(limits)
         scheduler = acc.prepare(build_scheduler(optimizer.optimizer, cfg, total))
         self.optimizer, self.scheduler = optimizer, scheduler
         params = [p for p in model.parameters() if p.requires_grad]
@@ -293,6 +316,10 @@ class Trainer:
             rng_states = ckpt.load_torch(checkpoint / "rng_state.pt")
             ckpt.set_rng_state(rng_states[acc.process_index])
             step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        elif start_state is not None:
+            self._load_optimizer_and_schedule(start, optimizer, scheduler, total)
+            ckpt.set_rng_state(ckpt.load_torch(start / "rng_state.pt")[acc.process_index])
+            step, epoch, batch_in_epoch = offset, 0, 0
         else:
             ckpt.seed_everything(cfg.seed + acc.process_index)
             step, epoch, batch_in_epoch = 0, 0, 0
