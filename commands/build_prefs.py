@@ -114,7 +114,8 @@ def _score_pairs(score_sources, videos, reward, min_gap, top_k, group_by):
     from vpt.errors import VptError
     from vpt.io.manifest import read_video_table
     from vpt.io.tables import read_table, source_directory
-    from vpt.prefs.from_scores import pairs_from_scores, parse_reward, rewards_by_id
+    from vpt.prefs.from_scores import pairs_from_scores, rewards_by_id
+    from vpt.rewards.expression import parse_reward
 
     if videos is None:
         raise VptError("--from-scores needs --videos TABLE: the videos or rollouts table the scores are of (it "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from vpt.errors import VptError
-from vpt.prefs.from_scores import group_column, pairs_from_scores, parse_reward, rewards_by_id
+from vpt.prefs.from_scores import group_column, pairs_from_scores, rewards_by_id
+from vpt.rewards.expression import parse_reward
 
 VIDEOS = [
     {"id": "v1", "prompt": "cat", "group_id": "g1"}, {"id": "v2", "prompt": "cat", "group_id": "g1"},

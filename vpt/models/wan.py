@@ -71,17 +71,19 @@ class WanVelocity:
     ``v = v_uncond + w·(v_cond − v_uncond)`` when ``guidance`` > 1 (as WanPipeline)."""
 
     def __init__(self, transformer, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor | None = None,
-                 guidance: float = 1.0):
+                 guidance: float = 1.0, dtype: torch.dtype | None = None):
         if guidance > 1.0 and negative_embeds is None:
             raise ValueError("guidance > 1 needs the negative prompt's embeddings")
-        self.transformer = transformer
+        self.transformer = transformer  # may be wrapped (peft, DDP): then pass its ``dtype``
         self.prompt_embeds = prompt_embeds  # [B, L, D]
         self.negative_embeds = negative_embeds  # [B, L, D] or None
         self.guidance = float(guidance)
+        self.dtype = transformer.dtype if dtype is None else dtype
 
     def __call__(self, x: torch.Tensor, index: int, sigma: torch.Tensor) -> torch.Tensor:
-        model_input = x.to(self.transformer.dtype)
-        timestep = (sigma * NUM_TRAIN_TIMESTEPS).to(x.device).expand(x.shape[0])
+        """``sigma``: a scalar tensor, or one σ per sample ``[B]`` (training batches mix steps)."""
+        model_input = x.to(self.dtype)
+        timestep = (sigma * NUM_TRAIN_TIMESTEPS).to(x.device).reshape(-1).expand(x.shape[0])
         velocity = self.transformer(hidden_states=model_input, timestep=timestep,
                                     encoder_hidden_states=self.prompt_embeds, return_dict=False)[0]
         if self.guidance > 1.0:

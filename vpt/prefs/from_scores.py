@@ -22,27 +22,6 @@ SOURCE = "scores"
 GROUP_COLUMNS = ("group_id", "prompt_id", "prompt")
 
 
-def parse_reward(spec: str) -> dict[str, float]:
-    """``"overall"`` -> {"overall": 1.0}; ``"vq=1,mq=0.5"`` -> weights per column."""
-    weights: dict[str, float] = {}
-    for part in (piece.strip() for piece in spec.split(",")):
-        if not part:
-            continue
-        column, sep, weight = part.partition("=")
-        column = column.strip()
-        try:
-            value = float(weight) if sep else 1.0
-        except ValueError:
-            value = math.nan
-        if not column or not math.isfinite(value) or column in weights:
-            raise VptError(f"--reward {spec}: expected COLUMN or COLUMN=WEIGHT,... with finite weights and each "
-                           f"column once (e.g. overall or vq=1,ta=2)")
-        weights[column] = value
-    if not weights:
-        raise VptError("--reward is empty; name a scores column (e.g. score or overall)")
-    return weights
-
-
 def rewards_by_id(rows: Sequence[dict], weights: dict[str, float], source: str) -> dict[str, float]:
     """Video id -> reward from one scores table (videos with a null value in any used column are left out)."""
     if rows:
