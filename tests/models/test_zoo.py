@@ -4,13 +4,15 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from vpt.errors import VptError
 from vpt.models import zoo
-from vpt.models.loading import load_wan_pipeline
+from vpt.models.dinov2 import dinov2_patch_features
+from vpt.models.loading import load_dinov2, load_wan_pipeline
 
 PROMPT = "a red circle moving slowly to the left on a dark background"
 
@@ -40,6 +42,14 @@ def test_same_seed_builds_identical_weights(quick_builds):
     assert (a / "wan/tokenizer/tokenizer.json").read_bytes() == (b / "wan/tokenizer/tokenizer.json").read_bytes()
     for config in ("model_index.json", "vae/config.json", "transformer/config.json", "scheduler/scheduler_config.json"):
         assert (a / "wan" / config).read_text() == (b / "wan" / config).read_text()
+
+
+def test_dinov2_is_deterministic_from_the_seed(quick_builds):
+    a, b, c = (load_file(build / "dinov2" / "model.safetensors") for build in quick_builds)
+    assert a.keys() == b.keys() == c.keys() and len(a) > 10
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    assert (quick_builds[0] / "dinov2/config.json").read_text() == (quick_builds[1] / "dinov2/config.json").read_text()
 
 
 def test_another_seed_builds_other_weights(quick_builds):
@@ -73,6 +83,11 @@ def test_layout_and_index(tiny_zoo):
         assert (tiny_zoo / "wan" / part).is_dir()
     assert wan["vae_training"]["steps"] == zoo.VAE_STEPS
     assert wan["scheduler"] == {"class": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}
+    dinov2 = index["components"]["dinov2"]
+    assert zoo.zoo_component(tiny_zoo, "dinov2") == tiny_zoo / "dinov2"
+    assert (tiny_zoo / "dinov2" / "config.json").is_file() and (tiny_zoo / "dinov2" / "model.safetensors").is_file()
+    assert dinov2["format"] == "transformers" and dinov2["class"] == "Dinov2Model"
+    assert dinov2["patch_size"] == 4 and dinov2["hidden_size"] == 32 and dinov2["parameters"] > 0
 
 
 def test_trained_vae_reconstructs_and_responds_to_latents(tiny_zoo):
@@ -157,6 +172,57 @@ def test_loader_errors_are_one_line(tmp_path):
     with pytest.raises(VptError) as error:
         load_wan_pipeline(tmp_path)
     assert "model_index.json names 'StableDiffusionPipeline', expected WanPipeline" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def toy_frames(frames=9, height=32, width=32, seed=0):
+    from vpt.toyworld import toy_clips
+
+    return toy_clips(1, seed=seed, frames=frames, height=height, width=width)[0][1]
+
+
+def test_load_dinov2_gives_deterministic_patch_features(tiny_zoo):
+    model = load_dinov2(tiny_zoo)  # a zoo directory resolves to its dinov2
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    assert type(model).__name__ == "Dinov2Model" and model.config.patch_size == 4
+    frames = toy_frames()
+    assert frames.shape == (9, 32, 32, 3) and frames.dtype == "uint8"
+    features = dinov2_patch_features(model, frames)
+    assert features.shape == (9, 8, 8, 32) and features.dtype == torch.float32 and torch.isfinite(features).all()
+    again = dinov2_patch_features(load_dinov2(tiny_zoo / "dinov2"), frames, batch_size=2)
+    assert torch.allclose(features, again, atol=1e-5)
+    assert torch.equal(features, dinov2_patch_features(model, frames))
+    assert features.std(dim=(0, 1, 2)).mean() > 1e-3  # the content shows in the features
+    # frames that are no whole number of patches are resized to the nearest grid (at least one patch)
+    assert dinov2_patch_features(model, toy_frames(3, 30, 42)).shape == (3, 8, 10, 32)
+    assert dinov2_patch_features(model, np.zeros((2, 1, 1, 3), dtype=np.uint8)).shape == (2, 1, 1, 32)
+    with pytest.raises(ValueError, match="uint8"):
+        dinov2_patch_features(model, frames.astype("float32"))
+
+
+def test_load_dinov2_errors_are_one_line(tmp_path):
+    with pytest.raises(VptError) as error:
+        load_dinov2(tmp_path / "nope")
+    assert str(error.value) == (
+        f"{tmp_path / 'nope'}: not a DINOv2 model directory (no such directory); build one with `vpt zoo tiny DIR`"
+    )
+    with pytest.raises(VptError) as error:
+        load_dinov2(tmp_path)
+    assert str(error.value) == (
+        f"{tmp_path}: not a DINOv2 model directory (config.json missing); build one with `vpt zoo tiny DIR`"
+    )
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "clip"}))
+    with pytest.raises(VptError, match="names model_type 'clip', expected 'dinov2'") as error:
+        load_dinov2(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "dinov2"}))  # no weights
+    with pytest.raises(VptError, match="cannot load the DINOv2 model") as error:
+        load_dinov2(tmp_path)
+    assert "\n" not in str(error.value)
+    old_zoo = tmp_path / "old"
+    old_zoo.mkdir()
+    (old_zoo / "zoo.json").write_text(json.dumps({"components": {"wan": {"path": "wan"}}}))
+    with pytest.raises(VptError, match="this zoo has no dinov2 component") as error:
+        load_dinov2(old_zoo)
     assert "\n" not in str(error.value)
 
 

@@ -1,7 +1,9 @@
-"""Loading generators: the one place a diffusers Wan pipeline is read from disk.
+"""Loading models: the one place a diffusers Wan pipeline (and ViPO's DINOv2) is read from disk.
 
 Every command that needs a generator calls :func:`load_wan_pipeline`, so the tiny zoo and real checkpoints
 (``Wan-AI/Wan2.1-T2V-1.3B-Diffusers`` downloaded by the user) go through the same ``from_pretrained`` code.
+:func:`load_dinov2` does the same for the frozen DINOv2 feature extractor (the zoo's ``dinov2`` or a real
+``facebook/dinov2-*`` directory); its patch features come from :func:`vpt.models.dinov2.dinov2_patch_features`.
 """
 
 from __future__ import annotations
@@ -90,11 +92,40 @@ def load_wan_pipeline(path: str | os.PathLike, dtype: torch.dtype = torch.float3
     return pipe
 
 
+def load_wan_transformer(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
+                         device: str | torch.device | None = None):
+    """Only the ``WanTransformer3DModel`` of a Wan pipeline (or zoo) directory: what training updates, without the
+    text encoder and VAE (UMT5-XXL alone is ~11 GB at full scale)."""
+    from diffusers import WanTransformer3DModel
+
+    directory = resolve_wan_directory(path)
+    try:
+        with quiet_loading():
+            transformer = WanTransformer3DModel.from_pretrained(directory / "transformer", dtype=dtype,
+                                                                local_files_only=True)
+    except (OSError, ValueError, KeyError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise VptError(f"{directory}: cannot load the Wan transformer: {first}") from None
+    if device is not None:
+        transformer.to(device)
+    return transformer
+
+
+def policy_digest(path: str | os.PathLike) -> str:
+    """Short sha256 of a LoRA policy's adapter weights: what identifies the policy that sampled a rollout."""
+    import hashlib
+
+    weights = Path(path) / "adapter_model.safetensors"
+    try:
+        return hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+    except OSError:
+        raise VptError(f"{path}: not a LoRA policy checkpoint (adapter_model.safetensors missing); give a "
+                       "checkpoint written by grpo-step, dpo or sft") from None
+
+
 def load_policy(transformer: torch.nn.Module, path: str | os.PathLike) -> tuple[torch.nn.Module, str]:
     """``transformer`` with the LoRA policy at ``path`` (a peft adapter directory, as the training commands write
     it) applied, in eval mode, and the policy's id (its resolved path and a hash of its adapter weights)."""
-    import hashlib
-
     from peft import PeftModel
 
     directory = Path(path)
@@ -107,5 +138,67 @@ def load_policy(transformer: torch.nn.Module, path: str | os.PathLike) -> tuple[
     except (ValueError, RuntimeError, KeyError) as error:
         raise VptError(f"{directory}: this LoRA policy does not fit the generator ({str(error).splitlines()[0]}); "
                        f"use the generator it was trained on") from None
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
-    return policy.eval(), f"{directory.resolve()}#{digest}"
+    return policy.eval(), f"{directory.resolve()}#{policy_digest(directory)}"
+
+
+DINOV2_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
+
+
+def resolve_dinov2_directory(path: str | os.PathLike) -> Path:
+    """The DINOv2 directory for ``path``: a transformers DINOv2 directory, or a zoo directory (its ``dinov2``).
+
+    Raises :class:`VptError` with a one-line message when ``path`` is neither.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        reason = "not a directory" if path.exists() else "no such directory"
+        raise VptError(f"{path}: not a DINOv2 model directory ({reason}); {_HINT}")
+    if not (path / "config.json").is_file() and (path / "zoo.json").is_file():
+        from vpt.models.zoo import zoo_component
+
+        try:
+            component = zoo_component(path, "dinov2")
+        except (VptError, TypeError, AttributeError):
+            raise VptError(f"{path}: this zoo has no dinov2 component (built by an older vpt); "
+                           f"rebuild it with `vpt zoo tiny DIR`") from None
+        if (component / "config.json").is_file():
+            return component
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise VptError(f"{path}: not a DINOv2 model directory (config.json missing); {_HINT}")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise VptError(f"{path}: not a DINOv2 model directory (config.json unreadable: {first})") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in DINOV2_MODEL_TYPES:
+        raise VptError(
+            f"{path}: not a DINOv2 model directory (config.json names model_type {model_type!r}, "
+            f"expected {' or '.join(map(repr, DINOV2_MODEL_TYPES))}); {_HINT}"
+        )
+    return path
+
+
+def load_dinov2(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Load a frozen DINOv2 (transformers ``Dinov2Model``, or ``Dinov2WithRegistersModel``) in eval mode, float32,
+    on ``device``, without gradients.
+
+    ``path`` is a DINOv2 directory (``config.json`` + weights) or a zoo directory built by ``vpt zoo tiny``.
+    Nothing is downloaded. Raises :class:`VptError` when the directory is missing or not a DINOv2 model.
+    """
+    directory = resolve_dinov2_directory(path)
+    model_type = json.loads((directory / "config.json").read_text(encoding="utf-8")).get("model_type")
+    if model_type == "dinov2_with_registers":
+        from transformers import Dinov2WithRegistersModel as model_class
+    else:
+        from transformers import Dinov2Model as model_class
+    try:
+        with quiet_loading():
+            model = model_class.from_pretrained(directory, dtype=torch.float32, local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise VptError(f"{directory}: cannot load the DINOv2 model: {first}") from None
+    model.to(device).eval()
+    model.requires_grad_(False)
+    return model

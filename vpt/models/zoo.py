@@ -11,8 +11,10 @@ Layout of a zoo directory (``build_tiny_zoo(out_dir)``)::
                       text_encoder/ (UMT5), tokenizer/ (trained in-process), scheduler/ (flow-match Euler + shift)
       videoreward/    tiny VideoReward (VideoAlign on Qwen2-VL), our layout: LoRA adapter over base/ inside
       videoreward-official/  the same weights in VideoAlign's layout (model_config.json, base/, checkpoint-1/)
+      dinov2/         tiny random transformers Dinov2Model (config.json, model.safetensors): ViPO's frozen
+                      patch-feature extractor; load with ``vpt.models.loading.load_dinov2``
 
-Later components (CLIP, DINOv2) go to ``out_dir/<name>`` with an entry under
+Later components (CLIP, ...) go to ``out_dir/<name>`` with an entry under
 ``components`` in ``zoo.json``; bump :data:`ZOO_VERSION` whenever what a seed builds changes.
 
 The VAE is *trained* briefly on toy-world clips (a random tiny Wan VAE decodes every latent to the same grey,
@@ -30,11 +32,14 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from vpt.errors import VptError
 
-ZOO_VERSION = 2
+if TYPE_CHECKING:
+    import torch
+
+ZOO_VERSION = 3
 """Version of what :func:`build_tiny_zoo` produces for a seed; part of the cache key."""
 
 DEFAULT_SHIFT = 3.0
@@ -75,6 +80,15 @@ TEXT_ENCODER_CONFIG = {
     "relative_attention_max_distance": 32,
     "dropout_rate": 0.0,
     "feed_forward_proj": "gated-gelu",
+}
+DINOV2_CONFIG = {
+    # 32x32 toy frames -> an 8x8 patch grid (the tiny Wan latent is 4x4 per frame); mlp_ratio 2 -> intermediate 64
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "mlp_ratio": 2,
+    "patch_size": 4,
+    "image_size": 32,
 }
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids 0, 1, 2 as in T5 / UMT5
 TOKENIZER_VOCAB = 1000
@@ -316,6 +330,37 @@ def train_vae(vae, steps: int, seed: int, batch: int = VAE_BATCH, log: Callable[
     return {"steps": steps, "batch": batch, "train_mse_smoothed": smoothed}
 
 
+# ------------------------------------------------------------------------------------------------------ DINOv2
+
+
+def build_dinov2(seed: int):
+    """A tiny random DINOv2 (:data:`DINOV2_CONFIG`), initialised from ``seed``, in eval mode."""
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    return Dinov2Model(Dinov2Config(**DINOV2_CONFIG)).eval()
+
+
+def _build_dinov2(out_dir: Path, seed: int) -> dict:
+    model = build_dinov2(component_seed(seed, "dinov2"))
+    from vpt.models.loading import quiet_loading
+
+    with quiet_loading():
+        model.save_pretrained(out_dir / "dinov2", safe_serialization=True)
+    return {
+        "path": "dinov2",
+        "format": "transformers",
+        "class": "Dinov2Model",
+        "patch_size": model.config.patch_size,
+        "hidden_size": model.config.hidden_size,
+        "image_size": model.config.image_size,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "normalisation": "ImageNet mean/std",
+        "load": "vpt.models.loading.load_dinov2(path)",
+    }
+
+
 # ------------------------------------------------------------------------------------------------------ build
 
 
@@ -430,12 +475,14 @@ def build_tiny_zoo(
         from vpt.models.videoreward import write_zoo_videoreward
 
         videoreward = write_zoo_videoreward(out_dir, seed)
+        log("  dinov2 (tiny, random): ViPO's patch features")
+        dinov2 = _build_dinov2(out_dir, seed)
     index = {
         "zoo": "tiny",
         "zoo_version": ZOO_VERSION,
         "seed": seed,
         "versions": library_versions(),
-        "components": {"wan": wan, **videoreward},
+        "components": {"wan": wan, **videoreward, "dinov2": dinov2},
         "build_seconds": round(time.perf_counter() - started, 2),
     }
     (out_dir / "zoo.json").write_text(json.dumps(index, indent=2, sort_keys=False) + "\n", encoding="utf-8")

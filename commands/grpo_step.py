@@ -1,0 +1,116 @@
+"""``vpt grpo-step``: one GRPO policy iteration (rollouts + scores -> the next LoRA policy checkpoint)."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from vpt.commands import _ui
+
+
+def _floats(text: str | None, option: str) -> tuple[float, ...]:
+    from vpt.errors import VptError
+
+    if not text:
+        return ()
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise VptError(f"{option} {text}: expected comma-separated numbers, e.g. 0.75,0.75,0.75") from None
+
+
+def grpo_step(
+    policy: Optional[str] = typer.Option(None, "--policy", help="Policy checkpoint to update (written by grpo-step; "
+                                                                "the one that sampled the rollouts)."),
+    init: Optional[str] = typer.Option(None, "--init", help="Start a new policy: a Wan pipeline (or zoo) "
+                                                            "directory; the rollouts were sampled without --policy."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="With --policy: the base generator (default: "
+                                                                    "the one the policy records)."),
+    rollouts: str = typer.Option(..., "--rollouts", help="Rollouts directory written by sample-rollouts."),
+    scores: List[str] = typer.Option(..., "--scores", help="Scores table of the rollouts' videos (repeatable: "
+                                                            "one per reward model)."),
+    reward: str = typer.Option("score", "--reward", help="Reward: a scores column or weighted columns, e.g. "
+                                                         "vq=1,mq=1,ta=1 (curriculum order with --self-paced)."),
+    out: str = typer.Option(..., "--out", "-o", help="Checkpoint directory to write (must not exist)."),
+    aggregation: str = typer.Option("sum-then-normalise", "--aggregation", help="Several reward columns: "
+                                    "sum-then-normalise or normalise-then-sum."),
+    global_std: bool = typer.Option(False, "--global-std", help="Divide advantages by the std of all rewards, "
+                                                                "not each group's."),
+    advantage_clip: float = typer.Option(5.0, "--advantage-clip", help="Clip advantages to +-this."),
+    clip_range: float = typer.Option(1e-3, "--clip-range", help="PPO clip range c of the ratio."),
+    kl_beta: float = typer.Option(0.0, "--kl-beta", help="Weight of the KL to the reference (LoRA disabled)."),
+    timestep_fraction: float = typer.Option(1.0, "--timestep-fraction", help="Train this share of each "
+                                                                             "rollout's recorded steps (seeded)."),
+    bpgo: bool = typer.Option(False, "--bpgo", help="BPGO: scale each group by its reliability weight (RAS)."),
+    prior: Optional[str] = typer.Option(None, "--prior", help="BPGO prior: scores of the reference policy's "
+                                                              "samples (default: a running mean per prompt)."),
+    ras: str = typer.Option("sigmoid", "--ras", help="RAS form: sigmoid or bayesian."),
+    ras_alpha: float = typer.Option(0.5, "--ras-alpha", help="RAS alpha (weights in [1-a, 1+a])."),
+    crt: str = typer.Option("off", "--crt", help="BPGO's contrastive reward: off, replace or auxiliary."),
+    crt_weight: float = typer.Option(0.5, "--crt-weight", help="Weight of the auxiliary CRT term."),
+    vipo: bool = typer.Option(False, "--vipo", help="ViPO: dense advantages weighted by DINOv2 maps."),
+    vipo_model: Optional[str] = typer.Option(None, "--vipo-model", help="DINOv2 directory (default: the zoo's, "
+                                                                        "when the generator is a zoo's)."),
+    vipo_blur: float = typer.Option(1.0, "--vipo-blur", help="Gaussian blur sigma of the ViPO map (patches)."),
+    self_paced: bool = typer.Option(False, "--self-paced", help="Self-paced curriculum over the reward columns."),
+    curriculum: str = typer.Option("softmax", "--curriculum", help="Self-paced form: softmax (published) or "
+                                                                   "gated (3 columns, EMA state)."),
+    curriculum_thresholds: Optional[str] = typer.Option(None, "--curriculum-thresholds", help="Competence "
+                                                        "threshold per column (default 0.75 each)."),
+    learning_rate: float = typer.Option(1e-4, "--lr", help="Learning rate (constant, after warmup)."),
+    warmup_steps: int = typer.Option(0, "--warmup-steps", help="Linear warmup over the first optimizer steps of "
+                                                               "the run."),
+    weight_decay: float = typer.Option(0.0, "--weight-decay", help="AdamW weight decay."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Items (rollout x step) per micro-batch and process."),
+    steps_per_iteration: int = typer.Option(1, "--steps-per-iteration", help="Optimizer steps per iteration "
+                                                                             "(the items are split evenly)."),
+    max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Gradient clipping (0: off)."),
+    lora_rank: int = typer.Option(8, "--lora-rank", help="LoRA rank (with --init)."),
+    lora_alpha: float = typer.Option(16.0, "--lora-alpha", help="LoRA alpha (with --init)."),
+    lora_targets: str = typer.Option(",".join(("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2",
+                                               "proj_out")), "--lora-targets",
+                                     help="Comma-separated module names (with --init)."),
+    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no or bf16."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data order and the timestep subsets."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary."),
+) -> None:
+    """Update the LoRA policy on scored rollouts: one GRPO iteration (with optional BPGO, ViPO, self-paced).
+
+    A Makefile loop of sample-rollouts -> score -> grpo-step is an RL run; each step's checkpoint holds the
+    adapter (peft and diffusers layouts), optimizer, schedule, RNG and curriculum state, and metrics.parquet.
+
+    Example: vpt grpo-step --init zoo/ --rollouts r0/ --scores r0.scores.parquet --reward brightness -o p1/
+    """
+    from vpt.distributed import current_processes
+    from vpt.errors import VptError
+    from vpt.rewards.expression import parse_reward
+    from vpt.train import TrainConfig, finish_distributed
+    from vpt.train.grpo import GrpoOptions, grpo_step as run, load_step_inputs
+
+    if (policy is None) == (init is None):
+        raise VptError("give exactly one of --policy CKPT (continue a policy) or --init WAN_DIR (start one)")
+    if prior is not None and not bpgo:
+        raise VptError("--prior is BPGO's prior; add --bpgo")
+    if curriculum not in ("softmax", "gated"):
+        raise VptError(f"--curriculum {curriculum}: choose softmax or gated")
+    options = GrpoOptions(
+        reward=parse_reward(reward), aggregation=aggregation, global_std=global_std, advantage_clip=advantage_clip,
+        clip_range=clip_range, kl_beta=kl_beta, timestep_fraction=timestep_fraction, bpgo=bpgo, ras=ras,
+        ras_alpha=ras_alpha, crt=crt, crt_weight=crt_weight, vipo=vipo, vipo_blur=vipo_blur,
+        self_paced=curriculum if self_paced else "off",
+        curriculum_thresholds=_floats(curriculum_thresholds, "--curriculum-thresholds"), seed=seed)
+    options.check()
+    config = TrainConfig(learning_rate=learning_rate, warmup_steps=warmup_steps, weight_decay=weight_decay,
+                         batch_size=batch_size, epochs=1, max_grad_norm=max_grad_norm,
+                         mixed_precision=mixed_precision, seed=seed)
+    inputs = load_step_inputs(policy=policy, init=init, model=model, rollouts=rollouts, scores=scores, prior=prior,
+                              options=options, vipo_model=vipo_model, lora_rank=lora_rank, lora_alpha=lora_alpha,
+                              lora_targets=[t.strip() for t in lora_targets.split(",") if t.strip()])
+    result = run(inputs, options, out, config, steps_per_iteration=steps_per_iteration, quiet=quiet)
+    if not quiet and current_processes().is_main:
+        _ui.print_table(f"grpo-step iteration {result.iteration}", ["metric", "value"],
+                        [[name, f"{value:.6g}"] for name, value in result.metrics.items()])
+        typer.echo(f"grpo-step: iteration {result.iteration} ({result.items} items, step {result.step}) -> {out}",
+                   err=True)
+    finish_distributed()

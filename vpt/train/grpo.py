@@ -1,0 +1,676 @@
+"""One GRPO policy iteration over recorded rollouts, on the shared harness (SPEC §GRPO, §BPGO, §ViPO, §Self-paced).
+
+``grpo_step`` reads what ``sample-rollouts`` recorded (the states every stochastic step starts and ends at, and the
+sampling policy's log-probs) and the videos' scores, and updates the LoRA policy:
+
+1. **Rewards → advantages** (:func:`compute_advantages`): the reward expression's columns are combined (fixed
+   weights, or the self-paced curriculum's weights), turned into group-relative advantages, then BPGO scales each
+   group by its reliability weight (RAS) and CRT replaces the reward or adds an auxiliary term. BPGO's per-prompt
+   prior comes from the reference policy's scores, or from a running mean kept in the checkpoint.
+2. **Items**: one item per (rollout, recorded step), a seeded subset of the steps with a timestep fraction < 1.
+3. **Loss** (:class:`GrpoLoss`) per micro-batch: the policy's velocity at the recorded state gives the step's mean,
+   the recorded next state its log-prob; the clipped surrogate (per sample, or per latent position with ViPO's
+   advantage maps) plus β·KL to the reference — the same transformer with the adapter disabled, never a copy.
+4. The harness does the rest (accumulation, clipping, checkpoint, exact continuation from the previous iteration's
+   optimizer, schedule and RNG state via its warm start).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from vpt.algo.bpgo import RAS_ALPHA, bayesian_ras_weights, contrastive_rewards, normalise_with, ras_weights
+from vpt.algo.curriculum import GatedCurriculum, softmax_curriculum_weights
+from vpt.algo.flow_sde import gaussian_log_prob, sde_step_mean_std, state_indices_of
+from vpt.algo.grpo import AGGREGATIONS, aggregate_rewards, clipped_surrogate, group_advantages, kl_to_reference
+from vpt.errors import VptError
+
+CRT_MODES = ("off", "replace", "auxiliary")
+RAS_FORMS = ("sigmoid", "bayesian")
+SELF_PACED_FORMS = ("off", "softmax", "gated")
+POLICY_FILE = "policy.json"
+METRICS_TABLE = "metrics.parquet"
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2", "proj_out")
+
+
+@dataclass
+class GrpoOptions:
+    """What one iteration optimises. ``reward``: scores column -> weight, in curriculum order (visual -> motion ->
+    semantic) when ``self_paced`` is on (its weights then replace these)."""
+
+    reward: dict[str, float]
+    aggregation: str = "sum-then-normalise"
+    global_std: bool = False
+    advantage_clip: float = 5.0
+    clip_range: float = 1e-3
+    kl_beta: float = 0.0
+    timestep_fraction: float = 1.0
+    bpgo: bool = False
+    ras: str = "sigmoid"
+    ras_alpha: float = RAS_ALPHA
+    ras_sharpness: float = 1.0
+    prior_std: float = 1.0
+    prior_momentum: float = 0.9
+    crt: str = "off"
+    crt_weight: float = 0.5
+    crt_lambda: float = 1.0
+    crt_max_exponent: float = 5.0
+    vipo: bool = False
+    vipo_blur: float = 1.0
+    self_paced: str = "off"
+    curriculum_thresholds: tuple[float, ...] = ()
+    curriculum_beta: float = 0.3
+    curriculum_sharpness: float = 10.0
+    curriculum_momentum: float = 0.9
+    seed: int = 0
+
+    def check(self) -> None:
+        """Raise :class:`VptError` naming the first invalid option."""
+        if not self.reward:
+            raise VptError("--reward names no column; give COLUMN or COLUMN=WEIGHT,...")
+        choices = (("aggregation", AGGREGATIONS), ("crt", CRT_MODES), ("ras", RAS_FORMS),
+                   ("self_paced", SELF_PACED_FORMS))
+        for name, allowed in choices:
+            if getattr(self, name) not in allowed:
+                raise VptError(f"--{name.replace('_', '-')} {getattr(self, name)}: choose one of {', '.join(allowed)}")
+        positive = ("clip_range", "advantage_clip", "prior_std", "curriculum_sharpness")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise VptError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
+        if not self.kl_beta >= 0 or not self.crt_weight >= 0 or not self.vipo_blur >= 0:
+            raise VptError("--kl-beta, --crt-weight and --vipo-blur must be >= 0")
+        if not 0 < self.timestep_fraction <= 1:
+            raise VptError(f"--timestep-fraction must lie in (0, 1], got {self.timestep_fraction}")
+        for name in ("prior_momentum", "curriculum_momentum"):
+            if not 0 <= getattr(self, name) < 1:
+                raise VptError(f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(self, name)}")
+        if self.crt != "off" and not self.bpgo:
+            raise VptError("--crt needs --bpgo (CRT contrasts rewards with BPGO's prior)")
+        dimensions = len(self.reward)
+        if self.self_paced != "off" and dimensions < 2:
+            raise VptError("--self-paced needs at least two reward columns in curriculum order, e.g. "
+                           "--reward brightness,motion,flicker")
+        if self.self_paced == "gated" and dimensions != 3:
+            raise VptError(f"--self-paced gated needs exactly three reward columns (visual, motion, semantic), got "
+                           f"{dimensions}")
+        if self.curriculum_thresholds and len(self.curriculum_thresholds) != dimensions:
+            raise VptError(f"--curriculum-thresholds gives {len(self.curriculum_thresholds)} values for "
+                           f"{dimensions} reward columns; give one per column")
+
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        return tuple(self.curriculum_thresholds) or (0.75,) * len(self.reward)
+
+
+class GrpoState:
+    """What carries from one iteration to the next besides weights and optimizer: the iteration number, BPGO's
+    running per-prompt priors (per reward column) and the gated curriculum's EMA. Saved in every checkpoint."""
+
+    def __init__(self):
+        self.iteration = 0
+        self.priors: dict[str, dict[str, float]] = {}
+        self.curriculum: dict | None = None
+
+    def state_dict(self) -> dict:
+        return {"iteration": self.iteration, "priors": {k: dict(v) for k, v in self.priors.items()},
+                "curriculum": self.curriculum}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.iteration = int(state.get("iteration", 0))
+        self.priors = {str(k): {str(c): float(x) for c, x in v.items()} for k, v in state.get("priors", {}).items()}
+        self.curriculum = state.get("curriculum")
+
+
+# ------------------------------------------------------------------------------------------------ rewards
+def rollout_rewards(rows: Sequence[dict], tables: Sequence[tuple[str, Sequence[dict]]],
+                    columns: Sequence[str], rollouts_source: str) -> dict[str, torch.Tensor]:
+    """Reward columns ``name -> float64 [N]`` in rollout-row order, each taken from the one scores table that has
+    it. Raises :class:`VptError` for a column in no table or in several, a rollout without a score, a failed score
+    and a non-finite value."""
+    located: dict[str, tuple[str, dict[str, tuple[int, dict]]]] = {}
+    indexed = []
+    for source, table in tables:
+        by_id: dict[str, tuple[int, dict]] = {}
+        for number, row in enumerate(table, start=1):
+            if row["id"] in by_id:
+                raise VptError(f"{source}: row {number}: video id {row['id']!r} is scored twice; score each "
+                               "rollout once")
+            by_id[row["id"]] = (number, row)
+        indexed.append((source, set(table[0]) if table else set(), by_id))
+    for column in columns:
+        holders = [(source, by_id) for source, names, by_id in indexed if column in names]
+        if not holders:
+            raise VptError(f"no scores table has a column '{column}' for --reward; tables: "
+                           f"{', '.join(source for source, _, _ in indexed)}")
+        if len(holders) > 1:
+            raise VptError(f"column '{column}' is in both {holders[0][0]} and {holders[1][0]}; name columns that "
+                           "only one scores table has (e.g. the dimension columns)")
+        located[column] = holders[0]
+    rewards: dict[str, torch.Tensor] = {}
+    for column, (source, by_id) in located.items():
+        missing = [row["id"] for row in rows if row["id"] not in by_id]
+        if missing:
+            raise VptError(f"{source}: no score for rollout {missing[0]!r} ({len(missing)} of {len(rows)} rollouts "
+                           f"of {rollouts_source} unscored); score every video of the rollouts")
+        values = []
+        for row in rows:
+            number, scored = by_id[row["id"]]
+            value = scored[column]
+            if value is None or not math.isfinite(value):
+                why = scored.get("error") or ("missing" if value is None else repr(value))
+                raise VptError(f"{source}: row {number}: column '{column}' of rollout {row['id']!r} is not a finite "
+                               f"number ({why}); score it again or drop the rollout's group")
+            values.append(float(value))
+        rewards[column] = torch.tensor(values, dtype=torch.float64)
+    return rewards
+
+
+def prior_means(table: Sequence[dict], columns: Sequence[str], source: str) -> dict[str, dict[str, float]]:
+    """BPGO's prior from the reference policy's scores: prompt id (else prompt) -> column -> mean value."""
+    sums: dict[str, dict[str, list[float]]] = {}
+    for number, row in enumerate(table, start=1):
+        key = row.get("prompt_id") or row.get("prompt")
+        if key is None:
+            raise VptError(f"{source}: row {number}: neither prompt_id nor prompt is set; the prior is per prompt")
+        for column in columns:
+            if column not in row:
+                raise VptError(f"{source}: has no column '{column}' for the prior; score the reference samples "
+                               "with the same reward models")
+            value = row[column]
+            if value is not None and math.isfinite(value):
+                sums.setdefault(key, {}).setdefault(column, []).append(float(value))
+    return {key: {column: sum(values) / len(values) for column, values in by_column.items()}
+            for key, by_column in sums.items()}
+
+
+@dataclass
+class Advantages:
+    """Per-rollout training signal of one iteration, float64 ``[N]``, and its metrics."""
+
+    advantages: torch.Tensor
+    auxiliary: torch.Tensor | None  # CRT's auxiliary advantages (weighted by crt_weight in the loss)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def compute_advantages(rewards: Mapping[str, torch.Tensor], group_ids: Sequence[str], prompt_ids: Sequence[str],
+                       options: GrpoOptions, state: GrpoState,
+                       reference_priors: Mapping[str, Mapping[str, float]] | None = None,
+                       prior_source: str = "--prior") -> Advantages:
+    """Advantages of the rollouts from their rewards (columns ``name -> [N]``), and BPGO's running priors folded
+    into ``state`` (the curriculum's too). ``reference_priors``: prompt id -> column -> mean reward of the
+    reference policy; without it the running priors of earlier iterations serve (a prompt seen for the first time
+    gets its own group mean, a neutral prior)."""
+    columns = list(options.reward)
+    names = sorted(set(group_ids))
+    groups = torch.tensor([names.index(g) for g in group_ids])
+    matrix = torch.stack([rewards[c] for c in columns], dim=1)  # [N, J]
+    metrics: dict[str, float] = {}
+    for j, column in enumerate(columns):
+        metrics[f"reward/{column}/mean"] = float(matrix[:, j].mean())
+        metrics[f"reward/{column}/std"] = float(matrix[:, j].std(unbiased=False))
+
+    if options.self_paced == "softmax":
+        weights = softmax_curriculum_weights(matrix, torch.tensor(options.thresholds, dtype=torch.float64),
+                                             options.curriculum_beta)
+    elif options.self_paced == "gated":
+        curriculum = (GatedCurriculum.from_state_dict(state.curriculum) if state.curriculum is not None else
+                      GatedCurriculum(thresholds=options.thresholds, sharpness=options.curriculum_sharpness,
+                                      decay=options.curriculum_momentum))
+        weights = curriculum.update(matrix.mean(dim=0))
+        state.curriculum = curriculum.state_dict()
+    else:
+        weights = torch.tensor([options.reward[c] for c in columns], dtype=torch.float64)
+    if options.self_paced != "off":
+        metrics.update({f"curriculum/{c}": float(w) for c, w in zip(columns, weights)})
+    reward = matrix @ weights
+    metrics["reward/mean"] = float(reward.mean())
+    metrics["reward/std"] = float(reward.std(unbiased=False))
+
+    if options.self_paced == "off" and len(columns) > 1:
+        advantages = aggregate_rewards({c: matrix[:, j] for j, c in enumerate(columns)},
+                                       dict(zip(columns, weights.tolist())), groups, options.aggregation,
+                                       options.global_std, options.advantage_clip)
+    else:
+        advantages = group_advantages(reward, groups, options.global_std, options.advantage_clip)
+    auxiliary = None
+
+    if options.bpgo:
+        priors_by_column = _priors(columns, matrix, groups, prompt_ids, state, reference_priors, prior_source)
+        prior = priors_by_column @ weights  # [N]
+        count = torch.zeros(len(names), dtype=torch.float64).index_add_(0, groups, torch.ones_like(reward))
+        group_means = torch.zeros(len(names), dtype=torch.float64).index_add_(0, groups, reward) / count
+        group_priors = torch.zeros(len(names), dtype=torch.float64).index_add_(0, groups, prior) / count
+        if options.ras == "bayesian":
+            spread = reward.std(unbiased=False)
+            group_weights = bayesian_ras_weights(group_means, count, group_priors, options.prior_std,
+                                                 spread if spread > 0 else torch.ones((), dtype=torch.float64))
+        else:
+            group_weights = ras_weights(group_means, group_priors, options.ras_alpha, options.ras_sharpness)
+        if options.crt != "off":
+            transformed = contrastive_rewards(normalise_with(reward, reward), normalise_with(prior, reward),
+                                              options.crt_lambda, options.crt_max_exponent)
+            crt_advantages = group_advantages(transformed, groups, options.global_std, options.advantage_clip)
+            if options.crt == "replace":
+                advantages = crt_advantages
+            else:
+                auxiliary = crt_advantages * group_weights[groups]
+        advantages = advantages * group_weights[groups]
+        metrics.update({"bpgo/weight_mean": float(group_weights.mean()), "bpgo/weight_min": float(group_weights.min()),
+                        "bpgo/weight_max": float(group_weights.max()),
+                        "bpgo/prior_gap": float((group_means - group_priors).mean())})
+        _fold_running_priors(columns, matrix, prompt_ids, state, options.prior_momentum)
+
+    zero = torch.zeros(len(names), dtype=torch.float64).index_add_(0, groups, advantages.abs())
+    metrics["advantage/abs_mean"] = float(advantages.abs().mean())
+    metrics["groups/zero_advantage"] = float((zero == 0).sum())
+    return Advantages(advantages=advantages, auxiliary=auxiliary, metrics=metrics)
+
+
+def _priors(columns, matrix, groups, prompt_ids, state, reference_priors, prior_source) -> torch.Tensor:
+    """Per-rollout prior of every column ``[N, J]``."""
+    rows = []
+    for i, prompt_id in enumerate(prompt_ids):
+        if reference_priors is not None:
+            known = reference_priors.get(prompt_id)
+            if known is None or any(c not in known for c in columns):
+                raise VptError(f"{prior_source}: no scored sample of prompt {prompt_id!r}; score the reference "
+                               "policy's samples of every prompt in the rollouts")
+            rows.append([known[c] for c in columns])
+        elif prompt_id in state.priors:
+            rows.append([state.priors[prompt_id][c] for c in columns])
+        else:
+            members = groups == groups[i]
+            rows.append(matrix[members].mean(dim=0).tolist())
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def _fold_running_priors(columns, matrix, prompt_ids, state: GrpoState, momentum: float) -> None:
+    by_prompt: dict[str, list[int]] = {}
+    for i, prompt_id in enumerate(prompt_ids):
+        by_prompt.setdefault(prompt_id, []).append(i)
+    for prompt_id, members in by_prompt.items():
+        means = matrix[members].mean(dim=0).tolist()
+        old = state.priors.get(prompt_id)
+        state.priors[prompt_id] = {c: m if old is None else momentum * old[c] + (1 - momentum) * m
+                                   for c, m in zip(columns, means)}
+
+
+# ------------------------------------------------------------------------------------------------ items
+def trained_steps(rows: Sequence[dict], fraction: float, seed: int, iteration: int) -> list[tuple[int, int]]:
+    """(row index, recorded-step position) items: every recorded step, or with ``fraction`` < 1 a seeded subset
+    of ``max(1, round(fraction·K))`` steps per rollout (its own draw per rollout and iteration)."""
+    from vpt.rollouts.sampling import derived_seed
+
+    items = []
+    for r, row in enumerate(rows):
+        count = len(row["recorded_steps"])
+        keep = count if fraction >= 1 else max(1, round(fraction * count))
+        if keep == count:
+            chosen = range(count)
+        else:
+            generator = torch.Generator().manual_seed(derived_seed(seed, iteration, row["id"], "timesteps"))
+            chosen = sorted(torch.randperm(count, generator=generator)[:keep].tolist())
+        items.extend((r, k) for k in chosen)
+    return items
+
+
+class RolloutSteps(torch.utils.data.Dataset):
+    """One training item per (rollout, recorded step): the states around the step, its sigmas, the stored log-prob,
+    the text embeddings and the rollout's advantage(s) (and ViPO map)."""
+
+    def __init__(self, rollouts, items: Sequence[tuple[int, int]], advantages: torch.Tensor,
+                 auxiliary: torch.Tensor | None = None, maps: Sequence[torch.Tensor] | None = None):
+        self.rollouts, self.items = rollouts, list(items)
+        self.advantages = advantages.float()
+        self.auxiliary = None if auxiliary is None else auxiliary.float()
+        self.maps = maps
+        self.old_maps: dict[int, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        r, k = self.items[index]
+        row = self.rollouts.rows[r]
+        step = row["recorded_steps"][k]
+        positions = state_indices_of(row["recorded_steps"])
+        states = self.rollouts.states(row)
+        sigmas = torch.tensor(row["sigmas"], dtype=torch.float32)
+        embeds, negative = self.rollouts.embeddings(row)
+        item = {"index": torch.tensor(index), "x": states[positions.index(step)],
+                "x_next": states[positions.index(step + 1)], "sigma": sigmas[step], "sigma_next": sigmas[step + 1],
+                "first_next": sigmas[1], "old_log_prob": torch.tensor(row["log_probs"][k], dtype=torch.float32),
+                "advantage": self.advantages[r], "embeds": embeds[0]}
+        if negative is not None:
+            item["negative"] = negative[0]
+        if self.auxiliary is not None:
+            item["auxiliary"] = self.auxiliary[r]
+        if self.maps is not None:
+            item["map"] = self.maps[r]
+        if self.old_maps is not None:
+            item["old_log_prob_map"] = self.old_maps[index]
+        return item
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)  # DDP keeps the model in .module
+
+
+class GrpoLoss:
+    """The harness's ``loss_fn``: clipped surrogate (+ CRT auxiliary term, + β·KL to the adapter-disabled
+    reference) of one micro-batch of :class:`RolloutSteps` items. Tracks the extreme ratios of the iteration."""
+
+    def __init__(self, options: GrpoOptions, noise_level: float, guidance: float, dtype: torch.dtype):
+        self.options, self.noise_level, self.guidance, self.dtype = options, float(noise_level), guidance, dtype
+        self.ratio_min, self.ratio_max = math.inf, -math.inf
+        self.first_ratio: tuple[float, float] | None = None
+
+    def step_mean_std(self, model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean ``[B, C, F, h, w]`` and std ``[B, 1, 1, 1, 1]`` of the recorded step under ``model``."""
+        from vpt.models.wan import WanVelocity
+
+        x = batch["x"]
+        per_sample = (-1,) + (1,) * (x.dim() - 1)
+        sigma, sigma_next, first_next = (batch[name].reshape(per_sample)
+                                         for name in ("sigma", "sigma_next", "first_next"))
+        velocity = WanVelocity(model, batch["embeds"], batch.get("negative"), self.guidance, self.dtype)(
+            x, 0, batch["sigma"])
+        return sde_step_mean_std(x, velocity.float(), sigma, sigma_next, self.noise_level, first_next)
+
+    def log_prob_maps(self, model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Per-latent-position log-probs ``[B, F, h, w]`` of the recorded steps (ViPO's dense ratio)."""
+        from vpt.algo.vipo import per_position_log_prob
+
+        mean, std = self.step_mean_std(model, batch)
+        return per_position_log_prob(batch["x_next"], mean, std)
+
+    def __call__(self, model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        from vpt.algo.vipo import per_position_log_prob
+
+        options = self.options
+        mean, std = self.step_mean_std(model, batch)
+        if options.vipo:
+            log_prob = per_position_log_prob(batch["x_next"], mean, std)
+            old = batch["old_log_prob_map"]
+            scale = batch["map"]
+            advantage = batch["advantage"].reshape(-1, 1, 1, 1) * scale
+            auxiliary = None if "auxiliary" not in batch else batch["auxiliary"].reshape(-1, 1, 1, 1) * scale
+        else:
+            log_prob = gaussian_log_prob(batch["x_next"], mean, std)
+            old = batch["old_log_prob"]
+            advantage, auxiliary = batch["advantage"], batch.get("auxiliary")
+        loss, stats = clipped_surrogate(log_prob, old, advantage, options.clip_range)
+        metrics: dict[str, Any] = {"policy_loss": loss.detach(), "clip_fraction": stats.clip_fraction,
+                                   "ratio_mean": stats.ratio_mean}
+        if auxiliary is not None:
+            crt_loss, _ = clipped_surrogate(log_prob, old, auxiliary, options.clip_range)
+            loss = loss + options.crt_weight * crt_loss
+            metrics["crt_loss"] = crt_loss.detach()
+        if options.kl_beta > 0:
+            policy = _unwrapped(model)
+            with torch.no_grad(), policy.disable_adapter():
+                reference_mean, _ = self.step_mean_std(policy, batch)
+            kl = kl_to_reference(mean, reference_mean, std.reshape(-1)).mean()
+            loss = loss + options.kl_beta * kl
+            metrics["kl"] = kl.detach()
+        if self.first_ratio is None:
+            self.first_ratio = (stats.ratio_min, stats.ratio_max)
+        self.ratio_min, self.ratio_max = min(self.ratio_min, stats.ratio_min), max(self.ratio_max, stats.ratio_max)
+        return loss, metrics
+
+
+def collate(items: Sequence[dict]) -> dict[str, torch.Tensor]:
+    return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+
+
+# ------------------------------------------------------------------------------------------------ ViPO maps
+def vipo_maps(rollouts, dinov2, blur_sigma: float) -> list[torch.Tensor]:
+    """ViPO's advantage map ``[F, h, w]`` (latent size) of every rollout, from DINOv2 features of its video."""
+    from vpt.algo.vipo import advantage_map
+    from vpt.io.video import read_frames
+    from vpt.models.dinov2 import dinov2_patch_features
+
+    maps = []
+    for row in rollouts.rows:
+        latent = rollouts.states(row).shape[-3:]
+        features = dinov2_patch_features(dinov2, read_frames(rollouts.directory / row["path"]))
+        maps.append(advantage_map(features, tuple(latent), blur_sigma=blur_sigma).float())
+    return maps
+
+
+def old_log_prob_maps(loss: GrpoLoss, policy: torch.nn.Module, dataset: RolloutSteps,
+                      batch_size: int) -> dict[int, torch.Tensor]:
+    """The sampling policy's per-position log-probs of every item (the policy of this iteration's start, which
+    sampled the rollouts: the id check made sure of that); the rollouts store only their means."""
+    maps: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            indices = list(range(start, min(start + batch_size, len(dataset))))
+            batch = collate([dataset[i] for i in indices])
+            for i, value in zip(indices, loss.log_prob_maps(policy, batch)):
+                maps[i] = value.clone()
+    return maps
+
+
+# ------------------------------------------------------------------------------------------------ the step
+@dataclass
+class StepInputs:
+    """Everything one iteration reads, loaded and checked (see :func:`load_step_inputs`)."""
+
+    policy: torch.nn.Module  # the peft-wrapped transformer, adapter trainable
+    rollouts: Any  # vpt.rollouts.store.RolloutSet
+    rewards: dict[str, torch.Tensor]
+    state: GrpoState
+    policy_info: dict
+    warm_start: Path | None = None
+    reference_priors: dict[str, dict[str, float]] | None = None
+    prior_source: str = "--prior"
+    dinov2: torch.nn.Module | None = None
+
+
+def check_rollouts(rollouts, source: str, model_id: str, policy_digest: str | None) -> None:
+    """The rollouts can train this policy: sampled from this generator by this policy (``policy_digest`` None:
+    the base generator), with recorded SDE steps and groups of two or more."""
+    rows = rollouts.rows
+    if not rows:
+        raise VptError(f"{source}: holds no rollouts; sample some with sample-rollouts")
+    for number, row in enumerate(rows, start=1):
+        if row["model_id"] != model_id:
+            raise VptError(f"{source}: row {number}: sampled from the generator {row['model_id']}, not {model_id}; "
+                           "train on rollouts of the policy's own generator")
+        sampled_by = row["policy_id"]
+        digest = None if sampled_by == "base" else sampled_by.rpartition("#")[2]
+        if digest != policy_digest:
+            expected = "the base generator (--init)" if policy_digest is None else f"the policy #{policy_digest}"
+            raise VptError(f"{source}: row {number}: sampled by {sampled_by}, not by {expected}; GRPO trains the "
+                           "policy that sampled the rollouts (sample-rollouts --policy with this checkpoint)")
+        if not row["recorded_steps"]:
+            raise VptError(f"{source}: row {number}: no recorded SDE steps (sampled with --noise-level 0?); sample "
+                           "with a noise level > 0")
+    settings = {(row["noise_level"], row["guidance"]) for row in rows}
+    if len(settings) > 1:
+        raise VptError(f"{source}: mixes noise levels / guidance scales {sorted(settings)}; sample one iteration's "
+                       "rollouts with one setting")
+    sizes: dict[str, int] = {}
+    for row in rows:
+        sizes[row["group_id"]] = sizes.get(row["group_id"], 0) + 1
+    small = sorted(group for group, size in sizes.items() if size < 2)
+    if small:
+        raise VptError(f"{source}: group {small[0]!r} has 1 sample ({len(small)} such groups); GRPO compares "
+                       "samples of one prompt, sample with --group-size 2 or more")
+
+
+def load_step_inputs(*, policy: str | None, init: str | None, model: str | None, rollouts: str,
+                     scores: Sequence[str], prior: str | None, options: GrpoOptions, vipo_model: str | None = None,
+                     lora_rank: int = 8, lora_alpha: float = 16.0,
+                     lora_targets: Sequence[str] = DEFAULT_LORA_TARGETS, device: str | None = None) -> StepInputs:
+    """Read and check everything :func:`grpo_step` needs: tables first (cheap, most errors), then the models.
+
+    ``policy``: a checkpoint written by grpo-step (continue it) — or ``init``: a Wan / zoo directory (start a
+    LoRA policy with ``lora_rank`` / ``lora_alpha`` / ``lora_targets``). ``model`` overrides the generator a
+    policy records.
+    """
+    from vpt.io.jsonfile import read_json_object
+    from vpt.io.tables import read_table
+    from vpt.models.loading import load_dinov2, load_wan_transformer, policy_digest, resolve_wan_directory
+    from vpt.rollouts.store import load_rollouts
+    from vpt.train import apply_lora
+    from vpt.train.checkpoint import TRAINER_STATE, load_torch
+
+    checkpoint = None if policy is None else Path(policy)
+    info: dict = {}
+    if checkpoint is not None:
+        info = read_json_object(checkpoint / POLICY_FILE, "the policy record",
+                                "give a checkpoint written by grpo-step, or start with --init WAN_DIR")
+        model = model or info.get("model")
+    wan = resolve_wan_directory(model if checkpoint is not None else init).resolve()
+    digest = None if checkpoint is None else policy_digest(checkpoint)
+    rollout_set = load_rollouts(rollouts)
+    check_rollouts(rollout_set, rollouts, str(wan), digest)
+    columns = list(options.reward)
+    tables = [(source, read_table(source, "scores").to_pylist()) for source in scores]
+    rewards = rollout_rewards(rollout_set.rows, tables, columns, rollouts)
+    reference = None if prior is None else prior_means(read_table(prior, "scores").to_pylist(), columns, prior)
+
+    dinov2 = None
+    if options.vipo:
+        source = vipo_model or (wan.parent if (wan.parent / "zoo.json").is_file() else None)
+        if source is None:
+            raise VptError("--vipo needs DINOv2 features: pass --vipo-model DIR (a transformers DINOv2 directory)")
+        dinov2 = load_dinov2(source)
+    transformer = load_wan_transformer(wan, device=device)
+    state = GrpoState()
+    warm_start = None
+    if checkpoint is not None:
+        from peft import PeftModel
+
+        trainable = PeftModel.from_pretrained(transformer, str(checkpoint), is_trainable=True)
+        if (checkpoint / "extra_state.pt").is_file():
+            state.load_state_dict(load_torch(checkpoint / "extra_state.pt"))
+        warm_start = checkpoint if (checkpoint / TRAINER_STATE).is_file() else None
+    else:
+        trainable = apply_lora(transformer, list(lora_targets), lora_rank, lora_alpha)
+    parent = "base" if checkpoint is None else f"{checkpoint.resolve()}#{digest}"
+    return StepInputs(policy=trainable, rollouts=rollout_set, rewards=rewards, state=state,
+                      policy_info={"model": str(wan), "parent": parent,
+                                   "rollouts": str(Path(rollouts).resolve())},
+                      warm_start=warm_start, reference_priors=reference, prior_source=prior or "--prior",
+                      dinov2=dinov2)
+
+
+@dataclass
+class GrpoResult:
+    """What :func:`grpo_step` wrote and measured."""
+
+    checkpoint: Path
+    iteration: int
+    step: int
+    items: int
+    metrics: dict[str, float]
+    first_ratio: tuple[float, float] | None
+    ratio_range: tuple[float, float]
+
+
+def grpo_step(inputs: StepInputs, options: GrpoOptions, out: str | Path, config, steps_per_iteration: int = 1,
+              quiet: bool = False) -> GrpoResult:
+    """Run one iteration and write the next policy checkpoint to ``out`` (atomically; it must not exist).
+
+    ``config``: the harness's :class:`~vpt.train.TrainConfig` for the optimizer, micro-batch, clipping and
+    precision; its output directory, data seed and accumulation are set here, so that ``steps_per_iteration``
+    optimizer steps consume every item once. ``inputs.state`` is updated and saved with the checkpoint.
+    """
+    from vpt.distributed import current_processes
+    from vpt.io.atomic import commit, temporary_sibling
+    from vpt.io.tables import write_table
+    from vpt.rollouts.sampling import derived_seed
+    from vpt.train import Trainer
+    from vpt.train.checkpoint import load_peft, read_metrics
+
+    options.check()
+    if steps_per_iteration < 1:
+        raise VptError(f"--steps-per-iteration must be at least 1, got {steps_per_iteration}")
+    out = Path(out)
+    if out.exists():
+        raise VptError(f"{out}: already exists; remove it or choose another --out")
+    rollouts, state, policy = inputs.rollouts, inputs.state, inputs.policy
+    rows = rollouts.rows
+    state.iteration += 1
+    advantages = compute_advantages(inputs.rewards, [row["group_id"] for row in rows],
+                                    [row["prompt_id"] for row in rows], options, state, inputs.reference_priors,
+                                    inputs.prior_source)
+    items = trained_steps(rows, options.timestep_fraction, options.seed, state.iteration)
+    maps = vipo_maps(rollouts, inputs.dinov2, options.vipo_blur) if options.vipo else None
+    dataset = RolloutSteps(rollouts, items, advantages.advantages, advantages.auxiliary, maps)
+    loss = GrpoLoss(options, rows[0]["noise_level"], rows[0]["guidance"], next(policy.parameters()).dtype)
+    if options.vipo:
+        dataset.old_maps = old_log_prob_maps(loss, policy, dataset, config.batch_size)
+
+    processes = current_processes()
+    micro_batches = math.ceil(len(items) / (config.batch_size * processes.count))
+    temporary = Path(processes.share(str(temporary_sibling(out)) if processes.is_main else None))
+    run = temporary / ".run"
+    config = config.replace(output_dir=str(run), seed=derived_seed(options.seed, state.iteration) % 2**31,
+                            gradient_accumulation_steps=math.ceil(micro_batches / steps_per_iteration),
+                            epochs=1, max_steps=None, lr_schedule="constant", save_every=0, log_every=1,
+                            eval_every=0, keep_last=1, shuffle=True)
+    try:
+        trainer = Trainer(policy, config, dataset=dataset, loss_fn=loss, collate_fn=collate, save_model=_save_policy,
+                          load_model=load_peft, extra_state=state, quiet=quiet)
+        result = trainer.train(warm_start=inputs.warm_start)
+        ratio_range = (loss.ratio_min, loss.ratio_max)
+        summary = {**advantages.metrics, "items": float(len(items)), "ratio_min": ratio_range[0],
+                   "ratio_max": ratio_range[1]}
+        steps = read_metrics(result.metrics_file) if processes.is_main else []
+        if processes.is_main:
+            for entry in result.checkpoint.iterdir():
+                entry.rename(temporary / entry.name)
+            shutil.rmtree(run)
+            info = {**inputs.policy_info, "iteration": state.iteration, "step": result.step,
+                    "grpo": _jsonable(options)}
+            (temporary / POLICY_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            table = [{"iteration": state.iteration, "step": None, "name": name, "value": float(value)}
+                     for name, value in summary.items()]
+            for row in steps:
+                table.extend({"iteration": state.iteration, "step": int(row["step"]), "name": name,
+                              "value": float(value)} for name, value in row.items() if name not in ("step", "epoch"))
+            write_table(table, temporary / METRICS_TABLE, "metrics")
+            commit(temporary, out)
+        processes.wait()
+    finally:
+        if processes.is_main:
+            shutil.rmtree(temporary, ignore_errors=True)
+    last = steps[-1] if steps else {}
+    return GrpoResult(checkpoint=out, iteration=state.iteration, step=result.step, items=len(items),
+                      metrics={**summary, **{k: v for k, v in last.items() if k not in ("step", "epoch")}},
+                      first_ratio=loss.first_ratio, ratio_range=ratio_range)
+
+
+def _save_policy(model: torch.nn.Module, directory: Path) -> None:
+    """The harness's peft save plus the same adapter in diffusers' layout (``pytorch_lora_weights.safetensors``),
+    so ``WanPipeline.load_lora_weights(directory)`` loads the policy too."""
+    from diffusers import WanPipeline
+    from peft import get_peft_model_state_dict
+
+    from vpt.train.checkpoint import save_peft
+
+    save_peft(model, directory)
+    config = model.peft_config["default"]
+    metadata = {key: value for key, value in config.to_dict().items() if key in
+                ("r", "lora_alpha", "target_modules", "lora_dropout", "use_dora", "use_rslora", "bias")}
+    metadata["target_modules"] = sorted(metadata["target_modules"]) if not isinstance(
+        metadata["target_modules"], str) else metadata["target_modules"]
+    WanPipeline.save_lora_weights(directory, transformer_lora_layers=get_peft_model_state_dict(model),
+                                  transformer_lora_adapter_metadata=metadata, safe_serialization=True)
+
+
+def _jsonable(options: GrpoOptions) -> dict:
+    data = asdict(options)
+    data["curriculum_thresholds"] = list(options.curriculum_thresholds)
+    return data
