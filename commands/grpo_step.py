@@ -62,7 +62,6 @@ def grpo_step(
     warmup_steps: int = typer.Option(0, "--warmup-steps", help="Linear warmup over the first optimizer steps of "
                                                                "the run."),
     weight_decay: float = typer.Option(0.0, "--weight-decay", help="AdamW weight decay."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Items (rollout x step) per micro-batch and process."),
     steps_per_iteration: int = typer.Option(1, "--steps-per-iteration", help="Optimizer steps per iteration "
                                                                              "(the items are split evenly)."),
     max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Gradient clipping (0: off)."),
@@ -77,7 +76,9 @@ def grpo_step(
 ) -> None:
     """Update the LoRA policy on scored rollouts: one GRPO iteration (with optional BPGO, ViPO, self-paced).
 
-    A Makefile loop of sample-rollouts -> score -> grpo-step is an RL run; each step's checkpoint holds the
+    Micro-batches are the sampler's batches (sample-rollouts --batch-size) at one recorded step, so the
+    recomputed log-probs match the stored ones exactly. A Makefile loop of sample-rollouts -> score -> grpo-step
+    is an RL run; each step's checkpoint holds the
     adapter (peft and diffusers layouts), optimizer, schedule, RNG and curriculum state, and metrics.parquet.
 
     Example: vpt grpo-step --init zoo/ --rollouts r0/ --scores r0.scores.parquet --reward brightness -o p1/
@@ -102,7 +103,7 @@ def grpo_step(
         curriculum_thresholds=_floats(curriculum_thresholds, "--curriculum-thresholds"), seed=seed)
     options.check()
     config = TrainConfig(learning_rate=learning_rate, warmup_steps=warmup_steps, weight_decay=weight_decay,
-                         batch_size=batch_size, epochs=1, max_grad_norm=max_grad_norm,
+                         epochs=1, max_grad_norm=max_grad_norm,
                          mixed_precision=mixed_precision, seed=seed)
     inputs = load_step_inputs(policy=policy, init=init, model=model, rollouts=rollouts, scores=scores, prior=prior,
                               options=options, vipo_model=vipo_model, lora_rank=lora_rank, lora_alpha=lora_alpha,

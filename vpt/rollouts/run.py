@@ -81,7 +81,8 @@ def sample_rollouts(pipe, prompts: Sequence[PromptItem], options: RolloutOptions
     temporary = Path(processes.share(None if temporary is None else str(temporary)))
     common = {"policy_id": policy_id, "model_id": model_id, "noise_level": float(options.noise_level),
               "guidance": float(options.guidance), "frames": options.frames, "height": options.height,
-              "width": options.width, "fps": float(options.fps)}
+              "width": options.width, "fps": float(options.fps),
+              "sampling_batch": options.batch_size or options.group_size}
     try:
         with gather_parts(temporary / TABLE_FILE, "rollouts", processes, order=order) as part:
             for index in processes.shard(range(len(prompts))):

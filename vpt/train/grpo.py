@@ -7,7 +7,8 @@ sampling policy's log-probs) and the videos' scores, and updates the LoRA policy
    weights, or the self-paced curriculum's weights), turned into group-relative advantages, then BPGO scales each
    group by its reliability weight (RAS) and CRT replaces the reward or adds an auxiliary term. BPGO's per-prompt
    prior comes from the reference policy's scores, or from a running mean kept in the checkpoint.
-2. **Items**: one item per (rollout, recorded step), a seeded subset of the steps with a timestep fraction < 1.
+2. **Micro-batches**: one per (sampling batch of a group, recorded step) — the batches the sampler ran, so the
+   first ratios are exactly 1 — over every recorded step, or a seeded subset with a timestep fraction < 1.
 3. **Loss** (:class:`GrpoLoss`) per micro-batch: the policy's velocity at the recorded state gives the step's mean,
    the recorded next state its log-prob; the clipped surrogate (per sample, or per latent position with ViPO's
    advantage maps) plus β·KL to the reference — the same transformer with the adapter disabled, never a copy.
@@ -303,50 +304,68 @@ def _fold_running_priors(columns, matrix, prompt_ids, state: GrpoState, momentum
 
 
 # ------------------------------------------------------------------------------------------------ items
-def trained_steps(rows: Sequence[dict], fraction: float, seed: int, iteration: int) -> list[tuple[int, int]]:
-    """(row index, recorded-step position) items: every recorded step, or with ``fraction`` < 1 a seeded subset
-    of ``max(1, round(fraction·K))`` steps per rollout (its own draw per rollout and iteration)."""
+Block = tuple[tuple[int, ...], int]
+"""(row indices of one sampling batch of a group, recorded-step position k): one micro-batch."""
+
+
+def trained_blocks(rows: Sequence[dict], fraction: float, seed: int, iteration: int) -> list[Block]:
+    """The micro-batches of an iteration: every recorded step of every sampling batch (the samples of a group that
+    went through the transformer together, ``sampling_batch`` of the rollouts table), so the recomputed log-probs of
+    the sampling policy equal the stored ones bit for bit (a different batch composition changes the float
+    rounding). With ``fraction`` < 1 each group trains a seeded subset of ``max(1, round(fraction·K))`` of its K
+    recorded steps, drawn anew every iteration."""
     from vpt.rollouts.sampling import derived_seed
 
-    items = []
+    groups: dict[str, list[int]] = {}
     for r, row in enumerate(rows):
-        count = len(row["recorded_steps"])
+        groups.setdefault(row["group_id"], []).append(r)
+    blocks: list[Block] = []
+    for group_id, members in groups.items():
+        members = sorted(members, key=lambda r: rows[r]["sample_index"])
+        first = rows[members[0]]
+        count = len(first["recorded_steps"])
         keep = count if fraction >= 1 else max(1, round(fraction * count))
         if keep == count:
-            chosen = range(count)
+            chosen = list(range(count))
         else:
-            generator = torch.Generator().manual_seed(derived_seed(seed, iteration, row["id"], "timesteps"))
+            generator = torch.Generator().manual_seed(derived_seed(seed, iteration, group_id, "timesteps"))
             chosen = sorted(torch.randperm(count, generator=generator)[:keep].tolist())
-        items.extend((r, k) for k in chosen)
-    return items
+        size = first.get("sampling_batch") or len(members)
+        chunks = [tuple(members[i:i + size]) for i in range(0, len(members), size)]
+        blocks.extend((chunk, k) for k in chosen for chunk in chunks)
+    return blocks
 
 
 class RolloutSteps(torch.utils.data.Dataset):
-    """One training item per (rollout, recorded step): the states around the step, its sigmas, the stored log-prob,
-    the text embeddings and the rollout's advantage(s) (and ViPO map)."""
+    """One item per :data:`Block`: for its samples ``[b, ...]``, the states around the recorded step, the sigmas,
+    the stored log-probs, the text embeddings and the advantage(s) (and ViPO map)."""
 
-    def __init__(self, rollouts, items: Sequence[tuple[int, int]], advantages: torch.Tensor,
+    def __init__(self, rollouts, blocks: Sequence[Block], advantages: torch.Tensor,
                  auxiliary: torch.Tensor | None = None, maps: Sequence[torch.Tensor] | None = None):
-        self.rollouts, self.items = rollouts, list(items)
+        self.rollouts, self.blocks = rollouts, list(blocks)
         self.advantages = advantages.float()
         self.auxiliary = None if auxiliary is None else auxiliary.float()
         self.maps = maps
-        self.old_maps: dict[int, torch.Tensor] | None = None
+        self.old_maps: list[torch.Tensor] | None = None
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.blocks)
 
-    def __getitem__(self, index: int) -> dict:
-        r, k = self.items[index]
+    @property
+    def pairs(self) -> int:
+        """(rollout, step) pairs over all blocks."""
+        return sum(len(members) for members, _ in self.blocks)
+
+    def _sample(self, r: int, k: int) -> dict[str, torch.Tensor]:
         row = self.rollouts.rows[r]
         step = row["recorded_steps"][k]
         positions = state_indices_of(row["recorded_steps"])
         states = self.rollouts.states(row)
         sigmas = torch.tensor(row["sigmas"], dtype=torch.float32)
         embeds, negative = self.rollouts.embeddings(row)
-        item = {"index": torch.tensor(index), "x": states[positions.index(step)],
-                "x_next": states[positions.index(step + 1)], "sigma": sigmas[step], "sigma_next": sigmas[step + 1],
-                "first_next": sigmas[1], "old_log_prob": torch.tensor(row["log_probs"][k], dtype=torch.float32),
+        item = {"x": states[positions.index(step)], "x_next": states[positions.index(step + 1)],
+                "sigma": sigmas[step], "sigma_next": sigmas[step + 1], "first_next": sigmas[1],
+                "old_log_prob": torch.tensor(row["log_probs"][k], dtype=torch.float32),
                 "advantage": self.advantages[r], "embeds": embeds[0]}
         if negative is not None:
             item["negative"] = negative[0]
@@ -354,9 +373,15 @@ class RolloutSteps(torch.utils.data.Dataset):
             item["auxiliary"] = self.auxiliary[r]
         if self.maps is not None:
             item["map"] = self.maps[r]
-        if self.old_maps is not None:
-            item["old_log_prob_map"] = self.old_maps[index]
         return item
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        members, k = self.blocks[index]
+        samples = [self._sample(r, k) for r in members]
+        block = {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
+        if self.old_maps is not None:
+            block["old_log_prob_map"] = self.old_maps[index]
+        return block
 
 
 def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
@@ -426,8 +451,11 @@ class GrpoLoss:
         return loss, metrics
 
 
-def collate(items: Sequence[dict]) -> dict[str, torch.Tensor]:
-    return {key: torch.stack([item[key] for item in items]) for key in items[0]}
+def collate(blocks: Sequence[dict]) -> dict[str, torch.Tensor]:
+    """Blocks to one micro-batch (one block keeps the sampling batch as it was)."""
+    if len(blocks) == 1:
+        return blocks[0]
+    return {key: torch.cat([block[key] for block in blocks]) for key in blocks[0]}
 
 
 # ------------------------------------------------------------------------------------------------ ViPO maps
@@ -445,18 +473,11 @@ def vipo_maps(rollouts, dinov2, blur_sigma: float) -> list[torch.Tensor]:
     return maps
 
 
-def old_log_prob_maps(loss: GrpoLoss, policy: torch.nn.Module, dataset: RolloutSteps,
-                      batch_size: int) -> dict[int, torch.Tensor]:
-    """The sampling policy's per-position log-probs of every item (the policy of this iteration's start, which
-    sampled the rollouts: the id check made sure of that); the rollouts store only their means."""
-    maps: dict[int, torch.Tensor] = {}
+def old_log_prob_maps(loss: GrpoLoss, policy: torch.nn.Module, dataset: RolloutSteps) -> list[torch.Tensor]:
+    """The sampling policy's per-position log-probs ``[b, F, h, w]`` of every block (the policy at this iteration's
+    start, which sampled the rollouts: the id check made sure of that); the rollouts store only their means."""
     with torch.no_grad():
-        for start in range(0, len(dataset), batch_size):
-            indices = list(range(start, min(start + batch_size, len(dataset))))
-            batch = collate([dataset[i] for i in indices])
-            for i, value in zip(indices, loss.log_prob_maps(policy, batch)):
-                maps[i] = value.clone()
-    return maps
+        return [loss.log_prob_maps(policy, dataset[index]).clone() for index in range(len(dataset))]
 
 
 # ------------------------------------------------------------------------------------------------ the step
@@ -582,9 +603,9 @@ def grpo_step(inputs: StepInputs, options: GrpoOptions, out: str | Path, config,
               quiet: bool = False) -> GrpoResult:
     """Run one iteration and write the next policy checkpoint to ``out`` (atomically; it must not exist).
 
-    ``config``: the harness's :class:`~vpt.train.TrainConfig` for the optimizer, micro-batch, clipping and
-    precision; its output directory, data seed and accumulation are set here, so that ``steps_per_iteration``
-    optimizer steps consume every item once. ``inputs.state`` is updated and saved with the checkpoint.
+    ``config``: the harness's :class:`~vpt.train.TrainConfig` for the optimizer, clipping and precision; its
+    output directory, data seed, micro-batches (one :data:`Block` each) and accumulation are set here, so that
+    ``steps_per_iteration`` optimizer steps consume every block once. ``inputs.state`` is updated and saved with the checkpoint.
     """
     from vpt.distributed import current_processes
     from vpt.io.atomic import commit, temporary_sibling
@@ -605,19 +626,19 @@ def grpo_step(inputs: StepInputs, options: GrpoOptions, out: str | Path, config,
     advantages = compute_advantages(inputs.rewards, [row["group_id"] for row in rows],
                                     [row["prompt_id"] for row in rows], options, state, inputs.reference_priors,
                                     inputs.prior_source)
-    items = trained_steps(rows, options.timestep_fraction, options.seed, state.iteration)
+    blocks = trained_blocks(rows, options.timestep_fraction, options.seed, state.iteration)
     maps = vipo_maps(rollouts, inputs.dinov2, options.vipo_blur) if options.vipo else None
-    dataset = RolloutSteps(rollouts, items, advantages.advantages, advantages.auxiliary, maps)
+    dataset = RolloutSteps(rollouts, blocks, advantages.advantages, advantages.auxiliary, maps)
     loss = GrpoLoss(options, rows[0]["noise_level"], rows[0]["guidance"], next(policy.parameters()).dtype)
     if options.vipo:
-        dataset.old_maps = old_log_prob_maps(loss, policy, dataset, config.batch_size)
+        dataset.old_maps = old_log_prob_maps(loss, policy, dataset)
 
     processes = current_processes()
-    micro_batches = math.ceil(len(items) / (config.batch_size * processes.count))
+    micro_batches = math.ceil(len(blocks) / processes.count)
     temporary = Path(processes.share(str(temporary_sibling(out)) if processes.is_main else None))
     run = temporary / ".run"
     config = config.replace(output_dir=str(run), seed=derived_seed(options.seed, state.iteration) % 2**31,
-                            gradient_accumulation_steps=math.ceil(micro_batches / steps_per_iteration),
+                            batch_size=1, gradient_accumulation_steps=math.ceil(micro_batches / steps_per_iteration),
                             epochs=1, max_steps=None, lr_schedule="constant", save_every=0, log_every=1,
                             eval_every=0, keep_last=1, shuffle=True)
     try:
@@ -625,7 +646,7 @@ def grpo_step(inputs: StepInputs, options: GrpoOptions, out: str | Path, config,
                           load_model=load_peft, extra_state=state, quiet=quiet)
         result = trainer.train(warm_start=inputs.warm_start)
         ratio_range = (loss.ratio_min, loss.ratio_max)
-        summary = {**advantages.metrics, "items": float(len(items)), "ratio_min": ratio_range[0],
+        summary = {**advantages.metrics, "items": float(dataset.pairs), "ratio_min": ratio_range[0],
                    "ratio_max": ratio_range[1]}
         steps = read_metrics(result.metrics_file) if processes.is_main else []
         if processes.is_main:
@@ -647,7 +668,7 @@ def grpo_step(inputs: StepInputs, options: GrpoOptions, out: str | Path, config,
         if processes.is_main:
             shutil.rmtree(temporary, ignore_errors=True)
     last = steps[-1] if steps else {}
-    return GrpoResult(checkpoint=out, iteration=state.iteration, step=result.step, items=len(items),
+    return GrpoResult(checkpoint=out, iteration=state.iteration, step=result.step, items=dataset.pairs,
                       metrics={**summary, **{k: v for k, v in last.items() if k not in ("step", "epoch")}},
                       first_ratio=loss.first_ratio, ratio_range=ratio_range)
 
@@ -666,7 +687,9 @@ def _save_policy(model: torch.nn.Module, directory: Path) -> None:
                 ("r", "lora_alpha", "target_modules", "lora_dropout", "use_dora", "use_rslora", "bias")}
     metadata["target_modules"] = sorted(metadata["target_modules"]) if not isinstance(
         metadata["target_modules"], str) else metadata["target_modules"]
-    WanPipeline.save_lora_weights(directory, transformer_lora_layers=get_peft_model_state_dict(model),
+    # diffusers names adapter weights from the transformer itself, without peft's wrapper prefix
+    layers = {key.removeprefix("base_model.model."): value for key, value in get_peft_model_state_dict(model).items()}
+    WanPipeline.save_lora_weights(directory, transformer_lora_layers=layers,
                                   transformer_lora_adapter_metadata=metadata, safe_serialization=True)
 
 

@@ -1,0 +1,128 @@
+"""An in-process GRPO run: sample -> reward -> grpo_step, iteration after iteration, in one Python process.
+
+The command line does the same with a Makefile loop of ``sample-rollouts``, ``score`` and ``grpo-step`` (see
+``examples/grpo/Makefile``); this keeps the generator loaded between iterations, which is what the learning tests
+and ``make table-bpgo`` need on a CPU. Every iteration still goes through the real files: the rollouts directory
+(mp4s and tensor shards), the rewards computed from the decoded mp4s, and a policy checkpoint that the next
+iteration warm-starts from.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+RewardFn = Callable[[Sequence[dict], Sequence[np.ndarray]], "dict[str, np.ndarray]"]
+"""(rollout rows, their decoded videos uint8 [T, H, W, 3]) -> reward column -> values [N]."""
+
+
+@dataclass
+class LoopSettings:
+    """Sampling and optimisation settings of a run (the tiny-zoo defaults learn within ~100 iterations)."""
+
+    group_size: int = 8
+    steps: int = 8
+    frames: int = 9
+    height: int = 32
+    width: int = 32
+    noise_level: float = 0.7
+    guidance: float = 1.0
+    learning_rate: float = 1e-2
+    max_grad_norm: float = 1.0
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2", "proj_out")
+    seed: int = 0
+
+
+@dataclass
+class LoopResult:
+    """Per-iteration metrics of the run and the evaluation before / after."""
+
+    metrics: list[dict] = field(default_factory=list)
+    before: float = float("nan")
+    after: float = float("nan")
+    checkpoint: Path | None = None
+
+
+def evaluate(pipe, prompts: Sequence[str], seeds: Sequence[int], score: Callable[[np.ndarray], float],
+             settings: LoopSettings) -> float:
+    """Mean ``score`` of deterministic (ODE) samples of every prompt from fixed initial noises ``seeds``."""
+    from vpt.models.wan import encode_prompts
+    from vpt.rollouts.sampling import RolloutOptions, sample_group
+
+    values = []
+    for index, prompt in enumerate(prompts):
+        options = RolloutOptions(group_size=len(seeds), steps=settings.steps, noise_level=0.0,
+                                 guidance=settings.guidance, frames=settings.frames, height=settings.height,
+                                 width=settings.width, seed=int(seeds[0]) + index)
+        embeds, negative = encode_prompts(pipe, [prompt], "", settings.guidance)
+        group = sample_group(pipe, embeds, negative, f"eval-{index}", options)
+        values.extend(score(video) for video in group.videos)
+    return float(np.mean(values))
+
+
+def run_grpo_loop(zoo: str | Path, prompts: Sequence[str], reward_fn: RewardFn, options, iterations: int,
+                  work_dir: str | Path, settings: LoopSettings = LoopSettings(),
+                  evaluation: tuple[Sequence[str], Sequence[int], Callable[[np.ndarray], float]] | None = None,
+                  ) -> LoopResult:
+    """``iterations`` GRPO iterations of a fresh LoRA policy on the generator ``zoo`` (a Wan or zoo directory).
+
+    ``options``: :class:`~vpt.train.grpo.GrpoOptions`. ``evaluation``: (prompts, seeds, score) measured before the
+    first and after the last iteration (:func:`evaluate`). Seeded: the same arguments give the same run.
+    """
+    from vpt.distributed import Processes
+    from vpt.io.video import read_frames
+    from vpt.models.loading import load_dinov2, load_wan_pipeline, resolve_wan_directory
+    from vpt.rollouts.run import prompt_items, sample_rollouts
+    from vpt.rollouts.sampling import RolloutOptions, derived_seed
+    from vpt.rollouts.store import load_rollouts
+    from vpt.train import TrainConfig, apply_lora
+    from vpt.train.grpo import GrpoState, StepInputs, grpo_step
+
+    work_dir = Path(work_dir)
+    pipe = load_wan_pipeline(zoo)
+    model_id = str(resolve_wan_directory(zoo).resolve())
+    torch.manual_seed(settings.seed)
+    policy = apply_lora(pipe.transformer, list(settings.lora_targets), settings.lora_rank, settings.lora_alpha)
+    pipe.transformer = policy
+    items = prompt_items([{"prompt": prompt} for prompt in prompts], "prompts")
+    config = TrainConfig(learning_rate=settings.learning_rate, epochs=1,
+                         max_grad_norm=settings.max_grad_norm, seed=settings.seed)
+    result = LoopResult()
+    if evaluation is not None:
+        policy.eval()
+        result.before = evaluate(pipe, *evaluation, settings)
+    state, previous = GrpoState(), None
+    dinov2 = load_dinov2(zoo) if options.vipo else None
+    for iteration in range(1, iterations + 1):
+        policy.eval()
+        rollouts_dir = work_dir / f"rollouts-{iteration:04d}"
+        sample_options = RolloutOptions(group_size=settings.group_size, steps=settings.steps,
+                                        noise_level=settings.noise_level, guidance=settings.guidance,
+                                        frames=settings.frames, height=settings.height, width=settings.width,
+                                        seed=derived_seed(settings.seed, "loop", iteration))
+        sample_rollouts(pipe, items, sample_options, rollouts_dir, Processes(), policy_id="loop", model_id=model_id)
+        rollouts = load_rollouts(rollouts_dir, verify=False)
+        videos = [read_frames(rollouts_dir / row["path"]) for row in rollouts.rows]
+        rewards = {name: torch.as_tensor(np.asarray(values, dtype=np.float64))
+                   for name, values in reward_fn(rollouts.rows, videos).items()}
+        inputs = StepInputs(policy=policy, rollouts=rollouts, rewards=rewards, state=state,
+                            policy_info={"model": model_id, "parent": "loop"}, warm_start=previous,
+                            dinov2=dinov2)
+        step = grpo_step(inputs, options, work_dir / f"policy-{iteration:04d}", config, quiet=True)
+        result.metrics.append({"iteration": iteration, **step.metrics})
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)  # the run keeps only its newest checkpoint
+        shutil.rmtree(rollouts_dir, ignore_errors=True)
+        previous = step.checkpoint
+    result.checkpoint = previous
+    if evaluation is not None:
+        policy.eval()
+        result.after = evaluate(pipe, *evaluation, settings)
+    return result
