@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_videoreward.py
 	$(BIN)/python benchmarks/bench_build_prefs.py
 	$(BIN)/python benchmarks/bench_rollouts.py
+	$(BIN)/python benchmarks/bench_grpo.py
 
 clean:
 	rm -rf demo build dist *.egg-info
