@@ -63,6 +63,7 @@ def gain(tiny_zoo, tmp_path_factory):
                                    tmp_path_factory.mktemp(f"{variant}-{seed}"), LoopSettings(seed=seed),
                                    evaluation=(PROMPTS, EVAL_SEEDS, brightness))
             done[(variant, seed)] = result.after - result.before
+            print(f"{variant} seed {seed}: eval brightness {result.before:.4f} -> {result.after:.4f}")
         return done[(variant, seed)]
 
     return run
