@@ -161,3 +161,13 @@ def _digest(checkpoint) -> str:
     from vpt.models.loading import policy_digest
 
     return policy_digest(checkpoint)
+
+
+def test_a_new_policy_is_seeded(run_vpt, world, tiny_zoo):
+    command = ["grpo-step", "--init", tiny_zoo, "--rollouts", world / "r0", "--scores", world / "r0.scores.parquet",
+               *TRAIN]
+    assert run_vpt([*command, "-o", world / "p1-again"]).exit_code == 0
+    assert run_vpt([*command, "--seed", "1", "-o", world / "p1-seed1"]).exit_code == 0
+    first = (world / "p1" / "adapter_model.safetensors").read_bytes()
+    assert (world / "p1-again" / "adapter_model.safetensors").read_bytes() == first
+    assert (world / "p1-seed1" / "adapter_model.safetensors").read_bytes() != first

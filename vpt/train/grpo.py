@@ -577,7 +577,11 @@ def load_step_inputs(*, policy: str | None, init: str | None, model: str | None,
             state.load_state_dict(load_torch(checkpoint / "extra_state.pt"))
         warm_start = checkpoint if (checkpoint / TRAINER_STATE).is_file() else None
     else:
-        trainable = apply_lora(transformer, list(lora_targets), lora_rank, lora_alpha)
+        from vpt.rollouts.sampling import derived_seed
+
+        with torch.random.fork_rng(devices=[]):  # LoRA's random A init: from the seed, the same in every process
+            torch.manual_seed(derived_seed(options.seed, "lora-init") % 2**63)
+            trainable = apply_lora(transformer, list(lora_targets), lora_rank, lora_alpha)
     parent = "base" if checkpoint is None else f"{checkpoint.resolve()}#{digest}"
     return StepInputs(policy=trainable, rollouts=rollout_set, rewards=rewards, state=state,
                       policy_info={"model": str(wan), "parent": parent,
