@@ -35,7 +35,9 @@ def test_two_processes_train_the_policy_one_process_trains(tiny_zoo, tmp_path):
     assert one.keys() == two.keys()
     moved = 0.0
     for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-6)
+        # Adam's first step is g / (|g| + eps) * lr: where |g| is near eps, the other summation order of the
+        # all-reduced gradient shows at ~1e-6; 1e-5 is 0.1% of the step (lr 1e-2)
+        torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-5)
         moved = max(moved, float(one[key].abs().max()))
     assert moved > 1e-4  # the step did change the adapter (lora_B starts at zero)
     table = {row["name"]: row["value"] for row in pq.read_table(tmp_path / "two" / "metrics.parquet").to_pylist()
