@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -23,8 +24,6 @@ import time
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as handle:
         pages = int(handle.read().split()[1])
-    import os
-
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
@@ -90,8 +89,7 @@ def run_mode(args) -> dict:
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    return {"mode": args.mode, "seconds": statistics.median(times), "peak": max(peak, 0),
-            "items": args.batch}
+    return {"mode": args.mode, "seconds": statistics.median(times), "peak": max(peak, 0)}
 
 
 def main() -> None:

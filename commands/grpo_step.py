@@ -67,9 +67,8 @@ def grpo_step(
     max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Gradient clipping (0: off)."),
     lora_rank: int = typer.Option(8, "--lora-rank", help="LoRA rank (with --init)."),
     lora_alpha: float = typer.Option(16.0, "--lora-alpha", help="LoRA alpha (with --init)."),
-    lora_targets: str = typer.Option(",".join(("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2",
-                                               "proj_out")), "--lora-targets",
-                                     help="Comma-separated module names (with --init)."),
+    lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="Comma-separated module names (with "
+                                               "--init; default: attention, FFN and output projection)."),
     mixed_precision: str = typer.Option("no", "--mixed-precision", help="no or bf16."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data order and the timestep subsets."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary."),
@@ -87,7 +86,7 @@ def grpo_step(
     from vpt.errors import VptError
     from vpt.rewards.expression import parse_reward
     from vpt.train import TrainConfig, finish_distributed
-    from vpt.train.grpo import GrpoOptions, grpo_step as run, load_step_inputs
+    from vpt.train.grpo import DEFAULT_LORA_TARGETS, GrpoOptions, grpo_step as run, load_step_inputs
 
     if (policy is None) == (init is None):
         raise VptError("give exactly one of --policy CKPT (continue a policy) or --init WAN_DIR (start one)")
@@ -101,13 +100,13 @@ def grpo_step(
         ras_alpha=ras_alpha, crt=crt, crt_weight=crt_weight, vipo=vipo, vipo_blur=vipo_blur,
         self_paced=curriculum if self_paced else "off",
         curriculum_thresholds=_floats(curriculum_thresholds, "--curriculum-thresholds"), seed=seed)
-    options.check()
     config = TrainConfig(learning_rate=learning_rate, warmup_steps=warmup_steps, weight_decay=weight_decay,
-                         epochs=1, max_grad_norm=max_grad_norm,
-                         mixed_precision=mixed_precision, seed=seed)
+                         epochs=1, max_grad_norm=max_grad_norm, mixed_precision=mixed_precision, seed=seed)
+    targets = DEFAULT_LORA_TARGETS if lora_targets is None else [t.strip() for t in lora_targets.split(",")
+                                                                  if t.strip()]
     inputs = load_step_inputs(policy=policy, init=init, model=model, rollouts=rollouts, scores=scores, prior=prior,
                               options=options, vipo_model=vipo_model, lora_rank=lora_rank, lora_alpha=lora_alpha,
-                              lora_targets=[t.strip() for t in lora_targets.split(",") if t.strip()])
+                              lora_targets=targets)
     result = run(inputs, options, out, config, steps_per_iteration=steps_per_iteration, quiet=quiet)
     if not quiet and current_processes().is_main:
         _ui.print_table(f"grpo-step iteration {result.iteration}", ["metric", "value"],

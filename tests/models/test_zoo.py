@@ -171,7 +171,7 @@ def test_loader_errors_are_one_line(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     with pytest.raises(VptError) as error:
         load_wan_pipeline(tmp_path)
-    assert "model_index.json names 'StableDiffusionPipeline', expected WanPipeline" in str(error.value)
+    assert "model_index.json names _class_name 'StableDiffusionPipeline', expected 'WanPipeline'" in str(error.value)
     assert "\n" not in str(error.value)
 
 

@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
@@ -22,32 +22,44 @@ _HINT = "build one with `vpt zoo tiny DIR`"
 WAN_PIPELINE_CLASSES = ("WanPipeline",)
 
 
+def _resolve_model_directory(path: str | os.PathLike, what: str, component: str, index_name: str, field: str,
+                             expected: Sequence[str]) -> Path:
+    """``path``, or the ``component`` of the zoo at ``path``, checked to be a ``what`` directory: its
+    ``index_name`` JSON names one of ``expected`` in ``field``. One-line :class:`VptError` otherwise."""
+    path = Path(path)
+    if not path.is_dir():
+        reason = "not a directory" if path.exists() else "no such directory"
+        raise VptError(f"{path}: not a {what} directory ({reason}); {_HINT}")
+    if not (path / index_name).is_file() and (path / "zoo.json").is_file():
+        from vpt.models.zoo import zoo_component
+
+        try:
+            path = zoo_component(path, component)
+        except (VptError, TypeError, AttributeError):
+            raise VptError(f"{path}: this zoo has no {component} component (built by an older vpt); "
+                           f"rebuild it with `vpt zoo tiny DIR`") from None
+    index_file = path / index_name
+    if not index_file.is_file():
+        raise VptError(f"{path}: not a {what} directory ({index_name} missing); {_HINT}")
+    try:
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise VptError(f"{path}: not a {what} directory ({index_name} unreadable: {first})") from None
+    name = index.get(field) if isinstance(index, dict) else None
+    if name not in expected:
+        raise VptError(f"{path}: not a {what} directory ({index_name} names {field} {name!r}, expected "
+                       f"{' or '.join(map(repr, expected))}); {_HINT}")
+    return path
+
+
 def resolve_wan_directory(path: str | os.PathLike) -> Path:
     """The pipeline directory for ``path``: a diffusers Wan pipeline directory, or a zoo directory (its ``wan``).
 
     Raises :class:`VptError` with a one-line message when ``path`` is neither.
     """
-    path = Path(path)
-    if not path.is_dir():
-        reason = "not a directory" if path.exists() else "no such directory"
-        raise VptError(f"{path}: not a diffusers Wan pipeline directory ({reason}); {_HINT}")
-    if not (path / "model_index.json").is_file() and (path / "zoo.json").is_file():
-        if (path / "wan" / "model_index.json").is_file():
-            return path / "wan"
-    index_file = path / "model_index.json"
-    if not index_file.is_file():
-        raise VptError(f"{path}: not a diffusers Wan pipeline directory (model_index.json missing); {_HINT}")
-    try:
-        index = json.loads(index_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise VptError(f"{path}: not a diffusers Wan pipeline directory (model_index.json unreadable: {error})") from None
-    name = index.get("_class_name") if isinstance(index, dict) else None
-    if name not in WAN_PIPELINE_CLASSES:
-        raise VptError(
-            f"{path}: not a diffusers Wan pipeline directory (model_index.json names {name!r}, "
-            f"expected {' or '.join(WAN_PIPELINE_CLASSES)}); {_HINT}"
-        )
-    return path
+    return _resolve_model_directory(path, "diffusers Wan pipeline", "wan", "model_index.json", "_class_name",
+                                    WAN_PIPELINE_CLASSES)
 
 
 @contextlib.contextmanager
@@ -149,35 +161,7 @@ def resolve_dinov2_directory(path: str | os.PathLike) -> Path:
 
     Raises :class:`VptError` with a one-line message when ``path`` is neither.
     """
-    path = Path(path)
-    if not path.is_dir():
-        reason = "not a directory" if path.exists() else "no such directory"
-        raise VptError(f"{path}: not a DINOv2 model directory ({reason}); {_HINT}")
-    if not (path / "config.json").is_file() and (path / "zoo.json").is_file():
-        from vpt.models.zoo import zoo_component
-
-        try:
-            component = zoo_component(path, "dinov2")
-        except (VptError, TypeError, AttributeError):
-            raise VptError(f"{path}: this zoo has no dinov2 component (built by an older vpt); "
-                           f"rebuild it with `vpt zoo tiny DIR`") from None
-        if (component / "config.json").is_file():
-            return component
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise VptError(f"{path}: not a DINOv2 model directory (config.json missing); {_HINT}")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise VptError(f"{path}: not a DINOv2 model directory (config.json unreadable: {first})") from None
-    model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type not in DINOV2_MODEL_TYPES:
-        raise VptError(
-            f"{path}: not a DINOv2 model directory (config.json names model_type {model_type!r}, "
-            f"expected {' or '.join(map(repr, DINOV2_MODEL_TYPES))}); {_HINT}"
-        )
-    return path
+    return _resolve_model_directory(path, "DINOv2 model", "dinov2", "config.json", "model_type", DINOV2_MODEL_TYPES)
 
 
 def load_dinov2(path: str | os.PathLike, device: str | torch.device = "cpu"):

@@ -31,7 +31,9 @@ from vpt.algo.bpgo import RAS_ALPHA, bayesian_ras_weights, contrastive_rewards, 
 from vpt.algo.curriculum import GatedCurriculum, softmax_curriculum_weights
 from vpt.algo.flow_sde import gaussian_log_prob, sde_step_mean_std, state_indices_of
 from vpt.algo.grpo import AGGREGATIONS, aggregate_rewards, clipped_surrogate, group_advantages, kl_to_reference
+from vpt.algo.vipo import advantage_map, per_position_log_prob
 from vpt.errors import VptError
+from vpt.models.wan import WanVelocity
 
 CRT_MODES = ("off", "replace", "auxiliary")
 RAS_FORMS = ("sigmoid", "bayesian")
@@ -72,8 +74,11 @@ class GrpoOptions:
     curriculum_momentum: float = 0.9
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        self.check()
+
     def check(self) -> None:
-        """Raise :class:`VptError` naming the first invalid option."""
+        """Raise :class:`VptError` naming the first invalid option (done on construction)."""
         if not self.reward:
             raise VptError("--reward names no column; give COLUMN or COLUMN=WEIGHT,...")
         choices = (("aggregation", AGGREGATIONS), ("crt", CRT_MODES), ("ras", RAS_FORMS),
@@ -395,12 +400,9 @@ class GrpoLoss:
     def __init__(self, options: GrpoOptions, noise_level: float, guidance: float, dtype: torch.dtype):
         self.options, self.noise_level, self.guidance, self.dtype = options, float(noise_level), guidance, dtype
         self.ratio_min, self.ratio_max = math.inf, -math.inf
-        self.first_ratio: tuple[float, float] | None = None
 
     def step_mean_std(self, model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean ``[B, C, F, h, w]`` and std ``[B, 1, 1, 1, 1]`` of the recorded step under ``model``."""
-        from vpt.models.wan import WanVelocity
-
         x = batch["x"]
         per_sample = (-1,) + (1,) * (x.dim() - 1)
         sigma, sigma_next, first_next = (batch[name].reshape(per_sample)
@@ -411,14 +413,10 @@ class GrpoLoss:
 
     def log_prob_maps(self, model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Per-latent-position log-probs ``[B, F, h, w]`` of the recorded steps (ViPO's dense ratio)."""
-        from vpt.algo.vipo import per_position_log_prob
-
         mean, std = self.step_mean_std(model, batch)
         return per_position_log_prob(batch["x_next"], mean, std)
 
     def __call__(self, model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-        from vpt.algo.vipo import per_position_log_prob
-
         options = self.options
         mean, std = self.step_mean_std(model, batch)
         if options.vipo:
@@ -445,8 +443,6 @@ class GrpoLoss:
             kl = kl_to_reference(mean, reference_mean, std.reshape(-1)).mean()
             loss = loss + options.kl_beta * kl
             metrics["kl"] = kl.detach()
-        if self.first_ratio is None:
-            self.first_ratio = (stats.ratio_min, stats.ratio_max)
         self.ratio_min, self.ratio_max = min(self.ratio_min, stats.ratio_min), max(self.ratio_max, stats.ratio_max)
         return loss, metrics
 
@@ -461,7 +457,6 @@ def collate(blocks: Sequence[dict]) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------------------ ViPO maps
 def vipo_maps(rollouts, dinov2, blur_sigma: float) -> list[torch.Tensor]:
     """ViPO's advantage map ``[F, h, w]`` (latent size) of every rollout, from DINOv2 features of its video."""
-    from vpt.algo.vipo import advantage_map
     from vpt.io.video import read_frames
     from vpt.models.dinov2 import dinov2_patch_features
 
@@ -528,6 +523,18 @@ def check_rollouts(rollouts, source: str, model_id: str, policy_digest: str | No
                        "samples of one prompt, sample with --group-size 2 or more")
 
 
+def new_policy(transformer: torch.nn.Module, targets: Sequence[str], rank: int, alpha: float,
+               seed: int) -> torch.nn.Module:
+    """A fresh LoRA policy on ``transformer``; LoRA's random A matrices come from ``seed`` (the same in every
+    process, and the global RNG is left as it was)."""
+    from vpt.rollouts.sampling import derived_seed
+    from vpt.train import apply_lora
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derived_seed(seed, "lora-init") % 2**63)
+        return apply_lora(transformer, list(targets), rank, alpha)
+
+
 def load_step_inputs(*, policy: str | None, init: str | None, model: str | None, rollouts: str,
                      scores: Sequence[str], prior: str | None, options: GrpoOptions, vipo_model: str | None = None,
                      lora_rank: int = 8, lora_alpha: float = 16.0,
@@ -542,7 +549,6 @@ def load_step_inputs(*, policy: str | None, init: str | None, model: str | None,
     from vpt.io.tables import read_table
     from vpt.models.loading import load_dinov2, load_wan_transformer, policy_digest, resolve_wan_directory
     from vpt.rollouts.store import load_rollouts
-    from vpt.train import apply_lora
     from vpt.train.checkpoint import TRAINER_STATE, load_torch
 
     checkpoint = None if policy is None else Path(policy)
@@ -577,11 +583,7 @@ def load_step_inputs(*, policy: str | None, init: str | None, model: str | None,
             state.load_state_dict(load_torch(checkpoint / "extra_state.pt"))
         warm_start = checkpoint if (checkpoint / TRAINER_STATE).is_file() else None
     else:
-        from vpt.rollouts.sampling import derived_seed
-
-        with torch.random.fork_rng(devices=[]):  # LoRA's random A init: from the seed, the same in every process
-            torch.manual_seed(derived_seed(options.seed, "lora-init") % 2**63)
-            trainable = apply_lora(transformer, list(lora_targets), lora_rank, lora_alpha)
+        trainable = new_policy(transformer, lora_targets, lora_rank, lora_alpha, options.seed)
     parent = "base" if checkpoint is None else f"{checkpoint.resolve()}#{digest}"
     return StepInputs(policy=trainable, rollouts=rollout_set, rewards=rewards, state=state,
                       policy_info={"model": str(wan), "parent": parent,
@@ -599,7 +601,6 @@ class GrpoResult:
     step: int
     items: int
     metrics: dict[str, float]
-    first_ratio: tuple[float, float] | None
     ratio_range: tuple[float, float]
 
 
@@ -618,7 +619,6 @@ def grpo_step(inputs: StepInputs, options: GrpoOptions, out: str | Path, config,
     from vpt.train import Trainer
     from vpt.train.checkpoint import load_peft, read_metrics
 
-    options.check()
     if steps_per_iteration < 1:
         raise VptError(f"--steps-per-iteration must be at least 1, got {steps_per_iteration}")
     out = Path(out)
@@ -674,7 +674,7 @@ def grpo_step(inputs: StepInputs, options: GrpoOptions, out: str | Path, config,
     last = steps[-1] if steps else {}
     return GrpoResult(checkpoint=out, iteration=state.iteration, step=result.step, items=dataset.pairs,
                       metrics={**summary, **{k: v for k, v in last.items() if k not in ("step", "epoch")}},
-                      first_ratio=loss.first_ratio, ratio_range=ratio_range)
+                      ratio_range=ratio_range)
 
 
 def _save_policy(model: torch.nn.Module, directory: Path) -> None:

@@ -9,6 +9,7 @@ iteration warm-starts from.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,26 +18,28 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from vpt.rollouts.sampling import RolloutOptions
+from vpt.train.grpo import DEFAULT_LORA_TARGETS, GrpoState, StepInputs, grpo_step, new_policy
+
 RewardFn = Callable[[Sequence[dict], Sequence[np.ndarray]], "dict[str, np.ndarray]"]
 """(rollout rows, their decoded videos uint8 [T, H, W, 3]) -> reward column -> values [N]."""
 
 
+def _tiny_sampling() -> RolloutOptions:
+    return RolloutOptions(group_size=8, steps=8, guidance=1.0, frames=9, height=32, width=32)
+
+
 @dataclass
 class LoopSettings:
-    """Sampling and optimisation settings of a run (the tiny-zoo defaults learn within ~100 iterations)."""
+    """Sampling and optimisation settings of a run (the tiny-zoo defaults learn within ~30 iterations).
+    ``sampling.seed`` is replaced: each iteration's seed derives from ``seed``."""
 
-    group_size: int = 8
-    steps: int = 8
-    frames: int = 9
-    height: int = 32
-    width: int = 32
-    noise_level: float = 0.7
-    guidance: float = 1.0
+    sampling: RolloutOptions = field(default_factory=_tiny_sampling)
     learning_rate: float = 1e-2
     max_grad_norm: float = 1.0
     lora_rank: int = 8
     lora_alpha: float = 16.0
-    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2", "proj_out")
+    lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
     seed: int = 0
 
 
@@ -54,14 +57,13 @@ def evaluate(pipe, prompts: Sequence[str], seeds: Sequence[int], score: Callable
              settings: LoopSettings) -> float:
     """Mean ``score`` of deterministic (ODE) samples of every prompt from fixed initial noises ``seeds``."""
     from vpt.models.wan import encode_prompts
-    from vpt.rollouts.sampling import RolloutOptions, sample_group
+    from vpt.rollouts.sampling import sample_group
 
     values = []
     for index, prompt in enumerate(prompts):
-        options = RolloutOptions(group_size=len(seeds), steps=settings.steps, noise_level=0.0,
-                                 guidance=settings.guidance, frames=settings.frames, height=settings.height,
-                                 width=settings.width, seed=int(seeds[0]) + index)
-        embeds, negative = encode_prompts(pipe, [prompt], "", settings.guidance)
+        options = dataclasses.replace(settings.sampling, group_size=len(seeds), noise_level=0.0,
+                                      seed=int(seeds[0]) + index)
+        embeds, negative = encode_prompts(pipe, [prompt], options.negative_prompt, options.guidance)
         group = sample_group(pipe, embeds, negative, f"eval-{index}", options)
         values.extend(score(video) for video in group.videos)
     return float(np.mean(values))
@@ -80,16 +82,15 @@ def run_grpo_loop(zoo: str | Path, prompts: Sequence[str], reward_fn: RewardFn, 
     from vpt.io.video import read_frames
     from vpt.models.loading import load_dinov2, load_wan_pipeline, resolve_wan_directory
     from vpt.rollouts.run import prompt_items, sample_rollouts
-    from vpt.rollouts.sampling import RolloutOptions, derived_seed
+    from vpt.rollouts.sampling import derived_seed
     from vpt.rollouts.store import load_rollouts
-    from vpt.train import TrainConfig, apply_lora
-    from vpt.train.grpo import GrpoState, StepInputs, grpo_step
+    from vpt.train import TrainConfig
 
     work_dir = Path(work_dir)
     pipe = load_wan_pipeline(zoo)
     model_id = str(resolve_wan_directory(zoo).resolve())
-    torch.manual_seed(settings.seed)
-    policy = apply_lora(pipe.transformer, list(settings.lora_targets), settings.lora_rank, settings.lora_alpha)
+    policy = new_policy(pipe.transformer, settings.lora_targets, settings.lora_rank, settings.lora_alpha,
+                        settings.seed)
     pipe.transformer = policy
     items = prompt_items([{"prompt": prompt} for prompt in prompts], "prompts")
     config = TrainConfig(learning_rate=settings.learning_rate, epochs=1,
@@ -103,10 +104,7 @@ def run_grpo_loop(zoo: str | Path, prompts: Sequence[str], reward_fn: RewardFn, 
     for iteration in range(1, iterations + 1):
         policy.eval()
         rollouts_dir = work_dir / f"rollouts-{iteration:04d}"
-        sample_options = RolloutOptions(group_size=settings.group_size, steps=settings.steps,
-                                        noise_level=settings.noise_level, guidance=settings.guidance,
-                                        frames=settings.frames, height=settings.height, width=settings.width,
-                                        seed=derived_seed(settings.seed, "loop", iteration))
+        sample_options = dataclasses.replace(settings.sampling, seed=derived_seed(settings.seed, "loop", iteration))
         sample_rollouts(pipe, items, sample_options, rollouts_dir, Processes(), policy_id="loop", model_id=model_id)
         rollouts = load_rollouts(rollouts_dir, verify=False)
         videos = [read_frames(rollouts_dir / row["path"]) for row in rollouts.rows]
