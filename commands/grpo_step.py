@@ -86,7 +86,8 @@ def grpo_step(
     from vpt.errors import VptError
     from vpt.rewards.expression import parse_reward
     from vpt.train import TrainConfig, finish_distributed
-    from vpt.train.grpo import DEFAULT_LORA_TARGETS, GrpoOptions, grpo_step as run, load_step_inputs
+    from vpt.train.grpo import GrpoOptions, grpo_step as run, load_step_inputs
+    from vpt.train.policy import DEFAULT_LORA_TARGETS
 
     if (policy is None) == (init is None):
         raise VptError("give exactly one of --policy CKPT (continue a policy) or --init WAN_DIR (start one)")

@@ -58,3 +58,23 @@ def test_schedule_follows_the_scheduler_config_and_a_shift_override():
     assert torch.equal(sigmas, unipc)
     plain = schedule_sigmas({"shift": 3.0}, 4, shift=1.0)
     torch.testing.assert_close(plain[:-1], torch.linspace(1, 0.001, 4))  # unshifted: 1 .. 1/1000 evenly
+
+
+def test_encode_videos_inverts_decode_latents(pipe):
+    from vpt.models.wan import encode_videos
+    from vpt.toyworld import toy_clips
+
+    clips = np.stack([clip for _, clip in toy_clips(2, seed=5, **SIZE)])
+    latents = encode_videos(pipe, clips)
+    assert latents.dtype == torch.float32 and latents.device.type == "cpu"
+    assert latents.shape == (2, *latent_shape(pipe, **SIZE))
+    assert torch.equal(encode_videos(pipe, clips), latents)  # the posterior mean: no sampling
+    torch.testing.assert_close(encode_videos(pipe, clips[1:]), latents[1:], rtol=0, atol=1e-5)  # batching: rounding
+    # decoding undoes the normalisation exactly: the same pixels as the VAE's own round trip
+    with torch.no_grad():
+        pixels = pipe.video_processor.preprocess_video(clips / 255.0, height=SIZE["height"], width=SIZE["width"])
+        raw = pipe.vae.decode(pipe.vae.encode(pixels.float()).latent_dist.mode(), return_dict=False)[0]
+    own_round_trip = pipe.video_processor.postprocess_video(raw, output_type="np")
+    np.testing.assert_allclose(decode_latents(pipe, latents), own_round_trip, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"frames must be 1 \+ a multiple of 4 \(e.g. 5, 17\), got 8"):
+        encode_videos(pipe, clips[:, :8])

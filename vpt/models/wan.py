@@ -105,6 +105,29 @@ def decode_latents(pipe, latents: torch.Tensor) -> np.ndarray:
     return pipe.video_processor.postprocess_video(video, output_type="np")
 
 
+def encode_videos(pipe, videos: np.ndarray) -> torch.Tensor:
+    """Latents float32 [B, C, F, h, w] (on the CPU) of uint8 videos [B, T, H, W, 3]: the inverse of
+    :func:`decode_latents`, preprocessed and normalised as diffusers' Wan video-to-video pipelines do. Raises
+    ValueError for sizes the pipeline cannot take (see :func:`latent_shape`)."""
+    if not isinstance(videos, np.ndarray) or videos.dtype != np.uint8 or videos.ndim != 5 or videos.shape[-1] != 3:
+        raise ValueError(f"videos must be a uint8 array [B, T, H, W, 3], got "
+                         f"{getattr(videos, 'dtype', type(videos).__name__)} {getattr(videos, 'shape', '')}")
+    _, frames, height, width, _ = videos.shape
+    latent_shape(pipe, frames, height, width)
+    vae = pipe.vae
+    # the processor expects [0, 1] floats (it maps them to [-1, 1]); at the clip's own size it does not resample
+    pixels = pipe.video_processor.preprocess_video(videos.astype(np.float32) / 255.0, height=height, width=width)
+    with torch.no_grad():
+        # the posterior's mean, not a sample: a clip always gets the same latent, so it can be cached and a training
+        # run reproduced from the cache
+        latents = vae.encode(pixels.to(vae.device, dtype=vae.dtype)).latent_dist.mode().float()
+    # in float32 (what callers cache and train on), whatever the VAE's dtype; decode_latents undoes it
+    mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
+    inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device,
+                                                                                                  latents.dtype)
+    return ((latents - mean) * inverse_std).cpu()
+
+
 def to_uint8(videos: np.ndarray) -> np.ndarray:
     """[0, 1] float videos -> uint8 (rounded), ready for :func:`vpt.io.video.write_video`."""
     return np.clip(np.round(videos * 255.0), 0, 255).astype(np.uint8)

@@ -48,7 +48,7 @@ def _save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
         save_file({key: value.contiguous() for key, value in tensors.items()}, str(temporary), metadata=metadata)
 
 
-def _trim_padding(embeds: torch.Tensor) -> torch.Tensor:
+def trim_padding(embeds: torch.Tensor) -> torch.Tensor:
     """[L, D] without its trailing all-zero rows (the pipeline's padding)."""
     nonzero = torch.nonzero(embeds.abs().sum(dim=1)).flatten()
     return embeds[: int(nonzero[-1]) + 1] if len(nonzero) else embeds[:0]
@@ -59,9 +59,9 @@ def write_embeddings(directory: Path, stem: str, prompt_embeds: torch.Tensor,
     """Write one prompt's embeddings ([1, L, D] each) to ``embeds/<stem>.safetensors``; returns the shard path
     (relative to ``directory``) and the negative key (None without guidance)."""
     relative = f"{EMBEDS_DIR}/{stem}.safetensors"
-    tensors = {PROMPT_KEY: _trim_padding(prompt_embeds[0].float())}
+    tensors = {PROMPT_KEY: trim_padding(prompt_embeds[0].float())}
     if negative_embeds is not None:
-        tensors[NEGATIVE_KEY] = _trim_padding(negative_embeds[0].float())
+        tensors[NEGATIVE_KEY] = trim_padding(negative_embeds[0].float())
     layout = {"padded_length": prompt_embeds.shape[1], "dtype": str(prompt_embeds.dtype).removeprefix("torch.")}
     _save(tensors, directory / relative, {EMBEDS_METADATA: json.dumps(layout, sort_keys=True)})
     return relative, NEGATIVE_KEY if negative_embeds is not None else None

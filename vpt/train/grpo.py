@@ -18,7 +18,6 @@ sampling policy's log-probs) and the videos' scores, and updates the LoRA policy
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -34,13 +33,11 @@ from vpt.algo.grpo import AGGREGATIONS, aggregate_rewards, clipped_surrogate, gr
 from vpt.algo.vipo import advantage_map, per_position_log_prob
 from vpt.errors import VptError
 from vpt.models.wan import WanVelocity
+from vpt.train.policy import DEFAULT_LORA_TARGETS, metrics_rows, policy_source, publish_policy, save_policy
 
 CRT_MODES = ("off", "replace", "auxiliary")
 RAS_FORMS = ("sigmoid", "bayesian")
 SELF_PACED_FORMS = ("off", "softmax", "gated")
-POLICY_FILE = "policy.json"
-METRICS_TABLE = "metrics.parquet"
-DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2", "proj_out")
 
 
 @dataclass
@@ -523,70 +520,48 @@ def check_rollouts(rollouts, source: str, model_id: str, policy_digest: str | No
                        "samples of one prompt, sample with --group-size 2 or more")
 
 
-def new_policy(transformer: torch.nn.Module, targets: Sequence[str], rank: int, alpha: float,
-               seed: int) -> torch.nn.Module:
-    """A fresh LoRA policy on ``transformer``; LoRA's random A matrices come from ``seed`` (the same in every
-    process, and the global RNG is left as it was)."""
-    from vpt.rollouts.sampling import derived_seed
-    from vpt.train import apply_lora
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derived_seed(seed, "lora-init") % 2**63)
-        return apply_lora(transformer, list(targets), rank, alpha)
-
-
 def load_step_inputs(*, policy: str | None, init: str | None, model: str | None, rollouts: str,
                      scores: Sequence[str], prior: str | None, options: GrpoOptions, vipo_model: str | None = None,
                      lora_rank: int = 8, lora_alpha: float = 16.0,
                      lora_targets: Sequence[str] = DEFAULT_LORA_TARGETS, device: str | None = None) -> StepInputs:
     """Read and check everything :func:`grpo_step` needs: tables first (cheap, most errors), then the models.
 
-    ``policy``: a checkpoint written by grpo-step (continue it) — or ``init``: a Wan / zoo directory (start a
+    ``policy``: a checkpoint of any stage (continue it; GRPO's own state carries over from a grpo-step one) — or
+    ``init``: a Wan / zoo directory (start a
     LoRA policy with ``lora_rank`` / ``lora_alpha`` / ``lora_targets``). ``model`` overrides the generator a
     policy records.
     """
-    from vpt.io.jsonfile import read_json_object
     from vpt.io.tables import read_table
-    from vpt.models.loading import load_dinov2, load_wan_transformer, policy_digest, resolve_wan_directory
+    from vpt.models.loading import load_dinov2
     from vpt.rollouts.store import load_rollouts
     from vpt.train.checkpoint import TRAINER_STATE, load_torch
 
-    checkpoint = None if policy is None else Path(policy)
-    info: dict = {}
-    if checkpoint is not None:
-        info = read_json_object(checkpoint / POLICY_FILE, "the policy record",
-                                "give a checkpoint written by grpo-step, or start with --init WAN_DIR")
-        model = model or info.get("model")
-    wan = resolve_wan_directory(model if checkpoint is not None else init).resolve()
-    digest = None if checkpoint is None else policy_digest(checkpoint)
+    source = policy_source(model, policy) if policy is not None else policy_source(init, None)
+    wan = source.model
     rollout_set = load_rollouts(rollouts)
-    check_rollouts(rollout_set, rollouts, str(wan), digest)
+    check_rollouts(rollout_set, rollouts, str(wan), source.digest)
     columns = list(options.reward)
-    tables = [(source, read_table(source, "scores").to_pylist()) for source in scores]
+    tables = [(name, read_table(name, "scores").to_pylist()) for name in scores]
     rewards = rollout_rewards(rollout_set.rows, tables, columns, rollouts)
     reference = None if prior is None else prior_means(read_table(prior, "scores").to_pylist(), columns, prior)
 
     dinov2 = None
     if options.vipo:
-        source = vipo_model or (wan.parent if (wan.parent / "zoo.json").is_file() else None)
-        if source is None:
+        features = vipo_model or (wan.parent if (wan.parent / "zoo.json").is_file() else None)
+        if features is None:
             raise VptError("--vipo needs DINOv2 features: pass --vipo-model DIR (a transformers DINOv2 directory)")
-        dinov2 = load_dinov2(source)
-    transformer = load_wan_transformer(wan, device=device)
+        dinov2 = load_dinov2(features)
+    trainable = source.open(lora_targets, lora_rank, lora_alpha, options.seed, device)
     state = GrpoState()
     warm_start = None
-    if checkpoint is not None:
-        from peft import PeftModel
-
-        trainable = PeftModel.from_pretrained(transformer, str(checkpoint), is_trainable=True)
+    checkpoint = source.checkpoint
+    # another stage's optimizer moments and counters do not carry into GRPO: a new stage starts them afresh
+    if checkpoint is not None and source.stage == "grpo":
         if (checkpoint / "extra_state.pt").is_file():
             state.load_state_dict(load_torch(checkpoint / "extra_state.pt"))
         warm_start = checkpoint if (checkpoint / TRAINER_STATE).is_file() else None
-    else:
-        trainable = new_policy(transformer, lora_targets, lora_rank, lora_alpha, options.seed)
-    parent = "base" if checkpoint is None else f"{checkpoint.resolve()}#{digest}"
     return StepInputs(policy=trainable, rollouts=rollout_set, rewards=rewards, state=state,
-                      policy_info={"model": str(wan), "parent": parent,
+                      policy_info={"model": str(wan), "parent": source.parent,
                                    "rollouts": str(Path(rollouts).resolve())},
                       warm_start=warm_start, reference_priors=reference, prior_source=prior or "--prior",
                       dinov2=dinov2)
@@ -613,8 +588,7 @@ def grpo_step(inputs: StepInputs, options: GrpoOptions, out: str | Path, config,
     ``steps_per_iteration`` optimizer steps consume every block once. ``inputs.state`` is updated and saved with the checkpoint.
     """
     from vpt.distributed import current_processes
-    from vpt.io.atomic import commit, temporary_sibling
-    from vpt.io.tables import write_table
+    from vpt.io.atomic import temporary_sibling
     from vpt.rollouts.sampling import derived_seed
     from vpt.train import Trainer
     from vpt.train.checkpoint import load_peft, read_metrics
@@ -639,14 +613,14 @@ def grpo_step(inputs: StepInputs, options: GrpoOptions, out: str | Path, config,
 
     processes = current_processes()
     micro_batches = math.ceil(len(blocks) / processes.count)
-    temporary = Path(processes.share(str(temporary_sibling(out)) if processes.is_main else None))
-    run = temporary / ".run"
+    scratch = Path(processes.share(str(temporary_sibling(out)) if processes.is_main else None))
+    run = scratch / ".run"
     config = config.replace(output_dir=str(run), seed=derived_seed(options.seed, state.iteration) % 2**31,
                             batch_size=1, gradient_accumulation_steps=math.ceil(micro_batches / steps_per_iteration),
                             epochs=1, max_steps=None, lr_schedule="constant", save_every=0, log_every=1,
                             eval_every=0, keep_last=1, shuffle=True)
     try:
-        trainer = Trainer(policy, config, dataset=dataset, loss_fn=loss, collate_fn=collate, save_model=_save_policy,
+        trainer = Trainer(policy, config, dataset=dataset, loss_fn=loss, collate_fn=collate, save_model=save_policy,
                           load_model=load_peft, extra_state=state, quiet=quiet)
         result = trainer.train(warm_start=inputs.warm_start)
         ratio_range = (loss.ratio_min, loss.ratio_max)
@@ -654,47 +628,17 @@ def grpo_step(inputs: StepInputs, options: GrpoOptions, out: str | Path, config,
                    "ratio_max": ratio_range[1]}
         steps = read_metrics(result.metrics_file) if processes.is_main else []
         if processes.is_main:
-            for entry in result.checkpoint.iterdir():
-                entry.rename(temporary / entry.name)
-            shutil.rmtree(run)
-            info = {**inputs.policy_info, "iteration": state.iteration, "step": result.step,
+            info = {**inputs.policy_info, "stage": "grpo", "iteration": state.iteration, "step": result.step,
                     "grpo": _jsonable(options)}
-            (temporary / POLICY_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            table = [{"iteration": state.iteration, "step": None, "name": name, "value": float(value)}
-                     for name, value in summary.items()]
-            for row in steps:
-                table.extend({"iteration": state.iteration, "step": int(row["step"]), "name": name,
-                              "value": float(value)} for name, value in row.items() if name not in ("step", "epoch"))
-            write_table(table, temporary / METRICS_TABLE, "metrics")
-            commit(temporary, out)
+            publish_policy(result.checkpoint, out, info, metrics_rows(state.iteration, summary, steps))
         processes.wait()
     finally:
         if processes.is_main:
-            shutil.rmtree(temporary, ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)
     last = steps[-1] if steps else {}
     return GrpoResult(checkpoint=out, iteration=state.iteration, step=result.step, items=dataset.pairs,
                       metrics={**summary, **{k: v for k, v in last.items() if k not in ("step", "epoch")}},
                       ratio_range=ratio_range)
-
-
-def _save_policy(model: torch.nn.Module, directory: Path) -> None:
-    """The harness's peft save plus the same adapter in diffusers' layout (``pytorch_lora_weights.safetensors``),
-    so ``WanPipeline.load_lora_weights(directory)`` loads the policy too."""
-    from diffusers import WanPipeline
-    from peft import get_peft_model_state_dict
-
-    from vpt.train.checkpoint import save_peft
-
-    save_peft(model, directory)
-    config = model.peft_config["default"]
-    metadata = {key: value for key, value in config.to_dict().items() if key in
-                ("r", "lora_alpha", "target_modules", "lora_dropout", "use_dora", "use_rslora", "bias")}
-    metadata["target_modules"] = sorted(metadata["target_modules"]) if not isinstance(
-        metadata["target_modules"], str) else metadata["target_modules"]
-    # diffusers names adapter weights from the transformer itself, without peft's wrapper prefix
-    layers = {key.removeprefix("base_model.model."): value for key, value in get_peft_model_state_dict(model).items()}
-    WanPipeline.save_lora_weights(directory, transformer_lora_layers=layers,
-                                  transformer_lora_adapter_metadata=metadata, safe_serialization=True)
 
 
 def _jsonable(options: GrpoOptions) -> dict:

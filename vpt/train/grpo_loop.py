@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from vpt.rollouts.sampling import RolloutOptions
-from vpt.train.grpo import DEFAULT_LORA_TARGETS, GrpoState, StepInputs, grpo_step, new_policy
+from vpt.train.grpo import GrpoState, StepInputs, grpo_step
+from vpt.train.policy import DEFAULT_LORA_TARGETS, new_policy
 
 RewardFn = Callable[[Sequence[dict], Sequence[np.ndarray]], "dict[str, np.ndarray]"]
 """(rollout rows, their decoded videos uint8 [T, H, W, 3]) -> reward column -> values [N]."""

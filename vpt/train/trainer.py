@@ -179,12 +179,17 @@ class Trainer:
     otherwise); a ``save_model`` without ``load_model`` is an export, and the harness then also writes its own
     ``trainable.safetensors`` to resume from. ``extra_state`` (``state_dict()`` / ``load_state_dict()``, plain
     types and tensors) is saved and restored with each checkpoint, e.g. a curriculum.
+
+    ``own_backward``: the task back-propagates itself, one or more times per micro-batch (gradient-decoupled DPO
+    runs one backward pass per branch): ``loss_fn(model, batch, backward)`` calls ``backward(tensor)`` (the
+    accelerator's, which scales for accumulation) and returns the detached loss for the log. A dataset with a
+    ``set_epoch(epoch)`` method is told each epoch before its items are read (per-epoch noise drawn from item keys).
     """
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, *, dataset: Dataset, loss_fn: LossFn,
                  collate_fn: Callable[[list], Any] | None = None, eval_fn: EvalFn | None = None,
                  save_model: ModelHook | None = None, load_model: ModelHook | None = None,
-                 extra_state: Stateful | None = None, quiet: bool = False):
+                 extra_state: Stateful | None = None, own_backward: bool = False, quiet: bool = False):
         if not isinstance(config, TrainConfig):
             raise TypeError("config must be a TrainConfig")
         self.config = config
@@ -194,6 +199,7 @@ class Trainer:
         self.collate_fn = collate_fn
         self.eval_fn = eval_fn
         self.extra_state = extra_state
+        self.own_backward = own_backward
         self.quiet = quiet
         peft = is_peft_model(model)
         self.export_model = save_model
@@ -344,15 +350,21 @@ class Trainer:
         try:
             while step < total:
                 sampler.set_epoch(epoch)
+                if hasattr(self.dataset, "set_epoch"):  # items that draw per-epoch randomness (noise, timesteps)
+                    self.dataset.set_epoch(epoch)
                 epoch_loader = loader if batch_in_epoch == 0 else _skip(loader, batch_in_epoch)
                 epoch_loader.set_epoch(epoch)
                 mark = time.perf_counter()
                 for batch in epoch_loader:
                     with acc.accumulate(model):
-                        loss, metrics = self.loss_fn(model, batch)
+                        if self.own_backward:
+                            loss, metrics = self.loss_fn(model, batch, acc.backward)
+                        else:
+                            loss, metrics = self.loss_fn(model, batch)
                         if not torch.is_tensor(loss) or loss.numel() != 1:
                             raise TypeError("loss_fn must return (scalar loss tensor, metrics dict)")
-                        acc.backward(loss)
+                        if not self.own_backward:
+                            acc.backward(loss)
                         window.add(loss, metrics or {}, _batch_size(batch, cfg.batch_size))
                         if acc.sync_gradients:
                             if cfg.clipping:

@@ -1,0 +1,86 @@
+"""The options every flow-matching training stage shares (``vpt dpo``, ``vpt sft``): declared once, used by both."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+MODEL = typer.Option(None, "--model", "-m", help="Generator: a Wan pipeline (or zoo) directory (default with "
+                                                 "--policy: the one the policy records).")
+POLICY = typer.Option(None, "--policy", help="Policy checkpoint to continue (written by sft, dpo or grpo-step); "
+                                             "default: a new LoRA on the generator.")
+OUT = typer.Option(..., "--out", "-o", help="Policy checkpoint directory to write (must not exist); checkpoints "
+                                            "to resume from go to OUT.run/ until the run ends.")
+LR = typer.Option(1e-4, "--lr", help="Learning rate.")
+BATCH_SIZE = typer.Option(1, "--batch-size", help="Examples per micro-batch per process.")
+GRAD_ACCUM = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step.")
+MAX_STEPS = typer.Option(None, "--max-steps", help="Optimizer steps (with --epochs: whichever ends first).")
+EPOCHS = typer.Option(None, "--epochs", help="Epochs over the examples (default 1 without --max-steps).")
+WARMUP = typer.Option(0, "--warmup-steps", help="Linear warmup steps.")
+SCHEDULE = typer.Option("constant", "--lr-schedule", help="constant, cosine or linear.")
+WEIGHT_DECAY = typer.Option(0.0, "--weight-decay", help="AdamW weight decay.")
+MAX_GRAD_NORM = typer.Option(1.0, "--max-grad-norm", help="Gradient clipping (0: off).")
+MIXED_PRECISION = typer.Option("no", "--mixed-precision", help="no or bf16.")
+SAVE_EVERY = typer.Option(0, "--save-every", help="Checkpoint into OUT.run/ every N steps (0: only at the end).")
+LOG_EVERY = typer.Option(10, "--log-every", help="Metrics every N steps.")
+LORA_RANK = typer.Option(8, "--lora-rank", help="LoRA rank (new policy).")
+LORA_ALPHA = typer.Option(16.0, "--lora-alpha", help="LoRA alpha (new policy).")
+LORA_TARGETS = typer.Option(None, "--lora-targets", help="Comma-separated module names (new policy; default: "
+                                                         "attention, FFN and output projection).")
+TIMESTEPS = typer.Option("uniform", "--timesteps", help="Noise-level distribution: uniform or logit-normal.")
+LOGIT_MEAN = typer.Option(0.0, "--logit-mean", help="Mean of logit-normal noise levels.")
+LOGIT_STD = typer.Option(1.0, "--logit-std", help="Std of logit-normal noise levels.")
+SHIFT = typer.Option(1.0, "--shift", help="Flow shift applied to sampled noise levels.")
+FRAMES = typer.Option(None, "--frames", help="Resample every clip to N frames (1 + 4k) before encoding.")
+HEIGHT = typer.Option(None, "--height", help="Resize every clip to this height (multiple of 16).")
+WIDTH = typer.Option(None, "--width", help="Resize every clip to this width (multiple of 16).")
+CACHE = typer.Option(None, "--cache", help="Latent and prompt-embedding cache (default: $VPT_CACHE_DIR/encoded "
+                                           "or ~/.cache/vpt/encoded).")
+RESUME = typer.Option(None, "--resume", help="Continue an interrupted run (OUT.run or one of its checkpoints) or "
+                                             "train a finished checkpoint of this stage further.")
+SEED = typer.Option(0, "--seed", help="Seed of the data order, noise, noise levels and LoRA initialisation.")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress or summary.")
+
+
+def train_config(*, learning_rate: float, batch_size: int, grad_accum: int, max_steps: Optional[int],
+                 epochs: Optional[int], warmup_steps: int, lr_schedule: str, weight_decay: float,
+                 max_grad_norm: float, mixed_precision: str, save_every: int, log_every: int, seed: int):
+    """The harness configuration of a stage (one epoch when neither steps nor epochs are given)."""
+    from vpt.train import TrainConfig
+
+    return TrainConfig(learning_rate=learning_rate, batch_size=batch_size, gradient_accumulation_steps=grad_accum,
+                       max_steps=max_steps, epochs=epochs if epochs is not None or max_steps else 1,
+                       warmup_steps=warmup_steps, lr_schedule=lr_schedule, weight_decay=weight_decay,
+                       max_grad_norm=max_grad_norm, mixed_precision=mixed_precision, save_every=save_every,
+                       log_every=log_every, keep_last=2, seed=seed)
+
+
+def lora_targets(text: Optional[str]) -> tuple[str, ...]:
+    from vpt.train.policy import DEFAULT_LORA_TARGETS
+
+    return DEFAULT_LORA_TARGETS if text is None else tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def clip_size(frames: Optional[int], height: Optional[int], width: Optional[int]) -> Optional[tuple[int, int, int]]:
+    """The resampling target of --frames/--height/--width (all three, or none)."""
+    from vpt.errors import VptError
+
+    given = [value for value in (frames, height, width) if value is not None]
+    if not given:
+        return None
+    if len(given) != 3:
+        raise VptError("give --frames, --height and --width together (the size every clip is resampled to)")
+    return (frames, height, width)
+
+
+def report(stage: str, result, quiet: bool) -> None:
+    """The finished stage's summary table and one line on stderr (main process only)."""
+    from vpt.commands import _ui
+    from vpt.distributed import current_processes
+
+    if quiet or not current_processes().is_main:
+        return
+    _ui.print_table(f"{stage} (step {result.step})", ["metric", "value"],
+                    [[name, f"{value:.6g}"] for name, value in result.metrics.items()])
+    typer.echo(f"{stage}: {result.step} steps -> {result.checkpoint}", err=True)

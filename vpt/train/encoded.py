@@ -1,0 +1,268 @@
+"""Clean video latents and prompt embeddings for training on videos (``vpt dpo``, ``vpt sft``): encoded once, cached.
+
+Layout under the cache root (``$VPT_CACHE_DIR/encoded``, else ``~/.cache/vpt/encoded``)::
+
+    latents/<vae_id>/<key>.safetensors    one clip: "latents" float32 [C, F, h, w]; metadata: its pixel size
+    prompts/<text_id>/<key>.safetensors   one prompt: "prompt" [L, D] without its padding rows; metadata: the
+                                          padded length and dtype (as the rollouts store keeps embeddings)
+    digests.json                          sha256 of model files by (path, size, mtime): weights are hashed once
+
+A clip's key is the sha256 of its bytes plus the encode settings (target size, VAE dtype): a renamed or copied file
+reuses its entry, an edited one gets a new one. ``vae_id`` / ``text_id`` (:meth:`EncodedCache.component_identity`)
+identify the model's files, so another VAE or text encoder never reads these entries. Every file is written under
+a temporary name and renamed, so runs can share one cache and a killed run leaves no partial entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from vpt.distributed import Processes
+from vpt.errors import VideoReadError, VptError
+from vpt.io.atomic import atomic_path
+from vpt.models.wan import MAX_SEQUENCE_LENGTH
+from vpt.rollouts.store import EMBEDS_METADATA, PROMPT_KEY, file_digest, trim_padding
+
+LATENTS_KEY = "latents"
+CLIP_METADATA = "vpt.clip"
+DIGESTS_FILE = "digests.json"
+_FIX_CLIP = "fix or remove this clip"
+_RESAMPLE = "pass --frames/--height/--width to resample clips"
+
+
+def encoded_cache_root() -> Path:
+    """``$VPT_CACHE_DIR/encoded`` or ``~/.cache/vpt/encoded``."""
+    root = os.environ.get("VPT_CACHE_DIR")
+    return (Path(root) if root else Path.home() / ".cache" / "vpt") / "encoded"
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as temporary:
+        save_file({key: value.contiguous() for key, value in tensors.items()}, str(temporary),
+                  metadata={key: json.dumps(value, sort_keys=True) for key, value in metadata.items()})
+
+
+def _read(file: str | os.PathLike, metadata_key: str, tensor_key: str | None) -> tuple[dict, torch.Tensor | None]:
+    """(metadata under ``metadata_key``, the tensor ``tensor_key`` or None) of a cache entry; VptError if damaged."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            metadata = json.loads((handle.metadata() or {})[metadata_key])
+            return metadata, None if tensor_key is None else handle.get_tensor(tensor_key)
+    except (SafetensorError, OSError, ValueError, KeyError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise VptError(f"{file}: unreadable cache entry ({first}); delete it and run again") from None
+
+
+def load_latent(file: str | os.PathLike) -> torch.Tensor:
+    """A clip's normalised latents float32 [C, F, h, w], as :meth:`EncodedCache.encode_videos` stored them."""
+    return _read(file, CLIP_METADATA, LATENTS_KEY)[1]
+
+
+def clip_size(file: str | os.PathLike) -> tuple[int, int, int]:
+    """(frames, height, width) of the pixels a latent entry was encoded from, without reading the tensor."""
+    size = _read(file, CLIP_METADATA, None)[0]
+    return int(size["frames"]), int(size["height"]), int(size["width"])
+
+
+def load_prompt_embedding(file: str | os.PathLike) -> torch.Tensor:
+    """A prompt's text embeddings [L, D], padded and typed as :func:`vpt.models.wan.encode_prompts` returned them."""
+    layout, trimmed = _read(file, EMBEDS_METADATA, PROMPT_KEY)
+    padded = torch.zeros((max(int(layout["padded_length"]), len(trimmed)), trimmed.shape[1]), dtype=trimmed.dtype)
+    padded[: len(trimmed)] = trimmed
+    return padded.to(getattr(torch, layout["dtype"]))
+
+
+@contextlib.contextmanager
+def _clip_errors() -> Iterator[None]:
+    """The video module's one-line reasons, with what to do about them."""
+    try:
+        yield
+    except VideoReadError as error:
+        raise VideoReadError(error.path, f"{error.reason}; {_FIX_CLIP}") from None
+
+
+def _video_sha256(path: Path) -> str:
+    from vpt.io.video import probe
+
+    try:
+        return file_digest(path)["sha256"]
+    except OSError:
+        with _clip_errors():
+            probe(path)  # says why in the video module's words (not found, a directory, no permission)
+        raise
+
+
+class EncodedCache:
+    """Latents of video files and embeddings of prompts, computed once per content and model, kept under ``root``
+    (default :func:`encoded_cache_root`)."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root is not None else encoded_cache_root()
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Model identity
+
+    def component_identity(self, *directories: str | os.PathLike) -> str:
+        """16 hex digits identifying the files of model component directories (a pipeline's ``vae/``, or its
+        ``text_encoder/`` and ``tokenizer/`` together): their relative paths and the sha256 of their bytes.
+
+        Hidden entries are left out: they are not the model (the Hub's ``.cache/`` download records hold
+        timestamps, an interrupted copy leaves ``.*.tmp-*`` files). File digests are remembered in the cache root by
+        (resolved path, size, mtime), so multi-gigabyte weights are read once, not on every run."""
+        listed: list[tuple[str, Path]] = []
+        for position, directory in enumerate(map(Path, directories)):
+            files = sorted(path for path in directory.rglob("*") if path.is_file()
+                           and not any(part.startswith(".") for part in path.relative_to(directory).parts))
+            if not files:
+                reason = "no files" if directory.is_dir() else "not a directory"
+                raise VptError(f"{directory}: not a model component directory ({reason}); give the pipeline's "
+                               f"vae/, text_encoder/ or tokenizer/")
+            listed += [(f"{position}/{path.relative_to(directory).as_posix()}", path) for path in files]
+        digests = self._file_digests([path for _, path in listed])
+        return _sha256("".join(f"{name}\t{digest}\n" for (name, _), digest in zip(listed, digests)))[:16]
+
+    def _read_digests(self) -> dict:
+        try:
+            memo = json.loads((self.root / DIGESTS_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return memo if isinstance(memo, dict) else {}
+
+    def _file_digests(self, paths: Sequence[Path]) -> list[str]:
+        memo, new = self._read_digests(), {}
+        digests = []
+        for path in paths:
+            resolved = path.resolve()
+            stat = resolved.stat()
+            stamp = [stat.st_size, stat.st_mtime_ns]
+            entry = memo.get(str(resolved))
+            if not (isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str)):
+                entry = new[str(resolved)] = {"stamp": stamp, "sha256": file_digest(resolved)["sha256"]}
+            digests.append(entry["sha256"])
+        if new:
+            # re-read just before writing: another run may have added digests meanwhile
+            merged = {**self._read_digests(), **new}
+            with atomic_path(self.root / DIGESTS_FILE) as temporary:
+                temporary.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        return digests
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Videos
+
+    def encode_videos(self, paths: Sequence[str | os.PathLike], pipe, vae_id: str,
+                      size: tuple[int, int, int] | None = None, processes: Processes | None = None,
+                      on_progress: Callable[[int], None] | None = None) -> list[Path]:
+        """The cache file of each video in ``paths`` (same order), encoding the missing ones with ``pipe``'s VAE
+        (:func:`vpt.models.wan.encode_videos`), one clip at a time; identical contents are encoded once.
+
+        ``size``: (frames, height, width) to resample every clip to (uniformly spaced frames, then a bilinear
+        resize); None encodes clips at their own size. ``vae_id``: :meth:`component_identity` of the VAE's
+        directory. With several ``processes`` each encodes its share and all wait for the others.
+        ``on_progress(1)`` is called for every clip this process encodes. Raises :class:`VptError` (one line,
+        before anything is encoded) for an unreadable clip or a size the pipeline cannot take."""
+        from vpt.models.wan import latent_shape
+
+        processes = processes or Processes()
+        if size is not None:
+            size = tuple(int(value) for value in size)
+            try:
+                latent_shape(pipe, *size)
+            except ValueError as error:
+                raise VptError(f"cannot resample clips to {size[0]} frames of {size[1]}x{size[2]}: {error}; "
+                               f"choose other --frames/--height/--width") from None
+        settings = json.dumps({"size": size, "vae_dtype": str(pipe.vae.dtype)}, sort_keys=True)
+        directory = self.root / "latents" / vae_id
+        digests: dict[Path, str] = {}
+        targets: list[Path] = []
+        source: dict[Path, Path] = {}
+        for path in map(Path, paths):
+            if path not in digests:
+                digests[path] = _video_sha256(path)
+            target = directory / f"{_sha256(digests[path] + '|' + settings)[:32]}.safetensors"
+            targets.append(target)
+            source.setdefault(target, path)
+        # every process checks every missing clip before any encodes: a bad clip stops all of them at once, instead
+        # of one process failing while the others wait for it forever
+        missing = {target: self._checked_clip(path, pipe, size) for target, path in source.items()
+                   if not target.is_file()}
+        # shard over all entries, not the missing ones: processes that look later see fewer missing, and must still
+        # agree on who encodes what
+        for target in processes.shard(list(source)):
+            if target in missing and not target.is_file():
+                self._encode_clip(source[target], missing[target], pipe, size, target)
+                if on_progress is not None:
+                    on_progress(1)
+        processes.wait()
+        return targets
+
+    @staticmethod
+    def _checked_clip(path: Path, pipe, size: tuple[int, int, int] | None) -> int:
+        """The clip's frame count, once it is known readable and (at its own size) encodable."""
+        from vpt.io.video import probe
+        from vpt.models.wan import latent_shape
+
+        with _clip_errors():
+            info = probe(path)
+        if size is None:
+            try:
+                latent_shape(pipe, info.frames, info.height, info.width)
+            except ValueError as error:
+                raise VptError(f"{path}: {info.frames} frames of {info.height}x{info.width} cannot be encoded: "
+                               f"{error}; {_RESAMPLE}") from None
+        return info.frames
+
+    @staticmethod
+    def _encode_clip(path: Path, frames: int, pipe, size: tuple[int, int, int] | None, target: Path) -> None:
+        from vpt.io.video import read_frames, resize_frames, uniform_indices
+        from vpt.models.wan import encode_videos
+
+        with _clip_errors():
+            if size is None:
+                pixels = read_frames(path)
+            else:
+                pixels = resize_frames(read_frames(path, uniform_indices(frames, size[0])), size[1], size[2])
+        latents = encode_videos(pipe, pixels[None])[0]
+        shape = dict(zip(("frames", "height", "width"), map(int, pixels.shape[:3])))
+        _save({LATENTS_KEY: latents}, target, {CLIP_METADATA: shape})
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Prompts
+
+    def encode_prompts(self, prompts: Sequence[str], pipe, text_id: str,
+                       max_sequence_length: int = MAX_SEQUENCE_LENGTH,
+                       processes: Processes | None = None) -> list[Path]:
+        """The cache file of each prompt's embeddings (same order), encoding each missing distinct prompt once
+        with :func:`vpt.models.wan.encode_prompts` (no negative prompt). ``text_id``: :meth:`component_identity`
+        of the text encoder and tokenizer directories. Read them with :func:`load_prompt_embedding`."""
+        from vpt.models.wan import encode_prompts
+
+        processes = processes or Processes()
+        # the embeddings depend on the encoder's precision and are returned in the transformer's
+        settings = json.dumps({"max_sequence_length": int(max_sequence_length),
+                               "text_dtype": str(pipe.text_encoder.dtype), "dtype": str(pipe.transformer.dtype)},
+                              sort_keys=True)
+        directory = self.root / "prompts" / text_id
+        targets = [directory / f"{_sha256(settings + '|' + prompt)[:32]}.safetensors" for prompt in prompts]
+        source = dict(zip(targets, prompts))
+        for target in processes.shard(list(source)):
+            if not target.is_file():
+                embeds, _ = encode_prompts(pipe, [source[target]], max_sequence_length=max_sequence_length)
+                layout = {"padded_length": embeds.shape[1], "dtype": str(embeds.dtype).removeprefix("torch.")}
+                _save({PROMPT_KEY: trim_padding(embeds[0].float())}, target, {EMBEDS_METADATA: layout})
+        processes.wait()
+        return targets
