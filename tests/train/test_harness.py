@@ -253,3 +253,68 @@ def test_a_warm_start_needs_a_constant_schedule(tmp_path):
                       loss_fn=mse_loss, quiet=True)
     with pytest.raises(VptError, match="lr_schedule 'cosine' cannot continue across warm-started runs"):
         trainer.train(warm_start=done.checkpoint)
+
+
+def test_a_task_that_backpropagates_itself_equals_one_backward(tmp_path):
+    """own_backward: two partial backward passes per micro-batch (as gradient-decoupled DPO does), scaled by the
+    accelerator for accumulation, give the weights of the plain loss."""
+
+    def split_loss(model, batch, backward):
+        prediction = model(batch["x"])
+        half = len(prediction) // 2
+        squared = (prediction - batch["y"]) ** 2
+        backward(squared[:half].sum() / len(prediction))
+        prediction = model(batch["x"])  # a fresh graph: the first one was freed by its backward pass
+        squared = (prediction - batch["y"]) ** 2
+        backward(squared[half:].sum() / len(prediction))
+        return squared.mean().detach(), {}
+
+    def train(loss_fn, own_backward, name):
+        model = linear(seed=4)
+        cfg = config(tmp_path / name, gradient_accumulation_steps=2, max_steps=3)
+        Trainer(model, cfg, dataset=Regression(24), loss_fn=loss_fn, own_backward=own_backward, quiet=True).train()
+        return model
+
+    plain, split = train(mse_loss, False, "plain"), train(split_loss, True, "split")
+    moved = linear(seed=4)
+    for a, b, start in zip(plain.parameters(), split.parameters(), moved.parameters()):
+        assert not torch.equal(a, start)
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+class EpochAwareRegression(Regression):
+    """Items shift with the epoch the harness announces: the data of epoch e is y + e."""
+
+    def __init__(self, n: int):
+        super().__init__(n)
+        self.epochs_seen: list[int] = []
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if not self.epochs_seen or self.epochs_seen[-1] != epoch:  # accelerate's loader may repeat the call
+            self.epochs_seen.append(epoch)
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict:
+        item = super().__getitem__(index)
+        return {**item, "y": item["y"] + self.epoch}
+
+
+def test_the_dataset_hears_each_epoch_before_its_items_and_again_on_resume(tmp_path):
+    dataset = EpochAwareRegression(8)
+    Trainer(linear(), config(tmp_path, epochs=3, max_steps=None, save_every=2), dataset=dataset, loss_fn=mse_loss,
+            quiet=True).train()
+    assert dataset.epochs_seen == [0, 1, 2]
+
+    straight = linear()
+    Trainer(straight, config(tmp_path / "straight", epochs=3, max_steps=None), dataset=EpochAwareRegression(8),
+            loss_fn=mse_loss, quiet=True).train()
+    stopped = config(tmp_path / "stopped", epochs=3, max_steps=None, save_every=1)
+    with pytest.raises(Interrupt):
+        Trainer(linear(), stopped, dataset=EpochAwareRegression(8), loss_fn=interrupt_after(mse_loss, 3),
+                quiet=True).train()
+    resumed, dataset = linear(), EpochAwareRegression(8)
+    Trainer(resumed, stopped, dataset=dataset, loss_fn=mse_loss, quiet=True).train(resume=True)
+    assert dataset.epochs_seen == [1, 2]  # stopped inside epoch 1: the resumed run starts there
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)

@@ -27,6 +27,10 @@ How a new training command plugs in::
                      quiet=quiet).train(resume=resume)
     finish_distributed()                                       # last line of the command under accelerate launch
 
+A task that back-propagates itself (gradient-decoupled DPO: one backward pass per branch) passes
+``own_backward=True``; its ``loss_fn(model, batch, backward)`` calls ``backward(tensor)`` and returns the detached
+loss. A dataset with ``set_epoch(epoch)`` hears each epoch before its items are read (per-epoch noise).
+
 ``save_model(model, directory)`` / ``load_model(model, directory)`` decide how trainable weights sit in a
 checkpoint (defaults: a peft adapter via ``save_pretrained`` plus ``non_adapter.safetensors``, or
 ``trainable.safetensors``); a ``save_model`` alone is an extra export written beside the harness's own weights.
