@@ -21,8 +21,8 @@ def _floats(text: str | None, option: str) -> tuple[float, ...]:
 
 
 def grpo_step(
-    policy: Optional[str] = typer.Option(None, "--policy", help="Policy checkpoint to update (written by grpo-step; "
-                                                                "the one that sampled the rollouts)."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="Policy checkpoint to update (written by grpo-step, "
+                                                                "dpo or sft; the one that sampled the rollouts)."),
     init: Optional[str] = typer.Option(None, "--init", help="Start a new policy: a Wan pipeline (or zoo) "
                                                             "directory; the rollouts were sampled without --policy."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="With --policy: the base generator (default: "
