@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_build_prefs.py
 	$(BIN)/python benchmarks/bench_rollouts.py
 	$(BIN)/python benchmarks/bench_grpo.py
+	$(BIN)/python benchmarks/bench_dpo.py
 
 clean:
 	rm -rf demo build dist *.egg-info

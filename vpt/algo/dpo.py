@@ -104,14 +104,15 @@ def decoupled_dpo_backward(policy_errors: Callable[[str], torch.Tensor], ref_err
     errors ``[B]`` (with grad when grad is enabled); it must be deterministic (same σ, ε, no dropout), because the
     rejected branch is evaluated twice. ``backward(scalar)`` back-propagates (e.g. accelerate's ``backward``).
 
-    Steps: ``e_w`` with grad; ``e_l`` without grad; ``η = decoupled_coefficient(...)``; ``backward(Σ η·e_w / B)``,
-    which frees the chosen graph; ``e_l`` again with grad; ``backward(−Σ η·e_l / B)``. By the chain rule the two
-    passes sum to ``∂L/∂θ = Σ_i (η_i ∂e_w,i/∂θ − η_i ∂e_l,i/∂θ) / B``. Cost: one extra no-grad forward of the
-    rejected branch; gain: the peak activation memory is one branch's graph instead of two.
+    Steps: ``e_l`` without grad (first, so its transient activations never meet a live graph); ``e_w`` with grad;
+    ``η = decoupled_coefficient(...)``; ``backward(Σ η·e_w / B)``, which frees the chosen graph; ``e_l`` again with
+    grad; ``backward(−Σ η·e_l / B)``. By the chain rule the two passes sum to ``∂L/∂θ = Σ_i (η_i ∂e_w,i/∂θ −
+    η_i ∂e_l,i/∂θ) / B``. Cost: one extra no-grad forward of the rejected branch; gain: the peak activation memory
+    is one branch's graph instead of two.
     """
-    err_w = policy_errors("chosen")
     with torch.no_grad():
         first_err_l = policy_errors("rejected")
+    err_w = policy_errors("chosen")
     eta = decoupled_coefficient(err_w, first_err_l, ref_err_w, ref_err_l, beta)
     count = err_w.shape[0]
     backward((eta * err_w).sum() / count)

@@ -150,6 +150,10 @@ def sft_examples(data: Sequence[str], prompts: str | None = None, weight_column:
 
     if weight_column is not None and rwr_scores is not None:
         raise VptError("give --weight-column or --rwr-from, not both")
+    if rwr_scores is not None and not (rwr_beta > 0 and math.isfinite(rwr_beta)):
+        raise VptError(f"--rwr-beta must be a positive number, got {rwr_beta}")
+    if weight_column is not None and not (len(data) == 1 and is_table(data[0])):
+        raise VptError("--weight-column names a column of a videos manifest; pass --data MANIFEST")
     items = collect_videos(list(data), prompts)
     source = data[0] if len(data) == 1 else "the videos"
     for number, item in enumerate(items, start=1):
@@ -161,15 +165,10 @@ def sft_examples(data: Sequence[str], prompts: str | None = None, weight_column:
     weights: list[float] | None = None
     counts: dict[str, float] = {"videos": float(len(items))}
     if weight_column is not None:
-        if not (len(data) == 1 and is_table(data[0])):
-            raise VptError("--weight-column names a column of a videos manifest; pass --data MANIFEST")
         weights = _manifest_weights(data[0], weight_column)
     elif rwr_scores is not None:
         rewards = _rwr_rewards(items, rwr_scores, rwr_reward, source)
-        try:
-            weights = reward_weights(torch.tensor(rewards, dtype=torch.float64), rwr_beta).tolist()
-        except ValueError as error:
-            raise VptError(f"--rwr-beta {rwr_beta}: {error}") from None
+        weights = reward_weights(torch.tensor(rewards, dtype=torch.float64), rwr_beta).tolist()
         counts.update({"rwr/reward_mean": sum(rewards) / len(rewards), "rwr/weight_max": max(weights),
                        "rwr/effective_size": sum(weights) ** 2 / sum(w * w for w in weights)})
     examples = [Example(key=item.id, clips={"latent": item.file}, prompt=item.prompt,
@@ -199,7 +198,11 @@ def _rwr_rewards(items, scores: str, reward: str, source: str) -> list[float]:
     from vpt.io.tables import read_table
     from vpt.rewards.expression import parse_reward
 
-    weights = parse_reward(reward)
+    try:
+        weights = parse_reward(reward)
+    except VptError:  # its message names grpo-step's --reward
+        raise VptError(f"--rwr-reward {reward}: expected COLUMN or COLUMN=WEIGHT,... with finite weights and each "
+                       "column once (e.g. score or vq=1,ta=2)") from None
     rows = read_table(scores, "scores").to_pylist()
     missing_columns = [column for column in weights if rows and column not in rows[0]]
     if missing_columns:
@@ -248,7 +251,7 @@ def check_clip_sizes(examples: Sequence[Example]) -> tuple[int, int, int]:
         if expected is None:
             expected, first = size, example.where
         elif size != expected:
-            raise VptError(f"{example.where}: clips are {_size_text(size)}, those of {first} "
+            raise VptError(f"{example.where}: clips are {_size_text(size)}, those of {first} are "
                            f"{_size_text(expected)}; pass --frames/--height/--width to resample every clip to one "
                            "size")
     assert expected is not None
@@ -370,10 +373,18 @@ class FlowDpoTask:
         chosen, rejected, noise, sigma = batch["chosen"], batch["rejected"], batch["noise"], batch["sigma"]
         embeds = batch["embeds"]
         beta = dpo_beta(options.beta, sigma, options.beta_schedule)
+        # the reference runs in the batch layout of the policy passes it is compared with: an error depends on its
+        # batch-mates at float rounding (~1e-7), which beta/2 (thousands) would turn into a non-zero implicit reward
+        # of an unchanged policy
         with self.reference.active(model) as reference:
-            reference_errors = branch_errors(reference, torch.cat([chosen, rejected]), noise.repeat(2, 1, 1, 1, 1),
-                                             sigma.repeat(2), embeds.repeat(2, 1, 1), self.dtype)
-        reference_chosen, reference_rejected = reference_errors.chunk(2)
+            if options.decoupled:
+                reference_chosen, reference_rejected = (
+                    branch_errors(reference, batch[branch], noise, sigma, embeds, self.dtype)
+                    for branch in ("chosen", "rejected"))
+            else:
+                reference_chosen, reference_rejected = branch_errors(
+                    reference, torch.cat([chosen, rejected]), noise.repeat(2, 1, 1, 1, 1), sigma.repeat(2),
+                    embeds.repeat(2, 1, 1), self.dtype).chunk(2)
         if options.decoupled:
             def policy_errors(branch: str) -> torch.Tensor:
                 # without grad, skip DDP's forward bookkeeping: no backward follows this call
@@ -411,14 +422,18 @@ def run_directory(out: Path) -> Path:
 
 
 def check_output(out: Path, resume: str | None) -> Path:
-    """``out`` must not exist; an unfinished run of it is continued only when asked. Returns the run directory."""
-    from vpt.train.checkpoint import latest_checkpoint
+    """``out`` must not exist; an unfinished run of it is continued only when asked, and ``resume`` must hold a
+    checkpoint. Returns the run directory."""
+    from vpt.train.checkpoint import TRAINER_STATE, latest_checkpoint
 
     if out.exists():
         raise VptError(f"{out}: already exists; remove it or choose another --out")
     run = run_directory(out)
     if resume is None and latest_checkpoint(run) is not None:
         raise VptError(f"{run}: holds an unfinished run of {out}; continue it with --resume {run}, or remove it")
+    if resume is not None and not (Path(resume) / TRAINER_STATE).is_file() and latest_checkpoint(resume) is None:
+        raise VptError(f"{resume}: holds no checkpoint to resume from; give the OUT.run of an interrupted run, one "
+                       "of its checkpoint-N directories, or a finished checkpoint of this stage")
     return run
 
 
@@ -432,7 +447,11 @@ def _check_same_parent(resume: Path, record: Mapping[str, Any]) -> None:
         saved_file = (resume if (resume / name).is_file() else resume.parent) / name
         if saved_file.is_file():
             saved = read_json_object(saved_file, "the stage record", "resume from a checkpoint of this stage")
-            for key in ("stage", "model", "parent"):
+            if saved.get("stage") != record.get("stage"):
+                raise VptError(f"{resume}: holds a run of the {saved.get('stage')} stage, not of "
+                               f"{record.get('stage')}; --resume continues a run of the same stage, --policy starts "
+                               "this stage from a finished checkpoint")
+            for key in ("model", "parent"):
                 if saved.get(key) != record.get(key):
                     raise VptError(f"{resume}: was trained with {key} {saved.get(key)}, not {record.get(key)}; "
                                    f"resume with the same --model and --policy")
@@ -450,8 +469,8 @@ def train_stage(policy: torch.nn.Module, dataset: LatentItems, loss_fn, config, 
     """
     from vpt.distributed import current_processes
     from vpt.train import Trainer
-    from vpt.train.checkpoint import load_peft, read_metrics
-    from vpt.train.policy import metrics_rows, publish_policy, save_policy
+    from vpt.train.checkpoint import latest_checkpoint, load_peft, read_metrics
+    from vpt.train.policy import METRICS_TABLE, metrics_rows, publish_policy, save_policy
 
     out = Path(out)
     run = check_output(out, resume)
@@ -462,17 +481,34 @@ def train_stage(policy: torch.nn.Module, dataset: LatentItems, loss_fn, config, 
         run.mkdir(parents=True, exist_ok=True)
         (run / STAGE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     processes.wait()
-    trainer = Trainer(policy, config.replace(output_dir=str(run)), dataset=dataset, loss_fn=loss_fn,
-                      save_model=save_policy, load_model=load_peft, own_backward=own_backward, quiet=quiet)
-    result = trainer.train(resume=resume if resume is not None else False)
+    try:
+        trainer = Trainer(policy, config.replace(output_dir=str(run)), dataset=dataset, loss_fn=loss_fn,
+                          save_model=save_policy, load_model=load_peft, own_backward=own_backward, quiet=quiet)
+        result = trainer.train(resume=resume if resume is not None else False)
+    except BaseException:
+        if processes.is_main and latest_checkpoint(run) is None:  # nothing to resume: leave no run behind
+            shutil.rmtree(run, ignore_errors=True)
+        raise
     steps = read_metrics(result.metrics_file) if processes.is_main else []
     if processes.is_main:
-        publish_policy(result.checkpoint, out, {**record, "step": result.step},
-                       metrics_rows(1, summary, steps))
+        table = metrics_rows(1, summary, steps)
+        if result.resumed_from is not None and (result.resumed_from / METRICS_TABLE).is_file():
+            table = _earlier_steps(result.resumed_from / METRICS_TABLE, steps) + table
+        publish_policy(result.checkpoint, out, {**record, "step": result.step}, table)
         shutil.rmtree(run, ignore_errors=True)
     processes.wait()
     last = {k: v for k, v in (steps[-1] if steps else {}).items() if k not in ("step", "epoch")}
     return StageResult(checkpoint=out, step=result.step, metrics={**summary, **last})
+
+
+def _earlier_steps(table: Path, steps: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """The per-step rows of the finished checkpoint a run resumed from, before the steps this run logged: the
+    published metrics then cover the whole training, as if it had not stopped."""
+    from vpt.io.tables import read_table
+
+    first = min((int(row["step"]) for row in steps), default=None)
+    return [row for row in read_table(table, "metrics").to_pylist()
+            if row["step"] is not None and (first is None or row["step"] < first)]
 
 
 def stage_record(stage: str, source, data: str, options: Mapping[str, Any]) -> dict:
@@ -542,6 +578,7 @@ def run_dpo(*, model: str | None, policy: str | None, prefs: str, out: str | os.
             quiet: bool = False) -> StageResult:
     """``vpt dpo``: Flow-DPO of the policy (``policy`` continued, or a new LoRA on ``model``) on the pairs of
     ``prefs`` labelled in ``options.dimension``; writes the policy checkpoint ``out``."""
+    check_output(Path(out), resume)  # before encoding, which can take long at full scale
     examples = dpo_examples(prefs, options.dimension)
     lora = {"targets": tuple(lora_targets), "rank": lora_rank, "alpha": lora_alpha}
     source, trainable, encoded = _prepare(examples, model, policy, size, cache, lora, noise.seed, quiet)
@@ -561,6 +598,7 @@ def run_sft(*, model: str | None, policy: str | None, data: Sequence[str], out: 
             quiet: bool = False) -> StageResult:
     """``vpt sft``: flow-matching fine-tuning of the policy on the clips of ``data`` — weights 1 (SFT), a manifest
     column, or Flow-RWR's normalised exp(r/β) of ``rwr_reward`` from ``rwr_scores``; writes ``out``."""
+    check_output(Path(out), resume)  # before encoding, which can take long at full scale
     examples = sft_examples(data, prompts, weight_column, rwr_scores, rwr_reward, rwr_beta)
     lora = {"targets": tuple(lora_targets), "rank": lora_rank, "alpha": lora_alpha}
     source, trainable, encoded = _prepare(examples, model, policy, size, cache, lora, noise.seed, quiet)

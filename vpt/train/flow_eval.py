@@ -1,15 +1,14 @@
-"""How far a flow-trained LoRA policy (``vpt sft``, ``vpt dpo``) moved from its reference, measured two ways.
+"""How far a flow-trained LoRA policy (``vpt sft``, ``vpt dpo``) moved from a reference, measured two ways.
 
-- **Paired rewards** (:func:`paired_scores`): ODE samples of the policy and of the reference (the same transformer
-  with the adapter disabled) from the same prompts and the same initial noises, scored by one function. Pairing
-  removes the sample-to-sample spread that would swamp a small shift in a comparison of two means; the win rate is
-  the share of pairs where the policy's sample scores higher (VideoAlign's win rate against a baseline).
+- **Paired rewards** (:func:`compare_samples`): ODE samples of the policy and of the reference (another policy
+  checkpoint, or the bare generator) from the same prompts and the same initial noises, scored by one function.
+  Pairing removes the sample-to-sample spread that would swamp a small shift in a comparison of two means; the win
+  rate is the share of pairs where the policy's sample scores higher (VideoAlign's win rate against a baseline).
 - **Velocity drift** (:func:`velocity_drift`): ``‖v_θ(x_σ) − v_ref(x_σ)‖²`` (mean over elements) on clean clip
-  latents noised into bands of σ — where along the trajectory the policy departs from the reference. VideoAlign's
-  argument against Diffusion-DPO's β_t = β(1 − σ)²: it barely constrains high-noise steps, so the policy drifts
-  there most.
+  latents noised into a band of σ — where along the trajectory the policy departs from the reference. VideoAlign's
+  argument against Diffusion-DPO's β_t = β(1 − σ)²: it barely constrains the high-noise steps.
 
-Both take a pipeline whose transformer is a peft policy (:func:`load_policy_pipeline`); nothing here prints.
+Library code for the learning tests and ``benchmarks/table_dpo_beta.py``; nothing here prints.
 """
 
 from __future__ import annotations
@@ -27,6 +26,9 @@ from vpt.rollouts.sampling import RolloutOptions
 HIGH_NOISE = (0.7, 1.0)
 LOW_NOISE = (0.0, 0.3)
 
+Checkpoint = str | os.PathLike | None
+"""A policy checkpoint directory, or None for the generator itself."""
+
 
 def toy_sampling(frames: int = 9, height: int = 32, width: int = 32, steps: int = 8) -> RolloutOptions:
     """Deterministic sampling (ODE, no guidance) at the toy world's clip size."""
@@ -34,20 +36,19 @@ def toy_sampling(frames: int = 9, height: int = 32, width: int = 32, steps: int 
                           width=width)
 
 
-def load_policy_pipeline(model: str | os.PathLike, checkpoint: str | os.PathLike):
-    """The generator's pipeline with the LoRA policy at ``checkpoint`` as its transformer (eval mode)."""
-    from vpt.models.loading import load_policy, load_wan_pipeline
+def load_transformer(model: str | os.PathLike, checkpoint: Checkpoint) -> torch.nn.Module:
+    """The generator's transformer with the LoRA policy at ``checkpoint`` applied (None: without), in eval mode."""
+    from vpt.models.loading import load_policy, load_wan_transformer
 
-    pipe = load_wan_pipeline(model)
-    pipe.transformer, _ = load_policy(pipe.transformer, checkpoint)
-    return pipe
+    transformer = load_wan_transformer(model).eval()
+    return transformer if checkpoint is None else load_policy(transformer, checkpoint)[0]
 
 
 def sample_scores(pipe, prompts: Sequence[str], samples: int, seed: int, score: Callable[[np.ndarray], float],
                   sampling: RolloutOptions) -> np.ndarray:
-    """``score`` of ``samples`` ODE samples per prompt, float64 ``[len(prompts) · samples]`` prompt-major; the
-    initial noises are a function of (``seed``, prompt index, sample index) only, so two transformers sampled with
-    the same arguments start from the same noises."""
+    """``score`` of ``samples`` ODE samples per prompt by ``pipe.transformer``, float64 ``[len(prompts) ·
+    samples]`` prompt-major. The initial noises depend on (``seed``, prompt index, sample index) only, so two
+    transformers sampled with the same arguments start from the same noises."""
     from vpt.models.wan import encode_prompts
     from vpt.rollouts.sampling import sample_group
 
@@ -62,7 +63,7 @@ def sample_scores(pipe, prompts: Sequence[str], samples: int, seed: int, score: 
 
 @dataclass
 class PairedScores:
-    """Scores of policy and reference samples, pair ``i`` from the same prompt and initial noise."""
+    """Scores of policy and reference samples; pair ``i`` comes from the same prompt and initial noise."""
 
     policy: np.ndarray
     reference: np.ndarray
@@ -82,29 +83,39 @@ class PairedScores:
                 f"(gain {self.gain:+.4f}, win rate {self.win_rate:.2f}, n={len(self.policy)})")
 
 
-def paired_scores(pipe, prompts: Sequence[str], samples: int, seed: int, score: Callable[[np.ndarray], float],
-                  sampling: RolloutOptions) -> PairedScores:
-    """:func:`sample_scores` of the policy ``pipe.transformer`` and of its reference (the adapter disabled)."""
-    policy = sample_scores(pipe, prompts, samples, seed, score, sampling)
-    with pipe.transformer.disable_adapter():
-        reference = sample_scores(pipe, prompts, samples, seed, score, sampling)
-    return PairedScores(policy=policy, reference=reference)
+def compare_samples(model: str | os.PathLike, policy: Checkpoint, reference: Checkpoint, prompts: Sequence[str],
+                    samples: int, seed: int, score: Callable[[np.ndarray], float],
+                    sampling: RolloutOptions | None = None) -> PairedScores:
+    """:func:`sample_scores` of the generator ``model`` under the ``policy`` and under the ``reference``, from the
+    same prompts and initial noises (``sampling`` defaults to :func:`toy_sampling`)."""
+    from vpt.models.loading import load_wan_pipeline
+
+    sampling = sampling or toy_sampling()
+    pipe = load_wan_pipeline(model)
+    scores = {}
+    for name, checkpoint in (("reference", reference), ("policy", policy)):
+        pipe.transformer = load_transformer(model, checkpoint)
+        scores[name] = sample_scores(pipe, prompts, samples, seed, score, sampling)
+    return PairedScores(**scores)
 
 
-def encode_clips(pipe, videos: np.ndarray, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_clips(model: str | os.PathLike, videos: np.ndarray,
+                 prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """(clean latents ``[N, C, F, h, w]``, prompt embeddings ``[N, L, D]``) of uint8 clips ``[N, T, H, W, 3]`` and
-    their prompts, encoded as training encodes them."""
+    their prompts, encoded by the generator ``model``'s VAE and text encoder as training encodes them."""
+    from vpt.models.loading import load_wan_pipeline
     from vpt.models.wan import encode_prompts, encode_videos
 
+    pipe = load_wan_pipeline(model)
     embeds, _ = encode_prompts(pipe, list(prompts))
     return encode_videos(pipe, videos), embeds
 
 
-def velocity_drift(policy: torch.nn.Module, latents: torch.Tensor, embeds: torch.Tensor,
-                   band: tuple[float, float], draws: int, seed: int) -> float:
-    """Mean over elements of ``(v_θ − v_ref)²`` on ``latents`` (with their ``embeds``) noised to ``draws`` noise
-    levels each, σ uniform in ``band`` (σ = 1 pure noise); the reference is ``policy`` with its adapter disabled.
-    The noises and σ derive from ``seed`` alone, so every policy is measured at the same points."""
+def velocity_drift(policy: torch.nn.Module, reference: torch.nn.Module, latents: torch.Tensor,
+                   embeds: torch.Tensor, band: tuple[float, float], draws: int, seed: int) -> float:
+    """Mean over elements of ``(v_policy − v_reference)²`` on ``latents`` (with their ``embeds``) noised to
+    ``draws`` noise levels each, σ uniform in ``band`` (σ = 1 pure noise). The noises and σ depend on ``seed``
+    alone, so every policy is measured at the same points."""
     from vpt.algo.flow_matching import SIGMA_EPS, noised
     from vpt.models.wan import WanVelocity
 
@@ -116,7 +127,5 @@ def velocity_drift(policy: torch.nn.Module, latents: torch.Tensor, embeds: torch
     sigma = (low + (high - low) * torch.rand(latents.shape[0], generator=generator)).clamp(SIGMA_EPS, 1 - SIGMA_EPS)
     x = noised(latents, noise, sigma)
     with torch.no_grad():
-        moved = WanVelocity(policy, embeds, dtype=latents.dtype)(x, 0, sigma)
-        with policy.disable_adapter():
-            reference = WanVelocity(policy, embeds, dtype=latents.dtype)(x, 0, sigma)
-    return float(((moved.double() - reference.double()) ** 2).mean())
+        moved, kept = (WanVelocity(module, embeds, dtype=latents.dtype)(x, 0, sigma) for module in (policy, reference))
+    return float(((moved.double() - kept.double()) ** 2).mean())
