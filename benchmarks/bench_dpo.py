@@ -17,9 +17,11 @@ Modes, each in its own process so that nothing one leaves in the allocator reach
 * ``dpo-joint``: :class:`vpt.train.flow.FlowDpoTask` with ``decoupled=False``: the reference (the transformer with
   the adapter disabled, no grad) on both branches, then the policy on chosen+rejected (2B clips) and one backward,
   so both branches' graphs are alive together;
-* ``dpo-decoupled``: ``decoupled=True`` (TeleBoost): rejected without grad (for η), chosen with grad and its
-  backward, rejected again with grad and its backward: one branch's graph alive at a time, for one extra no-grad
-  forward of B clips.
+* ``dpo-decoupled``: ``decoupled=True`` (TeleBoost), one branch's graph alive at a time. With one pair (B = 1, the
+  default and the memory-bound case) the chosen branch's gradient is taken with ``autograd.grad`` and kept aside
+  (an adapter-sized stash), then the rejected branch runs with grad and one backward adds both: the forwards of
+  the joint step, as two B-clip passes. With B > 1: rejected without grad (for η), chosen with grad and its
+  backward, rejected again with grad and its backward: one extra no-grad forward of B clips.
 
 Every step includes AdamW's step on the LoRA parameters and frees the gradients. The first step of a process is a
 warm-up (kernels, thread pools, AdamW's state, so the state is outside the measured peaks).
@@ -30,11 +32,11 @@ joint and decoupled steps (``--pairs`` pairs, the order swapped every pair) so t
 the rest of the machine; on the CPU with one thread the ratio is of CPU time (``time.process_time``: what the step
 cost, without the time other processes held the core, which on a shared machine swings the wall time by tens of
 per cent), otherwise of wall time; the wall-time ratio is printed too. The same process times a no-grad forward
-of the policy on B and on 2B clips: the decoupled step is the joint step plus one no-grad forward of B clips, so
-it predicts the ratio 1 + t(no-grad forward, B) / t(joint step) from first principles. The joint step is a no-grad
-reference forward of 2B clips (2f for a no-grad forward f of B clips), a grad forward and LoRA backward of 2B
-clips (2(f + b); the frozen base gets no weight gradients, so b is ~1.5-2 f) and AdamW on the small adapter:
-~7-8 f, hence ~1.12-1.14x. A ratio <= 1.1 would need the joint step to cost >= 10 f, i.e. a backward >= 3 forwards.
+of the policy on B and on 2B clips, to explain the ratio from first principles. With B > 1 the decoupled step is
+the joint step plus one no-grad forward of B clips: 1 + t(no-grad forward, B) / t(joint step). The joint step is a
+no-grad reference forward of 2B clips (2f for a no-grad forward f of B clips), a grad forward and LoRA backward of
+2B clips (2(f + b); the frozen base gets no weight gradients, so b is ~1.5-2 f) and AdamW on the small adapter:
+~7-8 f, hence ~1.12-1.14x. With B = 1 nothing is repeated and the ratio is ~1.0x (the branches lose only the batching of one 2B pass).
 
 Peak memory, three ways, each the most bytes above what was in use when the step began (the weights, inputs and
 AdamW's state are setup, not counted; the weights' size is printed in the header):
@@ -417,11 +419,18 @@ def main() -> None:
         step_joint = _median(j[clock] for j, _ in paired["pairs"])
         extra = _median(t[clock] for t in paired["forward_b"])
         reference = _median(t[clock] for t in paired["forward_2b"])
-        print(f"  why: the decoupled step = the joint step + one no-grad forward of the policy on B clips. Joint step "
-              f"{step_joint:.3f} s = no-grad reference forward of 2B clips ({reference:.3f} s) + grad forward and "
-              f"LoRA backward of 2B clips + AdamW ({step_joint - reference:.3f} s); the extra no-grad forward of B "
-              f"clips takes {extra:.3f} s = {extra / step_joint:.1%} of it -> predicted {1 + extra / step_joint:.2f}x"
-              f" ({'CPU' if use_cpu else 'wall'} seconds, medians)")
+        unit = f"{'CPU' if use_cpu else 'wall'} seconds, medians"
+        if args.batch == 1:
+            print(f"  why: with one pair the chosen gradient is kept aside, so the decoupled step runs the joint "
+                  f"step's forwards (joint step {step_joint:.3f} s; the reference's no-grad forward of 2B clips "
+                  f"{reference:.3f} s), the policy's as two B-clip passes instead of one 2B pass -> predicted ~1.0x "
+                  f"({unit})")
+        else:
+            print(f"  why: the decoupled step = the joint step + one no-grad forward of the policy on B clips. Joint "
+                  f"step {step_joint:.3f} s = no-grad reference forward of 2B clips ({reference:.3f} s) + grad "
+                  f"forward and LoRA backward of 2B clips + AdamW ({step_joint - reference:.3f} s); the extra no-grad "
+                  f"forward of B clips takes {extra:.3f} s = {extra / step_joint:.1%} of it -> predicted "
+                  f"{1 + extra / step_joint:.2f}x ({unit})")
     if sft:
         for name, row in (("dpo-joint", joint), ("dpo-decoupled", decoupled)):
             if row:

@@ -187,3 +187,57 @@ def test_decoupled_step_matches_the_joint_gradient_with_one_graph_alive(build, s
     assert joint_live[0] == 0 and joint_live[1] > 0
     assert live_at_grad_forward == [0, 0]
     assert meter.live == 0 and 0 < meter.peak <= 0.6 * joint_peak
+
+
+@pytest.mark.parametrize("schedule", ["constant", "timestep"])
+@pytest.mark.parametrize("build", [_sequential_policy, _wan_policy], ids=["sequential", "wan"])
+def test_with_one_pair_the_decoupled_step_keeps_the_chosen_gradient_and_repeats_no_forward(build, schedule):
+    model, forward, shape, emb_shape = build()
+    shape = (1, *shape[1:])
+    generator = torch.Generator().manual_seed(2)
+    x0 = {"chosen": torch.randn(shape, generator=generator), "rejected": torch.randn(shape, generator=generator)}
+    noise = torch.randn(shape, generator=generator)
+    emb = torch.randn((1, *emb_shape[1:]), generator=generator) if emb_shape else None
+    sigma = torch.tensor([0.6])
+    meter = SavedBytes()
+    calls: list[tuple[str, str, int]] = []
+
+    def errors(kind):
+        def run(branch):
+            calls.append((kind, branch, meter.live))
+            prediction = forward(noised(x0[branch], noise, sigma), sigma, emb)
+            return velocity_errors(prediction, velocity_target(x0[branch], noise))
+        return run
+
+    policy_errors, local_errors = errors("synchronised"), errors("local")
+    with torch.no_grad():
+        ref_w, ref_l = policy_errors("chosen") * 1.05, policy_errors("rejected") * 0.97
+    beta = dpo_beta(20.0, sigma, schedule)
+    calls.clear()
+
+    with meter.hooks():
+        joint_loss, _ = flow_dpo_loss(policy_errors("chosen"), policy_errors("rejected"), ref_w, ref_l, beta)
+        joint_loss.backward()
+    joint_peak = meter.peak
+    joint = {name: parameter.grad.clone() for name, parameter in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    meter, calls = SavedBytes(), []
+    backward_calls = []
+
+    def backward(tensor):
+        backward_calls.append(tensor.item())
+        tensor.backward()
+
+    with meter.hooks():
+        loss, _ = decoupled_dpo_backward(policy_errors, ref_w, ref_l, beta, backward, local_errors,
+                                         list(model.parameters()))
+
+    # two forwards, each with no other graph alive, and one synchronised backward
+    assert [(kind, branch, live) for kind, branch, live in calls] == [("local", "chosen", 0),
+                                                                      ("synchronised", "rejected", 0)]
+    assert len(backward_calls) == 1
+    assert loss.item() == pytest.approx(joint_loss.item(), rel=1e-6)
+    for name, parameter in model.named_parameters():
+        assert joint[name].norm() > 0, name
+        assert (parameter.grad - joint[name]).norm().item() <= 1e-5 * joint[name].norm().item(), name
+    assert meter.live == 0 and 0 < meter.peak <= 0.6 * joint_peak

@@ -14,13 +14,14 @@ regularising toward the reference; VideoAlign found the constant β better (less
 
 Gradient-decoupled DPO (TeleBoost): ``∂L_i/∂e_w = +η_i`` and ``∂L_i/∂e_l = −η_i`` with
 ``η_i = (β_i/2)·σ(−inside_i)``. Computing η once without grad lets the two branches be back-propagated one at a
-time (``η·e_w``, then ``−η·e_l``) with the same total gradient.
+time (``η·e_w``, then ``−η·e_l``) with the same total gradient; with one pair per micro-batch the chosen branch's
+gradient is kept aside instead, so no forward is repeated.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -94,30 +95,61 @@ def decoupled_coefficient(err_w: torch.Tensor, err_l: torch.Tensor, ref_err_w: t
         return _half_beta(beta, err_w) * torch.sigmoid(-inside)
 
 
+class _GradientTerm(torch.autograd.Function):
+    """A zero-valued scalar whose gradient with respect to ``parameters`` is ``gradients`` (kept aside earlier):
+    back-propagated together with another loss, it adds them in the same (synchronised) backward pass, without
+    saving anything for backward beyond the gradients themselves."""
+
+    @staticmethod
+    def forward(ctx, gradients, *parameters):
+        ctx.gradients = gradients
+        return parameters[0].new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return (None, *(None if gradient is None else gradient * grad_output for gradient in ctx.gradients))
+
+
 def decoupled_dpo_backward(policy_errors: Callable[[str], torch.Tensor], ref_err_w: torch.Tensor,
                            ref_err_l: torch.Tensor, beta: Beta, backward: Callable[[torch.Tensor], None],
-                           ) -> tuple[torch.Tensor, DpoStats]:
+                           local_errors: Callable[[str], torch.Tensor] | None = None,
+                           parameters: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, DpoStats]:
     """One gradient-decoupled Flow-DPO step (TeleBoost): accumulates into the parameters' ``.grad`` exactly the
-    gradient of ``flow_dpo_loss(...)`` (mean over the B pairs) and returns that loss (detached) and its stats.
+    gradient of ``flow_dpo_loss(...)`` (mean over the B pairs) and returns that loss (detached) and its stats, with
+    only one branch's graph alive at a time.
 
     ``policy_errors(branch)``, branch in ``("chosen", "rejected")``, runs the policy on that branch and returns its
-    errors ``[B]`` (with grad when grad is enabled); it must be deterministic (same σ, ε, no dropout), because the
-    rejected branch is evaluated twice. ``backward(scalar)`` back-propagates (e.g. accelerate's ``backward``).
+    errors ``[B]`` (with grad when grad is enabled); it must be deterministic (same σ, ε, no dropout).
+    ``backward(scalar)`` back-propagates (e.g. accelerate's ``backward``, which also synchronises processes).
 
-    Steps: ``e_l`` without grad (first, so its transient activations never meet a live graph); ``e_w`` with grad;
-    ``η = decoupled_coefficient(...)``; ``backward(Σ η·e_w / B)``, which frees the chosen graph; ``e_l`` again with
-    grad; ``backward(−Σ η·e_l / B)``. By the chain rule the two passes sum to ``∂L/∂θ = Σ_i (η_i ∂e_w,i/∂θ −
-    η_i ∂e_l,i/∂θ) / B``. Cost: one extra no-grad forward of the rejected branch; gain: the peak activation memory
-    is one branch's graph instead of two.
+    With one pair (B = 1), ``local_errors`` (the same policy, run outside any gradient synchronisation) and the
+    trainable ``parameters``: ``g_w = ∂e_w/∂θ`` is taken with ``torch.autograd.grad`` (which frees the chosen
+    graph), the rejected branch runs with grad, η follows from both errors, and one ``backward(T − η·e_l)`` — T a
+    zero-valued term whose gradient is η·g_w — adds both branches: no forward is repeated, and the gradient is
+    synchronised once. The stash is one gradient of the trainable parameters (a LoRA adapter: small).
+
+    Otherwise: ``e_l`` without grad (first, so its transient activations never meet a live graph); ``e_w`` with
+    grad; η; ``backward(Σ η·e_w / B)``, which frees the chosen graph; ``e_l`` again with grad; ``backward(−Σ η·e_l
+    / B)``: one extra no-grad forward of the rejected branch. By the chain rule either way sums to ``∂L/∂θ =
+    Σ_i (η_i ∂e_w,i/∂θ − η_i ∂e_l,i/∂θ) / B``.
     """
-    with torch.no_grad():
-        first_err_l = policy_errors("rejected")
-    err_w = policy_errors("chosen")
-    eta = decoupled_coefficient(err_w, first_err_l, ref_err_w, ref_err_l, beta)
-    count = err_w.shape[0]
-    backward((eta * err_w).sum() / count)
-    err_l = policy_errors("rejected")
-    backward(-(eta * err_l).sum() / count)
+    count = ref_err_w.shape[0]
+    if count == 1 and local_errors is not None and parameters is not None:
+        parameters = list(parameters)
+        err_w = local_errors("chosen")
+        gradients = torch.autograd.grad(err_w.sum(), parameters, allow_unused=True)
+        err_l = policy_errors("rejected")
+        eta = decoupled_coefficient(err_w, err_l, ref_err_w, ref_err_l, beta)
+        chosen_term = _GradientTerm.apply(tuple(None if g is None else eta[0] * g for g in gradients), *parameters)
+        backward(chosen_term - eta[0] * err_l[0])
+    else:
+        with torch.no_grad():
+            first_err_l = policy_errors("rejected")
+        err_w = policy_errors("chosen")
+        eta = decoupled_coefficient(err_w, first_err_l, ref_err_w, ref_err_l, beta)
+        backward((eta * err_w).sum() / count)
+        err_l = policy_errors("rejected")
+        backward(-(eta * err_l).sum() / count)
     loss, stats = flow_dpo_loss(err_w.detach(), err_l.detach(), ref_err_w, ref_err_l, beta)
     return loss.detach(), stats
 

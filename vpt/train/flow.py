@@ -391,7 +391,13 @@ class FlowDpoTask:
                 runner = model if torch.is_grad_enabled() else _unwrapped(model)
                 return branch_errors(runner, batch[branch], noise, sigma, embeds, self.dtype)
 
-            loss, stats = decoupled_dpo_backward(policy_errors, reference_chosen, reference_rejected, beta, backward)
+            def local_errors(branch: str) -> torch.Tensor:
+                # with grad but outside DDP: its gradient is taken with autograd.grad and synchronised later
+                return branch_errors(_unwrapped(model), batch[branch], noise, sigma, embeds, self.dtype)
+
+            trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+            loss, stats = decoupled_dpo_backward(policy_errors, reference_chosen, reference_rejected, beta, backward,
+                                                 local_errors, trainable)
         else:
             errors = branch_errors(model, torch.cat([chosen, rejected]), noise.repeat(2, 1, 1, 1, 1),
                                    sigma.repeat(2), embeds.repeat(2, 1, 1), self.dtype)
