@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Mapping
 
 import typer
 
@@ -43,35 +43,34 @@ SEED = typer.Option(0, "--seed", help="Seed of the data order, noise, noise leve
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress or summary.")
 
 
-def train_config(*, learning_rate: float, batch_size: int, grad_accum: int, max_steps: Optional[int],
-                 epochs: Optional[int], warmup_steps: int, lr_schedule: str, weight_decay: float,
-                 max_grad_norm: float, mixed_precision: str, save_every: int, log_every: int, seed: int):
-    """The harness configuration of a stage (one epoch when neither steps nor epochs are given)."""
+def stage_arguments(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments every stage's library entry (``run_dpo``, ``run_sft``) takes, from the values of the
+    shared options above (a command passes its ``locals()``): generator, policy, output, harness configuration,
+    noise, LoRA setup, clip size, cache, resume and quiet."""
+    from vpt.errors import VptError
     from vpt.train import TrainConfig
-
-    return TrainConfig(learning_rate=learning_rate, batch_size=batch_size, gradient_accumulation_steps=grad_accum,
-                       max_steps=max_steps, epochs=epochs if epochs is not None or max_steps else 1,
-                       warmup_steps=warmup_steps, lr_schedule=lr_schedule, weight_decay=weight_decay,
-                       max_grad_norm=max_grad_norm, mixed_precision=mixed_precision, save_every=save_every,
-                       log_every=log_every, keep_last=2, seed=seed)
-
-
-def lora_targets(text: Optional[str]) -> tuple[str, ...]:
+    from vpt.train.flow import NoiseOptions
     from vpt.train.policy import DEFAULT_LORA_TARGETS
 
-    return DEFAULT_LORA_TARGETS if text is None else tuple(t.strip() for t in text.split(",") if t.strip())
-
-
-def clip_size(frames: Optional[int], height: Optional[int], width: Optional[int]) -> Optional[tuple[int, int, int]]:
-    """The resampling target of --frames/--height/--width (all three, or none)."""
-    from vpt.errors import VptError
-
-    given = [value for value in (frames, height, width) if value is not None]
-    if not given:
-        return None
-    if len(given) != 3:
+    size = [values[name] for name in ("frames", "height", "width") if values[name] is not None]
+    if size and len(size) != 3:
         raise VptError("give --frames, --height and --width together (the size every clip is resampled to)")
-    return (frames, height, width)
+    targets = values["lora_targets"]
+    config = TrainConfig(
+        learning_rate=values["learning_rate"], batch_size=values["batch_size"],
+        gradient_accumulation_steps=values["grad_accum"], max_steps=values["max_steps"],
+        epochs=values["epochs"] if values["epochs"] is not None or values["max_steps"] else 1,
+        warmup_steps=values["warmup_steps"], lr_schedule=values["lr_schedule"], weight_decay=values["weight_decay"],
+        max_grad_norm=values["max_grad_norm"], mixed_precision=values["mixed_precision"],
+        save_every=values["save_every"], log_every=values["log_every"], keep_last=2, seed=values["seed"])
+    noise = NoiseOptions(timesteps=values["timesteps"], logit_mean=values["logit_mean"],
+                         logit_std=values["logit_std"], shift=values["shift"], seed=values["seed"])
+    return {"model": values["model"], "policy": values["policy"], "out": values["out"], "config": config,
+            "noise": noise, "lora_rank": values["lora_rank"], "lora_alpha": values["lora_alpha"],
+            "lora_targets": DEFAULT_LORA_TARGETS if targets is None else
+            tuple(t.strip() for t in targets.split(",") if t.strip()),
+            "size": tuple(size) if size else None, "cache": values["cache"], "resume": values["resume"],
+            "quiet": values["quiet"]}
 
 
 def report(stage: str, result, quiet: bool) -> None:

@@ -61,18 +61,10 @@ def dpo(
     Example: vpt dpo --model zoo/ --prefs prefs.parquet --dim overall --beta 5000 --max-steps 200 -o dpo/
     """
     from vpt.train import finish_distributed
-    from vpt.train.flow import DpoOptions, NoiseOptions, run_dpo
+    from vpt.train.flow import DpoOptions, run_dpo
 
     options = DpoOptions(dimension=dimension, beta=beta, beta_schedule=beta_schedule, decoupled=decoupled,
                          reference=reference)
-    noise = NoiseOptions(timesteps=timesteps, logit_mean=logit_mean, logit_std=logit_std, shift=shift, seed=seed)
-    config = shared.train_config(learning_rate=learning_rate, batch_size=batch_size, grad_accum=grad_accum,
-                                 max_steps=max_steps, epochs=epochs, warmup_steps=warmup_steps,
-                                 lr_schedule=lr_schedule, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
-                                 mixed_precision=mixed_precision, save_every=save_every, log_every=log_every,
-                                 seed=seed)
-    result = run_dpo(model=model, policy=policy, prefs=prefs, out=out, options=options, noise=noise, config=config,
-                     lora_targets=shared.lora_targets(lora_targets), lora_rank=lora_rank, lora_alpha=lora_alpha,
-                     size=shared.clip_size(frames, height, width), cache=cache, resume=resume, quiet=quiet)
+    result = run_dpo(prefs=prefs, options=options, **shared.stage_arguments(locals()))
     shared.report("dpo", result, quiet)
     finish_distributed()

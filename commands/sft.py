@@ -60,18 +60,9 @@ def sft(
     Example: vpt sft --model zoo/ --data clips.parquet --rwr-from scores.parquet --rwr-beta 0.1 -o sft/
     """
     from vpt.train import finish_distributed
-    from vpt.train.flow import NoiseOptions, run_sft
+    from vpt.train.flow import run_sft
 
-    noise = NoiseOptions(timesteps=timesteps, logit_mean=logit_mean, logit_std=logit_std, shift=shift, seed=seed)
-    config = shared.train_config(learning_rate=learning_rate, batch_size=batch_size, grad_accum=grad_accum,
-                                 max_steps=max_steps, epochs=epochs, warmup_steps=warmup_steps,
-                                 lr_schedule=lr_schedule, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
-                                 mixed_precision=mixed_precision, save_every=save_every, log_every=log_every,
-                                 seed=seed)
-    result = run_sft(model=model, policy=policy, data=data, prompts=prompts, weight_column=weight_column,
-                     rwr_scores=rwr_from, rwr_reward=rwr_reward, rwr_beta=rwr_beta, out=out, noise=noise,
-                     config=config, lora_targets=shared.lora_targets(lora_targets), lora_rank=lora_rank,
-                     lora_alpha=lora_alpha, size=shared.clip_size(frames, height, width), cache=cache,
-                     resume=resume, quiet=quiet)
+    result = run_sft(data=data, prompts=prompts, weight_column=weight_column, rwr_scores=rwr_from,
+                     rwr_reward=rwr_reward, rwr_beta=rwr_beta, **shared.stage_arguments(locals()))
     shared.report("sft", result, quiet)
     finish_distributed()

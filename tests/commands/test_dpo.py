@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from vpt.io.tables import read_table, write_table
+from vpt.train.policy import read_policy_metrics as metrics
 
 CHECKPOINT_FILES = {"README.md", "adapter_config.json", "adapter_model.safetensors", "config.json",
                     "metrics.parquet", "optimizer.pt", "policy.json", "pytorch_lora_weights.safetensors",
@@ -46,11 +47,6 @@ def dpo(run_vpt, zoo, root, out, *extra, steps=2):
                       "1e-3", "--log-every", "1", "--cache", root / "cache", "-o", root / out, "-q", *extra])
     assert result.exit_code == 0, result.stderr
     return root / out
-
-
-def metrics(checkpoint) -> dict:
-    rows = read_table(checkpoint / "metrics.parquet", "metrics").to_pylist()
-    return {(row["step"], row["name"]): row["value"] for row in rows}
 
 
 def adapter(checkpoint) -> dict[str, torch.Tensor]:

@@ -138,6 +138,14 @@ def metrics_rows(iteration: int, summary: Mapping[str, float], steps: Sequence[M
     return table
 
 
+def read_policy_metrics(checkpoint: str | Path) -> dict[tuple[int | None, str], float | None]:
+    """The ``metrics.parquet`` of a policy checkpoint as ``{(step, name): value}`` (step None: per-run figures)."""
+    from vpt.io.tables import read_table
+
+    rows = read_table(Path(checkpoint) / METRICS_TABLE, "metrics").to_pylist()
+    return {(row["step"], row["name"]): row["value"] for row in rows}
+
+
 def publish_policy(checkpoint: Path, out: Path, record: Mapping[str, Any], metrics: Sequence[dict]) -> None:
     """Move the files of the harness ``checkpoint`` into the policy checkpoint ``out``, with ``policy.json`` and
     ``metrics.parquet``; ``out`` appears complete or not at all."""
