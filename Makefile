@@ -6,7 +6,7 @@ STAMP := $(VENV)/.vpt-installed
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: setup demo test test-all bench table-reward-losses table-bpgo clean
+.PHONY: setup demo test test-all bench table-reward-losses table-bpgo table-dpo-beta clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,11 @@ table-reward-losses: setup
 # TeleBoost's BPGO claim on the toy world: true-reward gain of BPGO vs GRPO under a noisy reward, 3 seeds.
 table-bpgo: setup
 	$(MAKE) -C examples/grpo table-bpgo PYTHON=$(CURDIR)/$(BIN)/python OUT=$(CURDIR)/demo
+
+# VideoAlign's beta claim on the toy world: constant beta vs beta_t = beta(1-sigma)^2, reward win rate and velocity
+# drift from the reference by noise level, 3 seeds.
+table-dpo-beta: setup
+	$(BIN)/python benchmarks/table_dpo_beta.py
 
 test: setup
 	$(BIN)/python -m pytest -q
