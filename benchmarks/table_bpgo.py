@@ -60,7 +60,7 @@ def main() -> None:
             options = GrpoOptions(reward={"reward": 1.0}, clip_range=1e-2, bpgo=bpgo, seed=seed)
             result = run_grpo_loop(zoo, PROMPTS, reward, options, args.iterations,
                                    Path(args.out) / f"{name.lower()}-{seed}", LoopSettings(seed=seed),
-                                   evaluation=(PROMPTS, [1000, 1001], brightness))
+                                   evaluation=(PROMPTS, 2, 1000, brightness))
             gains[name] = result.after - result.before
             print(f"seed {seed} {name}: true brightness {result.before:.4f} -> {result.after:.4f} "
                   f"({time.perf_counter() - began:.0f} s)", flush=True)

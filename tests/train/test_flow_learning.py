@@ -148,11 +148,11 @@ class ToyRuns:
 
 def _last_metrics(checkpoint: Path) -> dict:
     """The last logged step's metrics of a policy checkpoint (its ``metrics.parquet``)."""
-    from vpt.io.tables import read_table
+    from vpt.train.policy import read_policy_metrics
 
-    rows = read_table(checkpoint / "metrics.parquet", "metrics").to_pylist()
-    step = max(row["step"] for row in rows if row["step"] is not None)
-    return {"step": step, **{row["name"]: row["value"] for row in rows if row["step"] == step}}
+    table = read_policy_metrics(checkpoint)
+    step = max(step for step, _ in table if step is not None)
+    return {"step": step, **{name: value for (at, name), value in table.items() if at == step}}
 
 
 @pytest.fixture(scope="module")

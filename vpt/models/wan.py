@@ -93,13 +93,20 @@ class WanVelocity:
         return velocity
 
 
+def _latent_normalisation(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE's per-channel latent mean and 1/std ``[1, C, 1, 1, 1]`` on ``like``'s device and dtype, as
+    WanPipeline normalises latents."""
+    shape = (1, vae.config.z_dim, 1, 1, 1)
+    mean = torch.tensor(vae.config.latents_mean).view(shape).to(like.device, like.dtype)
+    inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(shape).to(like.device, like.dtype)
+    return mean, inverse_std
+
+
 def decode_latents(pipe, latents: torch.Tensor) -> np.ndarray:
     """Float videos [B, T, H, W, 3] in [0, 1] from latents [B, C, F, h, w], as WanPipeline decodes them."""
     vae = pipe.vae
     latents = latents.to(vae.device, dtype=vae.dtype)
-    mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
-    inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device,
-                                                                                                  latents.dtype)
+    mean, inverse_std = _latent_normalisation(vae, latents)
     with torch.no_grad():
         video = vae.decode(latents / inverse_std + mean, return_dict=False)[0]
     return pipe.video_processor.postprocess_video(video, output_type="np")
@@ -122,9 +129,7 @@ def encode_videos(pipe, videos: np.ndarray) -> torch.Tensor:
         # run reproduced from the cache
         latents = vae.encode(pixels.to(vae.device, dtype=vae.dtype)).latent_dist.mode().float()
     # in float32 (what callers cache and train on), whatever the VAE's dtype; decode_latents undoes it
-    mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device, latents.dtype)
-    inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(latents.device,
-                                                                                                  latents.dtype)
+    mean, inverse_std = _latent_normalisation(vae, latents)
     return ((latents - mean) * inverse_std).cpu()
 
 

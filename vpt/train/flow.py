@@ -479,7 +479,7 @@ def train_stage(policy: torch.nn.Module, dataset: LatentItems, loss_fn, config, 
     from vpt.train.policy import METRICS_TABLE, metrics_rows, publish_policy, save_policy
 
     out = Path(out)
-    run = check_output(out, resume)
+    run = run_directory(out)  # run_dpo / run_sft checked the output before encoding (check_output)
     if resume is not None:
         _check_same_parent(Path(resume), record)
     processes = current_processes()

@@ -527,9 +527,8 @@ def load_step_inputs(*, policy: str | None, init: str | None, model: str | None,
     """Read and check everything :func:`grpo_step` needs: tables first (cheap, most errors), then the models.
 
     ``policy``: a checkpoint of any stage (continue it; GRPO's own state carries over from a grpo-step one) — or
-    ``init``: a Wan / zoo directory (start a
-    LoRA policy with ``lora_rank`` / ``lora_alpha`` / ``lora_targets``). ``model`` overrides the generator a
-    policy records.
+    ``init``: a Wan / zoo directory (start a LoRA policy with ``lora_rank`` / ``lora_alpha`` / ``lora_targets``).
+    ``model`` overrides the generator a policy records.
     """
     from vpt.io.tables import read_table
     from vpt.models.loading import load_dinov2

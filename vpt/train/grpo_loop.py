@@ -54,30 +54,23 @@ class LoopResult:
     checkpoint: Path | None = None
 
 
-def evaluate(pipe, prompts: Sequence[str], seeds: Sequence[int], score: Callable[[np.ndarray], float],
+def evaluate(pipe, prompts: Sequence[str], samples: int, seed: int, score: Callable[[np.ndarray], float],
              settings: LoopSettings) -> float:
-    """Mean ``score`` of deterministic (ODE) samples of every prompt from fixed initial noises ``seeds``."""
-    from vpt.models.wan import encode_prompts
-    from vpt.rollouts.sampling import sample_group
+    """Mean ``score`` of ``samples`` deterministic (ODE) samples of every prompt from fixed initial noises
+    (:func:`vpt.train.flow_eval.sample_scores` with ``seed``)."""
+    from vpt.train.flow_eval import sample_scores
 
-    values = []
-    for index, prompt in enumerate(prompts):
-        options = dataclasses.replace(settings.sampling, group_size=len(seeds), noise_level=0.0,
-                                      seed=int(seeds[0]) + index)
-        embeds, negative = encode_prompts(pipe, [prompt], options.negative_prompt, options.guidance)
-        group = sample_group(pipe, embeds, negative, f"eval-{index}", options)
-        values.extend(score(video) for video in group.videos)
-    return float(np.mean(values))
+    return float(np.mean(sample_scores(pipe, prompts, samples, seed, score, settings.sampling)))
 
 
 def run_grpo_loop(zoo: str | Path, prompts: Sequence[str], reward_fn: RewardFn, options, iterations: int,
                   work_dir: str | Path, settings: LoopSettings = LoopSettings(),
-                  evaluation: tuple[Sequence[str], Sequence[int], Callable[[np.ndarray], float]] | None = None,
+                  evaluation: tuple[Sequence[str], int, int, Callable[[np.ndarray], float]] | None = None,
                   ) -> LoopResult:
     """``iterations`` GRPO iterations of a fresh LoRA policy on the generator ``zoo`` (a Wan or zoo directory).
 
-    ``options``: :class:`~vpt.train.grpo.GrpoOptions`. ``evaluation``: (prompts, seeds, score) measured before the
-    first and after the last iteration (:func:`evaluate`). Seeded: the same arguments give the same run.
+    ``options``: :class:`~vpt.train.grpo.GrpoOptions`. ``evaluation``: (prompts, samples, seed, score) measured
+    before the first and after the last iteration (:func:`evaluate`). Seeded: the same arguments give the same run.
     """
     from vpt.distributed import Processes
     from vpt.io.video import read_frames
