@@ -32,6 +32,9 @@ def build_prefs(
                                                          "overall or vq=1,ta=2."),
     min_gap: float = typer.Option(0.0, "--min-gap", help="Smallest reward gap (first scores table) for a pair."),
     top_k: int = typer.Option(1, "--top-k", help="Pair the best k samples of a group with its worst k."),
+    label: Optional[str] = typer.Option(None, "--label", help="Dimension (vq, mq or ta) the scored pairs are "
+                                                              "labelled in (default: the --reward column when it "
+                                                              "is one of them)."),
     group_by: Optional[str] = typer.Option(None, "--group-by", help="Column grouping the samples (default: "
                                                                     "group_id, else prompt_id, else prompt)."),
     synthetic: Optional[str] = typer.Option(None, "--synthetic", help="Temporal negatives to make from each clip: "
@@ -76,7 +79,7 @@ def build_prefs(
     if from_annotations:
         rows, summary = _annotation_pairs(from_annotations, data_dir, check_files, skip_invalid, quiet)
     elif from_scores:
-        rows, summary = _score_pairs(from_scores, videos, reward, min_gap, top_k, group_by)
+        rows, summary = _score_pairs(from_scores, videos, reward, min_gap, top_k, group_by, label)
     else:
         rows, summary = _synthetic_pairs(synthetic, videos, out_dir, window, freeze_fraction, skip_symmetric,
                                          symmetric_column, reencode_source, crf, workers, seed, quiet)
@@ -110,7 +113,7 @@ def _annotation_pairs(source, data_dir, check_files, skip_invalid, quiet):
     return found.rows, f"from {found.total_rows} annotation rows{left_out}"
 
 
-def _score_pairs(score_sources, videos, reward, min_gap, top_k, group_by):
+def _score_pairs(score_sources, videos, reward, min_gap, top_k, group_by, label):
     from vpt.errors import VptError
     from vpt.io.manifest import read_video_table
     from vpt.io.tables import read_table, source_directory
@@ -127,7 +130,7 @@ def _score_pairs(score_sources, videos, reward, min_gap, top_k, group_by):
     names = [name.strip() for value in score_sources for name in value.split(",") if name.strip()]
     rewards = [rewards_by_id(read_table(name, "scores").to_pylist(), weights, name) for name in names]
     built = pairs_from_scores(samples, paths, rewards, list(weights), min_gap=min_gap, top_k=top_k,
-                              group_by=group_by, source=videos)
+                              group_by=group_by, source=videos, label=label)
     left_out = f"; left out: {_counts(built.skipped)}" if built.skipped else ""
     return built.rows, f"from {built.groups} groups (by {built.group_by}){left_out}"
 

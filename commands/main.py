@@ -16,7 +16,7 @@ from vpt import __version__
 from vpt.errors import VptError
 from vpt.io.atomic import request_stop, stop_requested
 from vpt.commands import eval as eval_command
-from vpt.commands import build_prefs, dpo, grpo_step, sample_rollouts, schema, score, sft, train_reward, zoo
+from vpt.commands import build_prefs, dpo, grpo_step, guide, sample_rollouts, schema, score, sft, train_reward, zoo
 
 
 class VptGroup(TyperGroup):
@@ -63,6 +63,7 @@ app.add_typer(zoo.app, name="zoo")
 app.command("build-prefs")(build_prefs.build_prefs)
 app.command("dpo")(dpo.dpo)
 app.command("grpo-step")(grpo_step.grpo_step)
+app.command("guide")(guide.guide)
 app.command("sample-rollouts")(sample_rollouts.sample_rollouts)
 app.command("score")(score.score)
 app.command("sft")(sft.sft)

@@ -16,7 +16,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 _stop_signal: int | None = None
@@ -81,5 +81,30 @@ def atomic_directory(target: str | os.PathLike, replace: bool = False) -> Iterat
             shutil.rmtree(old, ignore_errors=True)
         else:
             commit(temporary, target)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def publish_into(directory: str | os.PathLike, write: Callable[[Path], None], marker: str) -> None:
+    """Write files into an existing ``directory`` (a run directory that also holds checkpoints) as one unit:
+    ``write(temporary)`` fills a hidden sibling, whose entries then replace their namesakes in ``directory``. The
+    ``marker`` file (what makes the directory loadable) is removed first and moved in last, so a reader never
+    finds it beside half of the files."""
+    directory = Path(directory)
+    temporary = temporary_sibling(directory / marker)
+    try:
+        temporary.mkdir(parents=True)
+        write(temporary)
+        (directory / marker).unlink(missing_ok=True)
+        for entry in sorted(temporary.iterdir()):
+            if entry.name == marker:
+                continue
+            target = directory / entry.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+            commit(entry, target)
+        commit(temporary / marker, directory / marker)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)

@@ -66,15 +66,18 @@ class ScorePairs:
 
 def pairs_from_scores(videos: Sequence[dict], paths: Sequence[str], rewards: Sequence[dict[str, float]],
                       reward_columns: Sequence[str], min_gap: float = 0.0, top_k: int = 1,
-                      group_by: str | None = None, source: str = "videos") -> ScorePairs:
+                      group_by: str | None = None, source: str = "videos", label: str | None = None) -> ScorePairs:
     """Hard-negative pairs from scored groups (see the module docstring).
 
     videos: rows of a videos/rollouts table (id, prompt and the grouping column); paths: each row's absolute video
     path; rewards: one id -> reward mapping per scores table, the first ranks; reward_columns: the scores columns
-    the reward used (a single VQ/MQ/TA column also sets that dimension's label).
+    the reward used (a single VQ/MQ/TA column also sets that dimension's label); label: the dimension the pairs
+    are labelled in instead (e.g. ``vq`` for pairs ranked by a brightness metric).
     """
     if top_k < 1:
         raise VptError(f"--top-k must be at least 1, got {top_k}")
+    if label is not None and label not in DIMENSIONS:
+        raise VptError(f"--label {label}: choose one of {', '.join(DIMENSIONS)}")
     if min_gap < 0 or not math.isfinite(min_gap):
         raise VptError(f"--min-gap must be a finite number >= 0, got {min_gap}")
     column = group_column(videos, group_by, source)
@@ -95,7 +98,9 @@ def pairs_from_scores(videos: Sequence[dict], paths: Sequence[str], rewards: Seq
             skipped["unscored video"] += 1
         else:
             members[str(key)].append(index)
-    labelled = reward_columns[0] if len(reward_columns) == 1 and reward_columns[0] in DIMENSIONS else None
+    labelled = label
+    if labelled is None and len(reward_columns) == 1 and reward_columns[0] in DIMENSIONS:
+        labelled = reward_columns[0]
     pairs = []
     for key, indices in members.items():
         if len(indices) < 2:

@@ -57,13 +57,8 @@ class RunSummary:
     directory: Path
 
 
-def sample_rollouts(pipe, prompts: Sequence[PromptItem], options: RolloutOptions, out: str | os.PathLike,
-                    processes, policy_id: str, model_id: str,
-                    on_step: Callable[[int], None] | None = None) -> RunSummary:
-    """Sample ``options.group_size`` videos for every prompt into the rollouts directory ``out`` (see
-    :mod:`vpt.rollouts.store`). ``processes``: :class:`vpt.distributed.Processes` of this launch."""
-    from vpt.io.tables import gather_parts
-
+def checked_output(out: str | os.PathLike, pipe, options: RolloutOptions) -> Path:
+    """``out`` as a Path, once the options fit the pipeline and ``out`` does not exist yet (VptError otherwise)."""
     try:
         options.check()
         latent_shape(pipe, options.frames, options.height, options.width)
@@ -72,34 +67,56 @@ def sample_rollouts(pipe, prompts: Sequence[PromptItem], options: RolloutOptions
     out = Path(out)
     if out.exists():
         raise VptError(f"{out}: already exists; remove it or choose another --out")
+    return out
+
+
+def sample_into(out: Path, table: str, schema: str, prompts: Sequence[PromptItem], order: Sequence[str],
+                processes, sample: Callable[[Path, PromptItem, str], list[dict]]) -> None:
+    """Fill the new directory ``out``: each process runs ``sample(directory, prompt, stem)`` (which writes its files
+    under ``directory`` and returns its table rows) for its share of ``prompts``, into one hidden directory whose
+    ``table`` (rows sorted into ``order`` of their ids) the main process writes before renaming it to ``out``."""
+    from vpt.io.tables import gather_parts
+
     stems = file_stems([item.prompt_id for item in prompts])
-    order = [sample_id for item in prompts for sample_id in sample_ids(options, item.prompt_id)]
     temporary = None
     if processes.is_main:
         temporary = temporary_sibling(out)
         temporary.mkdir(parents=True)
     temporary = Path(processes.share(None if temporary is None else str(temporary)))
-    common = {"policy_id": policy_id, "model_id": model_id, "noise_level": float(options.noise_level),
-              "guidance": float(options.guidance), "frames": options.frames, "height": options.height,
-              "width": options.width, "fps": float(options.fps),
-              "sampling_batch": options.batch_size or options.group_size}
     try:
-        with gather_parts(temporary / TABLE_FILE, "rollouts", processes, order=order) as part:
+        with gather_parts(temporary / table, schema, processes, order=order) as part:
             for index in processes.shard(range(len(prompts))):
-                item, stem = prompts[index], stems[index]
-                embeds, negative = encode_prompts(pipe, [item.prompt], options.negative_prompt, options.guidance,
-                                                  options.max_sequence_length)
-                embeds_shard, negative_key = write_embeddings(temporary, stem, embeds, negative)
-                group = sample_group(pipe, embeds, negative, item.prompt_id, options, on_step)
-                part.write(write_group(temporary, group, item.prompt, group_id(options, item.prompt_id), stem,
-                                       sample_ids(options, item.prompt_id),
-                                       [f"{stem}-{k:03d}" for k in range(options.group_size)], embeds_shard,
-                                       negative_key, common, options.fps))
+                part.write(sample(temporary, prompts[index], stems[index]))
         if processes.is_main:
-            write_checksums(temporary)
+            if schema == "rollouts":
+                write_checksums(temporary)
             commit(temporary, out)
         processes.wait()
     finally:
         if processes.is_main:
             shutil.rmtree(temporary, ignore_errors=True)
+
+
+def sample_rollouts(pipe, prompts: Sequence[PromptItem], options: RolloutOptions, out: str | os.PathLike,
+                    processes, policy_id: str, model_id: str,
+                    on_step: Callable[[int], None] | None = None) -> RunSummary:
+    """Sample ``options.group_size`` videos for every prompt into the rollouts directory ``out`` (see
+    :mod:`vpt.rollouts.store`). ``processes``: :class:`vpt.distributed.Processes` of this launch."""
+    out = checked_output(out, pipe, options)
+    order = [sample_id for item in prompts for sample_id in sample_ids(options, item.prompt_id)]
+    common = {"policy_id": policy_id, "model_id": model_id, "noise_level": float(options.noise_level),
+              "guidance": float(options.guidance), "frames": options.frames, "height": options.height,
+              "width": options.width, "fps": float(options.fps),
+              "sampling_batch": options.batch_size or options.group_size}
+
+    def sample(directory: Path, item: PromptItem, stem: str) -> list[dict]:
+        embeds, negative = encode_prompts(pipe, [item.prompt], options.negative_prompt, options.guidance,
+                                          options.max_sequence_length)
+        embeds_shard, negative_key = write_embeddings(directory, stem, embeds, negative)
+        group = sample_group(pipe, embeds, negative, item.prompt_id, options, on_step)
+        return write_group(directory, group, item.prompt, group_id(options, item.prompt_id), stem,
+                           sample_ids(options, item.prompt_id), [f"{stem}-{k:03d}" for k in range(options.group_size)],
+                           embeds_shard, negative_key, common, options.fps)
+
+    sample_into(out, TABLE_FILE, "rollouts", prompts, order, processes, sample)
     return RunSummary(prompts=len(prompts), videos=len(order), directory=out)

@@ -15,10 +15,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from vpt.algo.flow_sde import sample_flow, state_indices_of
+from vpt.algo.flow_sde import VelocityFn, sample_flow, state_indices_of
 from vpt.models.wan import (
     MAX_SEQUENCE_LENGTH, WanVelocity, decode_latents, initial_noise, latent_shape, schedule_sigmas, to_uint8,
 )
+
+
+Steer = Callable[[VelocityFn, torch.Tensor], VelocityFn]
 
 
 @dataclass(frozen=True)
@@ -95,19 +98,23 @@ class GroupRollout:
     states: torch.Tensor  # float32 [G, S, C, F, h, w], S = len(state_indices)
     log_probs: torch.Tensor  # float32 [G, K], K = len(recorded_steps)
     videos: np.ndarray  # uint8 [G, T, H, W, 3]
+    latents: torch.Tensor  # float32 [G, C, F, h, w]: the final states the videos were decoded from
 
 
 def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor | None, prompt_id: str,
-                 options: RolloutOptions, on_step: Callable[[int], None] | None = None) -> GroupRollout:
+                 options: RolloutOptions, on_step: Callable[[int], None] | None = None,
+                 steer: Steer | None = None) -> GroupRollout:
     """Sample the group of one prompt: ``prompt_embeds`` / ``negative_embeds`` [1, L, D] (see
-    :func:`vpt.models.wan.encode_prompts`). ``on_step(n)`` is told of finished sampler steps (progress)."""
+    :func:`vpt.models.wan.encode_prompts`). ``on_step(n)`` is told of finished sampler steps (progress).
+    ``steer(velocity, prompt_embeds [B, L, D])`` returns the velocity to sample with instead of the model's (reward
+    guidance)."""
     shape = latent_shape(pipe, options.frames, options.height, options.width)
     seeds, step_seeds = sample_seeds(options, prompt_id)
     sigmas = schedule_sigmas(dict(pipe.scheduler.config), options.steps, options.shift)
     sde_steps = options.sde_steps()
     batch = options.batch_size or options.group_size
     device = pipe.transformer.device
-    states, log_probs, videos = [], [], []
+    states, log_probs, videos, finals = [], [], [], []
     for start in range(0, options.group_size, batch):
         members = range(start, min(start + batch, options.group_size))
         # Noise is drawn on CPU generators, so a seed gives the same rollout on any device.
@@ -122,6 +129,8 @@ def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tenso
         velocity = WanVelocity(pipe.transformer, prompt_embeds.expand(size, -1, -1),
                                None if negative_embeds is None else negative_embeds.expand(size, -1, -1),
                                options.guidance)
+        if steer is not None:
+            velocity = steer(velocity, prompt_embeds.expand(size, -1, -1))
         with torch.no_grad():
             out = sample_flow(velocity, noise, sigmas, options.noise_level, sde_steps, step_noise,
                               callback=None if on_step is None else lambda info: on_step(1))
@@ -129,10 +138,11 @@ def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tenso
                 states.append(torch.stack(out.states, dim=1).cpu())
                 log_probs.append(torch.stack(out.log_probs, dim=1).cpu())
             videos.extend(to_uint8(decode_latents(pipe, out.latents)))  # one decode per batch, as WanPipeline
+            finals.append(out.latents.float().cpu())
     empty = torch.zeros((options.group_size, 0, *shape))
     return GroupRollout(prompt_id=prompt_id, seeds=seeds, step_seeds=step_seeds, sigmas=sigmas,
                         recorded_steps=sde_steps, state_indices=state_indices_of(sde_steps),
                         states=torch.cat(states) if states else empty,
                         log_probs=torch.cat(log_probs) if log_probs else torch.zeros((options.group_size, 0)),
-                        videos=np.stack(videos))
+                        videos=np.stack(videos), latents=torch.cat(finals))
 

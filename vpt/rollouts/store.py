@@ -4,7 +4,8 @@
 
     OUT/rollouts.parquet         one row per video (schema ``rollouts``)
     OUT/videos/<id>.mp4          decoded videos
-    OUT/latents/<group>.safetensors   per sample (key = sample index): the recorded states float32 [S, C, F, h, w]
+    OUT/latents/<group>.safetensors   per sample k: the recorded states float32 [S, C, F, h, w] (key "k") and the
+                                 final latent float32 [C, F, h, w] the video was decoded from (key "final-k")
     OUT/embeds/<prompt>.safetensors   the prompt's text embeddings ("prompt", "negative"), computed once per prompt
     OUT/shards.json              byte size and sha256 of every shard, checked when the set is loaded
 
@@ -67,6 +68,11 @@ def write_embeddings(directory: Path, stem: str, prompt_embeds: torch.Tensor,
     return relative, NEGATIVE_KEY if negative_embeds is not None else None
 
 
+def final_key(sample_index: int) -> str:
+    """The shard key of a sample's final latent."""
+    return f"final-{sample_index}"
+
+
 def write_group(directory: Path, group: GroupRollout, prompt: str, group_id: str, group_stem: str,
                 sample_ids: list[str], sample_stems: list[str], embeds_shard: str, negative_key: str | None,
                 common: dict, fps: float) -> list[dict]:
@@ -74,7 +80,9 @@ def write_group(directory: Path, group: GroupRollout, prompt: str, group_id: str
     from vpt.io.video import write_video
 
     latents_shard = f"{LATENTS_DIR}/{group_stem}.safetensors"
-    _save({str(k): group.states[k] for k in range(len(sample_ids))}, directory / latents_shard,
+    tensors = {str(k): group.states[k] for k in range(len(sample_ids))}
+    tensors.update({final_key(k): group.latents[k] for k in range(len(sample_ids))})
+    _save(tensors, directory / latents_shard,
           {"state_indices": json.dumps(group.state_indices)})
     rows = []
     sigmas = [float(value) for value in group.sigmas]
@@ -86,7 +94,8 @@ def write_group(directory: Path, group: GroupRollout, prompt: str, group_id: str
             "sample_index": k, "seed": group.seeds[k], "step_seed": group.step_seeds[k], "sigmas": sigmas,
             "recorded_steps": list(group.recorded_steps),
             "log_probs": [float(value) for value in group.log_probs[k]], "path": path,
-            "latents_shard": latents_shard, "latents_key": str(k), "embeds_shard": embeds_shard,
+            "latents_shard": latents_shard, "latents_key": str(k), "final_latents_key": final_key(k),
+            "embeds_shard": embeds_shard,
             "embeds_key": PROMPT_KEY, "negative_embeds_key": negative_key, **common,
         })
     return rows
@@ -126,6 +135,12 @@ class RolloutSet:
     def states(self, row: dict) -> torch.Tensor:
         """float32 [S, C, F, h, w]: the states x_j, j in :func:`state_indices_of` (row's recorded steps)."""
         return self._tensors(row["latents_shard"])[row["latents_key"]]
+
+    def final_latent(self, row: dict) -> torch.Tensor | None:
+        """float32 [C, F, h, w]: the latent the row's video was decoded from (None for rollouts written before
+        final latents were recorded)."""
+        key = row.get("final_latents_key")
+        return None if key is None else self._tensors(row["latents_shard"])[key]
 
     def log_probs(self, row: dict) -> torch.Tensor:
         """float32 [K]: the stored log-prob of each recorded step."""
@@ -176,8 +191,10 @@ def load_rollouts(directory: str | os.PathLike, verify: bool = True) -> RolloutS
         raise VptError(f"{checksums_path}: missing or unreadable ({error.__class__.__name__}); {_AGAIN}") from None
     referenced: dict[str, tuple[int, set[str]]] = {}
     for number, row in enumerate(rows, start=1):
-        for shard, key in ((row["latents_shard"], row["latents_key"]), (row["embeds_shard"], row["embeds_key"])):
-            referenced.setdefault(shard, (number, set()))[1].add(key)
+        for shard, key in ((row["latents_shard"], row["latents_key"]), (row["embeds_shard"], row["embeds_key"]),
+                           (row["latents_shard"], row.get("final_latents_key"))):
+            if key is not None:
+                referenced.setdefault(shard, (number, set()))[1].add(key)
     for shard, (number, keys) in referenced.items():
         path = directory / shard
         if not path.is_file():

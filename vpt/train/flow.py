@@ -85,13 +85,15 @@ class DpoOptions:
 # ------------------------------------------------------------------------------------------------ examples
 @dataclass
 class Example:
-    """One training example before encoding: its clips by role (``latent``; or ``chosen`` and ``rejected``)."""
+    """One training example before encoding: its clips by role (``latent``; ``chosen`` and ``rejected``; or ``a``
+    and ``b``)."""
 
     key: str
     clips: dict[str, Path]
     prompt: str
     weight: float | None = None
     where: str = ""  # how to name it in messages, e.g. "prefs.parquet: row 3"
+    labels: tuple[int, ...] | None = None  # preference label codes per reward dimension (vpt.algo.preference)
 
 
 @dataclass
@@ -105,14 +107,13 @@ class Examples:
 def dpo_examples(prefs: str, dimension: str) -> Examples:
     """The usable pairs of a ``prefs`` table for the label column ``dimension``: the preferred clip is ``chosen``;
     ties and invalid or missing labels are skipped and counted."""
-    from vpt.io.tables import read_table, source_directory
+    from vpt.io.tables import read_table
 
     table = read_table(prefs, "prefs")
     if dimension not in table.column_names:
         labelled = [name for name in DIMENSIONS if name in table.column_names]
         hint = f"choose --dim among {', '.join(labelled)}" if labelled else "label the pairs first (build-prefs)"
         raise VptError(f"{prefs}: has no '{dimension}' label column; {hint}")
-    base = source_directory(prefs)
     examples, ties, invalid = [], 0, 0
     for number, row in enumerate(table.to_pylist(), start=1):
         label = row[dimension]
@@ -125,12 +126,7 @@ def dpo_examples(prefs: str, dimension: str) -> Examples:
         where = f"{prefs}: row {number}"
         if not row.get("prompt"):
             raise VptError(f"{where}: no prompt; DPO conditions both clips on the prompt they answer, give one")
-        files = {}
-        for column in ("path_a", "path_b"):
-            file = Path(row[column]) if Path(row[column]).is_absolute() else base / row[column]
-            if not file.is_file():
-                raise VptError(f"{where}: {column} {row[column]} does not exist; fix the path or drop the pair")
-            files[column] = file
+        files = pair_clips(row, prefs, where)
         chosen, rejected = ("path_a", "path_b") if label == "a" else ("path_b", "path_a")
         examples.append(Example(key=row["pair_id"], clips={"chosen": files[chosen], "rejected": files[rejected]},
                                 prompt=row["prompt"], where=where))
@@ -139,6 +135,20 @@ def dpo_examples(prefs: str, dimension: str) -> Examples:
                        "invalid or unlabelled); DPO needs pairs labelled a or b")
     return Examples(examples, {"pairs": float(len(examples)), "skipped_ties": float(ties),
                                "skipped_invalid": float(invalid)})
+
+
+def pair_clips(row: Mapping[str, Any], prefs: str, where: str) -> dict[str, Path]:
+    """The files of a prefs row's ``path_a`` and ``path_b`` (relative ones resolve against the table's directory);
+    VptError naming ``where`` when one does not exist."""
+    from vpt.io.tables import source_directory
+
+    files = {}
+    for column in ("path_a", "path_b"):
+        file = Path(row[column]) if Path(row[column]).is_absolute() else source_directory(prefs) / row[column]
+        if not file.is_file():
+            raise VptError(f"{where}: {column} {row[column]} does not exist; fix the path or drop the pair")
+        files[column] = file
+    return files
 
 
 def sft_examples(data: Sequence[str], prompts: str | None = None, weight_column: str | None = None,
@@ -271,11 +281,13 @@ class EncodedExample:
     latents: dict[str, Path]
     prompt: Path
     weight: float | None = None
+    labels: tuple[int, ...] | None = None
 
 
 class LatentItems(torch.utils.data.Dataset):
     """One item per example: its clean latents by role ``[C, F, h, w]``, one noise draw and one σ shared by every
-    role (DPO's branches get the same noise and timestep), the prompt embedding ``[L, D]`` and the weight."""
+    role (DPO's branches and a reward model's pair get the same noise and timestep), the prompt embedding
+    ``[L, D]``, and the weight and preference labels ``[D]`` when the example has them."""
 
     def __init__(self, examples: Sequence[EncodedExample], noise: NoiseOptions):
         self.examples, self.noise = list(examples), noise
@@ -302,6 +314,8 @@ class LatentItems(torch.utils.data.Dataset):
         item["embeds"] = load_prompt_embedding(example.prompt)
         if example.weight is not None:
             item["weight"] = torch.tensor(example.weight, dtype=torch.float32)
+        if example.labels is not None:
+            item["labels"] = torch.tensor(example.labels, dtype=torch.int64)
         return item
 
 
@@ -532,16 +546,18 @@ def options_dict(*options) -> dict:
 
 
 def encode_examples(examples: Sequence[Example], pipe, model: Path, cache, size: tuple[int, int, int] | None,
-                    quiet: bool = False) -> list[EncodedExample]:
+                    quiet: bool = False, known: Mapping[Path, Path] | None = None) -> list[EncodedExample]:
     """Every clip and prompt of ``examples`` encoded into ``cache`` (:class:`~vpt.train.encoded.EncodedCache`;
     entries already there are read back, not encoded again) with the pipeline ``pipe`` of the generator at
-    ``model``; several processes share the work."""
+    ``model``; several processes share the work. ``known``: clips whose latent cache file exists already (e.g. the
+    recorded final latents of rollouts), not encoded."""
     from rich.console import Console
 
     from vpt.distributed import current_processes
 
     processes = current_processes()
-    files = sorted({file for example in examples for file in example.clips.values()})
+    known = dict(known or {})
+    files = sorted({file for example in examples for file in example.clips.values() if file not in known})
     prompts = sorted({example.prompt for example in examples})
     vae_id = cache.component_identity(model / "vae")
     text_id = cache.component_identity(model / "text_encoder", model / "tokenizer")
@@ -552,12 +568,15 @@ def encode_examples(examples: Sequence[Example], pipe, model: Path, cache, size:
 
     latents = dict(zip(files, cache.encode_videos(files, pipe, vae_id, size=size, processes=processes,
                                                   on_progress=count)))
+    latents.update(known)
     embeddings = dict(zip(prompts, cache.encode_prompts(prompts, pipe, text_id, processes=processes)))
     if not quiet and processes.is_main:
+        recorded = f", {len(known)} recorded by the sampler" if known else ""
         Console(stderr=True).print(f"encoded {encoded[0]} of {len(files)} clips (the rest from the cache "
-                                   f"{cache.root})", highlight=False, markup=False)
+                                   f"{cache.root}){recorded}", highlight=False, markup=False)
     return [EncodedExample(key=example.key, latents={role: latents[file] for role, file in example.clips.items()},
-                           prompt=embeddings[example.prompt], weight=example.weight) for example in examples]
+                           prompt=embeddings[example.prompt], weight=example.weight, labels=example.labels)
+            for example in examples]
 
 
 def _prepare(examples: Examples, model: str | None, policy: str | None, size, cache: str | None,

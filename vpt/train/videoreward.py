@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -338,7 +337,9 @@ class PairEvaluation:
     videos: int  # distinct (video, prompt) pairs scored
 
 
-def _accuracies(margins: np.ndarray, labels: np.ndarray, name: str) -> dict[str, float]:
+def pair_accuracies(margins: np.ndarray, labels: np.ndarray, name: str) -> dict[str, float]:
+    """``{name}_accuracy`` (decisive pairs) and ``{name}_accuracy_with_ties`` (tie-calibrated), in percent, of
+    score margins A − B ``[N]`` against label codes ``[N]``; an undefined one is left out."""
     out = {}
     without = accuracy_without_ties(margins, labels)
     with_ties, _ = accuracy_with_ties(margins, labels)
@@ -377,9 +378,9 @@ def evaluate_pairs(model: VideoRewardModel, data: PreferenceData, indices: Seque
     std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
     metrics: dict[str, float] = {}
     for d, dimension in enumerate(DIMENSIONS):
-        metrics.update(_accuracies(margins[:, d], data.labels[indices, d], dimension))
+        metrics.update(pair_accuracies(margins[:, d], data.labels[indices, d], dimension))
     if data.overall is not None:
-        metrics.update(_accuracies((margins / std).sum(axis=1), data.overall[indices], "overall"))
+        metrics.update(pair_accuracies((margins / std).sum(axis=1), data.overall[indices], "overall"))
     return PairEvaluation(scores_a=scores_a, scores_b=scores_b, metrics=metrics,
                           norm_mean=tuple(float(v) for v in mean), norm_std=tuple(float(v) for v in std),
                           videos=len(ordered))
@@ -466,27 +467,12 @@ class RewardTrainResult:
 
 
 def _save_final(model: VideoRewardModel, out: Path) -> None:
-    """Write the model in our layout into ``out`` beside the run's checkpoints: saved under a temporary name, moved
-    in entry by entry, ``vpt_videoreward.json`` (what marks a VideoReward directory) removed first, moved last."""
-    from vpt.io.atomic import commit, temporary_sibling
+    """Write the model in our layout into ``out`` beside the run's checkpoints (``vpt_videoreward.json``, what
+    marks a VideoReward directory, moved in last)."""
+    from vpt.io.atomic import publish_into
     from vpt.models.videoreward import CONFIG_FILE
 
-    temporary = temporary_sibling(out / "videoreward")
-    try:
-        save_videoreward(model, temporary)
-        (out / CONFIG_FILE).unlink(missing_ok=True)
-        for entry in sorted(temporary.iterdir()):
-            if entry.name == CONFIG_FILE:
-                continue
-            target = out / entry.name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            elif target.exists() or target.is_symlink():
-                target.unlink()
-            commit(entry, target)
-        commit(temporary / CONFIG_FILE, out / CONFIG_FILE)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+    publish_into(out, lambda directory: save_videoreward(model, directory), CONFIG_FILE)
     if model.has_lora:
         model.base_path = str((out / "base").resolve())
 

@@ -1,0 +1,108 @@
+"""``vpt guide``: sample videos with Flow-NRG reward guidance from a noisy-latent reward model (mp4s + a videos
+table)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from vpt.commands import _ui
+
+
+def guide(
+    model: str = typer.Option(..., "--model", "-m", help="Wan pipeline directory (diffusers layout) or a zoo "
+                                                         "directory."),
+    reward: str = typer.Option(..., "--reward", help="Noisy-latent reward model (vpt train-reward --kind latent)."),
+    prompts: str = typer.Option(..., "--prompts", help="prompts table (or a .txt file, one prompt per line)."),
+    out: str = typer.Option(..., "--out", "-o", help="Directory to create (must not exist): videos.parquet and "
+                                                     "videos/*.mp4."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="LoRA policy checkpoint to sample with."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="Dimension weights, e.g. vq=0.1,mq=0.1,ta=0.8 "
+                                                                  "(unnamed dimensions weigh 0; default: 1 each)."),
+    scale: float = typer.Option(1.0, "--scale", help="Guidance strength w: v <- v - w*sigma/(1-sigma)*grad "
+                                                     "(0: unguided)."),
+    samples: int = typer.Option(1, "--samples", "-n", help="Videos per prompt."),
+    steps: int = typer.Option(10, "--steps", help="Sampler steps."),
+    guidance: float = typer.Option(5.0, "--guidance", help="Classifier-free guidance scale (<= 1: off)."),
+    negative_prompt: str = typer.Option("", "--negative-prompt", help="Negative prompt of the classifier-free "
+                                                                      "guidance."),
+    noise_level: float = typer.Option(0.0, "--noise-level", help="SDE noise level (0: the ODE sampler)."),
+    shift: Optional[float] = typer.Option(None, "--shift", help="Timestep shift (default: the pipeline "
+                                                                "scheduler's)."),
+    frames: int = typer.Option(81, "--frames", help="Frames per video (1 + a multiple of 4)."),
+    height: int = typer.Option(480, "--height", help="Video height in pixels."),
+    width: int = typer.Option(832, "--width", help="Video width in pixels."),
+    fps: float = typer.Option(16.0, "--fps", help="Frame rate of the written mp4s."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per forward (default: all of a "
+                                                                        "prompt's)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every noise draw (with the prompt id and sample index), as "
+                                               "sample-rollouts."),
+    device: str = typer.Option("auto", "--device", help="auto (this process's GPU when there is one), cpu, cuda."),
+    dtype: str = typer.Option("float32", "--dtype", help="Weights dtype: float32 or bfloat16."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary."),
+) -> None:
+    """Sample videos steered by a noisy-latent reward model (Flow-NRG; no fine-tuning).
+
+    At every step but the first (pure noise) the velocity becomes v - w*sigma/(1-sigma)*grad_x sum_d weight_d*r_d,
+    after classifier-free guidance. The weights trade reward dimensions off at sampling time. Seeds match
+    sample-rollouts: at --scale 0 the videos are the unguided ones. Under `accelerate launch` the prompts are shared
+    out across processes.
+
+    Example: vpt guide -m zoo/ --reward runs/latent-rm --weights vq=0.1,mq=0.1,ta=0.8 --scale 2 --prompts
+    prompts.txt --frames 9 --height 32 --width 32 -o guided/
+    """
+    from pathlib import Path
+
+    import torch
+
+    from vpt.distributed import current_processes
+    from vpt.errors import VptError
+    from vpt.io.tables import read_prompts
+    from vpt.models.latent_reward import load_latent_reward
+    from vpt.models.loading import load_policy, load_wan_pipeline, resolve_wan_directory
+    from vpt.rewards.expression import parse_reward
+    from vpt.rollouts.guided import GuidanceSettings, check_reward_fits, guide_videos
+    from vpt.rollouts.run import prompt_items
+    from vpt.rollouts.sampling import RolloutOptions
+
+    if dtype not in ("float32", "bfloat16"):
+        raise VptError(f"--dtype {dtype}: choose float32 or bfloat16")
+    processes = current_processes()
+    items = prompt_items(read_prompts(prompts).to_pylist(), prompts)
+    options = RolloutOptions(group_size=samples, steps=steps, noise_level=noise_level, guidance=guidance,
+                             frames=frames, height=height, width=width, fps=fps, seed=seed,
+                             negative_prompt=negative_prompt, shift=shift, batch_size=batch_size)
+    target = processes.device() if device == "auto" else device
+    reward_model = load_latent_reward(reward, dtype=getattr(torch, dtype), device=target)
+    chosen = ({name: 1.0 for name in reward_model.dimensions} if weights is None
+              else _weights(weights, parse_reward))
+    settings = GuidanceSettings(weights=chosen, scale=scale, reward_path=str(Path(reward).resolve()))
+    settings.check(reward_model.dimensions)
+    model_dir = resolve_wan_directory(model)
+    check_reward_fits(reward_model, model_dir)
+    pipe = load_wan_pipeline(model_dir, dtype=getattr(torch, dtype), device=target)
+    policy_id = "base"
+    if policy is not None:
+        pipe.transformer, policy_id = load_policy(pipe.transformer, policy)
+    for parameter in reward_model.parameters():
+        parameter.requires_grad_(False)  # guidance differentiates the input only
+    mine = len(processes.shard(range(len(items))))
+    total = mine * steps * -(-samples // (batch_size or samples))
+    with _ui.progress(total, "guiding", quiet or not processes.is_main) as advance:
+        summary = guide_videos(pipe, items, options, reward_model, settings, out, processes, policy_id=policy_id,
+                               model_id=str(model_dir.resolve()), on_step=advance)
+    if not quiet and processes.is_main:
+        typer.echo(f"guide: {summary.videos} videos of {summary.prompts} prompts (scale {scale:g}, weights "
+                   f"{settings.describe(reward_model.dimensions)}) in {out}", err=True)
+    processes.leave()
+
+
+def _weights(text: str, parse) -> dict[str, float]:
+    from vpt.errors import VptError
+
+    try:
+        return parse(text)
+    except VptError:  # its message names grpo-step's --reward
+        raise VptError(f"--weights {text}: expected DIM=WEIGHT,... with finite weights and each dimension once "
+                       "(e.g. vq=0.1,mq=0.1,ta=0.8)") from None
