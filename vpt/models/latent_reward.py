@@ -52,7 +52,7 @@ class LatentRewardModel(nn.Module):
             raise ValueError(f"dimensions must be distinct names, got {list(dimensions)}")
         self.trunk = trunk
         self.dimensions = tuple(dimensions)
-        self.head = nn.Linear(int(trunk.config.out_channels), len(self.dimensions))
+        self.head = nn.Linear(int(trunk.config.out_channels), len(self.dimensions), dtype=torch.float32)
         self.info = dict(info or {})  # the generator and component identities it reads (saved with the model)
 
     @property
@@ -68,7 +68,7 @@ class LatentRewardModel(nn.Module):
         features = self.trunk(hidden_states=latents.to(self.dtype), timestep=timestep,
                               encoder_hidden_states=prompt_embeds.to(self.dtype), return_dict=False)[0]
         pooled = nn.functional.silu(features.float()).mean(dim=(2, 3, 4))  # [B, head_channels]
-        return self.head(pooled)
+        return self.head(pooled.to(self.head.weight.dtype)).float()
 
     def weight_vector(self, weights: Mapping[str, float]) -> torch.Tensor:
         """float32 ``[D]`` of ``weights`` by dimension name (missing dimensions weigh 0); VptError naming an
@@ -109,7 +109,8 @@ def cut_generator(transformer: nn.Module, blocks: int | None, dimensions: Sequen
     if unexpected or any(not name.startswith("proj_out.") for name in missing):
         raise VptError(f"the generator's transformer does not fit a Wan trunk (missing {missing[:3]}, unexpected "
                        f"{unexpected[:3]}); give a diffusers Wan pipeline")
-    return model.to(transformer.dtype).to(next(transformer.parameters()).device).eval()
+    trunk.to(transformer.dtype)  # the head stays float32: it reads float32 pooled features
+    return model.to(next(transformer.parameters()).device).eval()
 
 
 def _kept(name: str, blocks: int) -> bool:
