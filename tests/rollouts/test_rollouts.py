@@ -194,3 +194,57 @@ def test_rollouts_feed_score_and_build_prefs(rollouts, run_vpt, tmp_path):
     built = run_vpt(["build-prefs", "--from-scores", tmp_path / "scores.parquet", "--videos", table, "-o",
                      tmp_path / "prefs.parquet"])
     assert built.stderr == "build-prefs: 2 pairs from 2 groups (by group_id)\n"
+
+
+def test_final_latents_decode_to_the_videos_exactly(pipe):
+    """``GroupRollout.latents`` are the final states the videos were decoded from: decoding them again gives the
+    group's uint8 videos bit for bit."""
+    from vpt.models.wan import decode_latents, latent_shape, to_uint8
+
+    embeds, negative = encode_prompts(pipe, ["a red ball bouncing"], guidance=3.0)
+    options = RolloutOptions(group_size=3, steps=4, guidance=3.0, frames=9, height=32, width=32, seed=2,
+                             batch_size=2)
+    group = sample_group(pipe, embeds, negative, "p", options)
+    assert group.latents.shape == (3, *latent_shape(pipe, 9, 32, 32)) and group.latents.dtype == torch.float32
+    assert np.array_equal(to_uint8(decode_latents(pipe, group.latents[:2])), group.videos[:2])
+    assert np.array_equal(to_uint8(decode_latents(pipe, group.latents[2:])), group.videos[2:])
+    assert not torch.equal(group.latents[0], group.latents[1])
+
+
+def test_rollouts_record_each_sample_final_latent(rollouts, pipe):
+    """Every row names its final latent in the latents shard: the sampler's final state (resampled bit-identically)
+    of shape [C, F, h, w], which decodes to the row's mp4 up to its compression."""
+    from vpt.io.video import read_frames
+    from vpt.models.wan import decode_latents, to_uint8
+
+    loaded = load_rollouts(rollouts / "run")
+    assert [row["final_latents_key"] for row in loaded.rows] == [f"final-{k}" for _ in range(2) for k in range(3)]
+    for row in loaded.rows:
+        latent = loaded.final_latent(row)
+        assert latent.shape == (16, 3, 4, 4) and latent.dtype == torch.float32
+        decoded = to_uint8(decode_latents(pipe, latent[None]))[0].astype(np.int16)
+        frames = read_frames(rollouts / "run" / row["path"]).astype(np.int16)
+        assert decoded.shape == frames.shape == (9, 32, 32, 3)
+        assert np.abs(decoded - frames).mean() < 4, (row["id"], np.abs(decoded - frames).mean())
+    options = RolloutOptions(group_size=3, steps=4, noise_level=0.7, guidance=3.0, frames=9, height=32, width=32,
+                             seed=7)
+    row = loaded.rows[3]
+    embeds, negative = loaded.embeddings(row)
+    group = sample_group(pipe, embeds, negative, row["prompt_id"], options)
+    for k in range(3):
+        assert torch.equal(loaded.final_latent(loaded.rows[3 + k]), group.latents[k])
+
+
+def test_rollouts_written_before_final_latents_still_load(rollouts, run_vpt, tmp_path):
+    """A rollouts table without the ``final_latents_key`` column (older runs) loads and checks as before; its rows
+    have no final latent."""
+    run = copy_run(rollouts, tmp_path)
+    table = pq.read_table(run / "rollouts.parquet")
+    older = table.drop_columns(["final_latents_key"]).replace_schema_metadata(table.schema.metadata)
+    pq.write_table(older, run / "rollouts.parquet")
+    assert "final_latents_key" not in pq.read_schema(run / "rollouts.parquet").names
+    assert run_vpt(["schema", "check", run / "rollouts.parquet"]).exit_code == 0
+    loaded = load_rollouts(run)
+    assert len(loaded.rows) == 6
+    assert all(loaded.final_latent(row) is None for row in loaded.rows)
+    assert torch.equal(loaded.states(loaded.rows[0]), load_rollouts(rollouts / "run").states(loaded.rows[0]))

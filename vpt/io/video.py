@@ -466,7 +466,10 @@ def write_video(path, frames: np.ndarray, fps: float, crf: int = 10) -> None:
             stream.pix_fmt = "yuv420p"
             stream.options = {"crf": str(int(crf))}
             for frame in frames:
-                video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+                # converted here, not left to the encoder: its own conversion was measured to turn identical frames
+                # into different files now and then
+                video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24").reformat(
+                    format="yuv420p")
                 for packet in stream.encode(video_frame):
                     container.mux(packet)
             for packet in stream.encode():

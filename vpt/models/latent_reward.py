@@ -80,6 +80,17 @@ class LatentRewardModel(nn.Module):
         return torch.tensor([float(weights.get(name, 0.0)) for name in self.dimensions], dtype=torch.float32)
 
 
+def checked_blocks(blocks: int | None, available: int) -> int:
+    """The number of blocks to copy: ``blocks`` (default :data:`DEFAULT_BLOCKS`, at most ``available``); VptError
+    when the generator has fewer."""
+    if blocks is None:
+        return min(DEFAULT_BLOCKS, available)
+    if not 1 <= blocks <= available:
+        raise VptError(f"--blocks {blocks}: the generator's transformer has {available} blocks; choose 1 to "
+                       f"{available}")
+    return blocks
+
+
 def cut_generator(transformer: nn.Module, blocks: int | None, dimensions: Sequence[str],
                   head_channels: int = DEFAULT_HEAD_CHANNELS, seed: int = 0,
                   info: Mapping[str, Any] | None = None) -> LatentRewardModel:
@@ -88,12 +99,7 @@ def cut_generator(transformer: nn.Module, blocks: int | None, dimensions: Sequen
     projection and the head are initialised from ``seed`` (the global RNG is left as it was)."""
     from diffusers import WanTransformer3DModel
 
-    available = int(transformer.config.num_layers)
-    if blocks is None:
-        blocks = min(DEFAULT_BLOCKS, available)
-    if not 1 <= blocks <= available:
-        raise VptError(f"--blocks {blocks}: the generator's transformer has {available} blocks; choose 1 to "
-                       f"{available}")
+    blocks = checked_blocks(blocks, int(transformer.config.num_layers))
     if head_channels < 1:
         raise VptError(f"--head-channels must be a positive integer, got {head_channels}")
     config = {key: value for key, value in dict(transformer.config).items() if not key.startswith("_")}
@@ -109,7 +115,8 @@ def cut_generator(transformer: nn.Module, blocks: int | None, dimensions: Sequen
     if unexpected or any(not name.startswith("proj_out.") for name in missing):
         raise VptError(f"the generator's transformer does not fit a Wan trunk (missing {missing[:3]}, unexpected "
                        f"{unexpected[:3]}); give a diffusers Wan pipeline")
-    trunk.to(transformer.dtype)  # the head stays float32: it reads float32 pooled features
+    if trunk.dtype != transformer.dtype:
+        trunk.to(transformer.dtype)  # the head stays float32: it reads float32 pooled features
     return model.to(next(transformer.parameters()).device).eval()
 
 

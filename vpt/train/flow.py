@@ -571,9 +571,9 @@ def encode_examples(examples: Sequence[Example], pipe, model: Path, cache, size:
     latents.update(known)
     embeddings = dict(zip(prompts, cache.encode_prompts(prompts, pipe, text_id, processes=processes)))
     if not quiet and processes.is_main:
-        recorded = f", {len(known)} recorded by the sampler" if known else ""
-        Console(stderr=True).print(f"encoded {encoded[0]} of {len(files)} clips (the rest from the cache "
-                                   f"{cache.root}){recorded}", highlight=False, markup=False)
+        recorded = f"; {len(known)} latents recorded by the sampler" if known else ""
+        Console(stderr=True, soft_wrap=True).print(f"encoded {encoded[0]} of {len(files)} clips (the rest from "
+                                                   f"the cache {cache.root}){recorded}", highlight=False, markup=False)
     return [EncodedExample(key=example.key, latents={role: latents[file] for role, file in example.clips.items()},
                            prompt=embeddings[example.prompt], weight=example.weight, labels=example.labels)
             for example in examples]

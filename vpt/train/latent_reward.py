@@ -218,7 +218,7 @@ def train_latent_reward(model: str | os.PathLike, prefs: Sequence[str], config, 
     checkpoints, metrics and the final model into ``config.output_dir``. See the module docstring."""
     from vpt.distributed import current_processes
     from vpt.io.atomic import atomic_path, publish_into
-    from vpt.models.latent_reward import CONFIG_FILE, cut_generator, save_latent_reward
+    from vpt.models.latent_reward import CONFIG_FILE, checked_blocks, cut_generator, save_latent_reward
     from vpt.models.loading import load_wan_pipeline, resolve_wan_directory
     from vpt.train import Trainer
     from vpt.train.encoded import EncodedCache
@@ -231,6 +231,7 @@ def train_latent_reward(model: str | os.PathLike, prefs: Sequence[str], config, 
         check_clip_sizes(examples.examples)
     generator = resolve_wan_directory(model)
     pipe = load_wan_pipeline(generator)
+    checked_blocks(options.blocks, int(pipe.transformer.config.num_layers))  # before the long encoding
     store = EncodedCache(cache)
     vae_id = store.component_identity(generator / "vae")
     text_id = store.component_identity(generator / "text_encoder", generator / "tokenizer")
