@@ -6,7 +6,7 @@ STAMP := $(VENV)/.vpt-installed
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: setup demo test test-all bench table-reward-losses table-bpgo table-dpo-beta clean
+.PHONY: setup demo test test-all bench table-reward-losses table-bpgo table-dpo-beta table-nrg-weights clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,9 @@ table-bpgo: setup
 # drift from the reference by noise level, 3 seeds.
 table-dpo-beta: setup
 	$(BIN)/python benchmarks/table_dpo_beta.py
+
+table-nrg-weights: setup
+	$(BIN)/python benchmarks/table_nrg_weights.py
 
 test: setup
 	$(BIN)/python -m pytest -q
