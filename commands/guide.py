@@ -7,40 +7,38 @@ from typing import Optional
 
 import typer
 
+from vpt.commands import _sampling as sampling
 from vpt.commands import _ui
 
 
 def guide(
-    model: str = typer.Option(..., "--model", "-m", help="Wan pipeline directory (diffusers layout) or a zoo "
-                                                         "directory."),
+    model: str = sampling.MODEL,
     reward: str = typer.Option(..., "--reward", help="Noisy-latent reward model (vpt train-reward --kind latent)."),
-    prompts: str = typer.Option(..., "--prompts", help="prompts table (or a .txt file, one prompt per line)."),
+    prompts: str = sampling.PROMPTS,
     out: str = typer.Option(..., "--out", "-o", help="Directory to create (must not exist): videos.parquet and "
                                                      "videos/*.mp4."),
-    policy: Optional[str] = typer.Option(None, "--policy", help="LoRA policy checkpoint to sample with."),
+    policy: Optional[str] = sampling.POLICY,
     weights: Optional[str] = typer.Option(None, "--weights", help="Dimension weights, e.g. vq=0.1,mq=0.1,ta=0.8 "
                                                                   "(unnamed dimensions weigh 0; default: 1 each)."),
     scale: float = typer.Option(1.0, "--scale", help="Guidance strength w: v <- v - w*sigma/(1-sigma)*grad "
                                                      "(0: unguided)."),
     samples: int = typer.Option(1, "--samples", "-n", help="Videos per prompt."),
-    steps: int = typer.Option(10, "--steps", help="Sampler steps."),
-    guidance: float = typer.Option(5.0, "--guidance", help="Classifier-free guidance scale (<= 1: off)."),
-    negative_prompt: str = typer.Option("", "--negative-prompt", help="Negative prompt of the classifier-free "
-                                                                      "guidance."),
+    steps: int = sampling.STEPS,
+    guidance: float = sampling.GUIDANCE,
+    negative_prompt: str = sampling.NEGATIVE_PROMPT,
     noise_level: float = typer.Option(0.0, "--noise-level", help="SDE noise level (0: the ODE sampler)."),
-    shift: Optional[float] = typer.Option(None, "--shift", help="Timestep shift (default: the pipeline "
-                                                                "scheduler's)."),
-    frames: int = typer.Option(81, "--frames", help="Frames per video (1 + a multiple of 4)."),
-    height: int = typer.Option(480, "--height", help="Video height in pixels."),
-    width: int = typer.Option(832, "--width", help="Video width in pixels."),
-    fps: float = typer.Option(16.0, "--fps", help="Frame rate of the written mp4s."),
+    shift: Optional[float] = sampling.SHIFT,
+    frames: int = sampling.FRAMES,
+    height: int = sampling.HEIGHT,
+    width: int = sampling.WIDTH,
+    fps: float = sampling.FPS,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per forward (default: all of a "
                                                                         "prompt's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of every noise draw (with the prompt id and sample index), as "
                                                "sample-rollouts."),
-    device: str = typer.Option("auto", "--device", help="auto (this process's GPU when there is one), cpu, cuda."),
-    dtype: str = typer.Option("float32", "--dtype", help="Weights dtype: float32 or bfloat16."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary."),
+    device: str = sampling.DEVICE,
+    dtype: str = sampling.DTYPE,
+    quiet: bool = sampling.QUIET,
 ) -> None:
     """Sample videos steered by a noisy-latent reward model (Flow-NRG; no fine-tuning).
 

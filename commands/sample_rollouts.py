@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from vpt.commands import _sampling as sampling
 from vpt.commands import _ui
 
 
@@ -22,35 +23,32 @@ def _window(text: str | None) -> tuple[int, int] | None:
 
 
 def sample_rollouts(
-    model: str = typer.Option(..., "--model", "-m", help="Wan pipeline directory (diffusers layout) or a zoo "
-                                                         "directory."),
-    prompts: str = typer.Option(..., "--prompts", help="prompts table (or a .txt file, one prompt per line)."),
+    model: str = sampling.MODEL,
+    prompts: str = sampling.PROMPTS,
     out: str = typer.Option(..., "--out", "-o", help="Rollouts directory to create (must not exist)."),
-    policy: Optional[str] = typer.Option(None, "--policy", help="LoRA policy checkpoint (peft adapter directory) "
-                                                                "to sample with."),
+    policy: Optional[str] = sampling.POLICY,
     group_size: int = typer.Option(4, "--group-size", "-g", help="Samples per prompt (one GRPO group)."),
-    steps: int = typer.Option(10, "--steps", help="Sampler steps."),
+    steps: int = sampling.STEPS,
     noise_level: float = typer.Option(0.7, "--noise-level", help="SDE noise level a (0 = the deterministic ODE "
                                                                  "sampler, nothing recorded)."),
     sde_window: Optional[str] = typer.Option(None, "--sde-window", help="START:END: only steps START..END-1 are "
                                                                        "stochastic and recorded (default: all but "
                                                                        "the last)."),
-    guidance: float = typer.Option(5.0, "--guidance", help="Classifier-free guidance scale (<= 1: off)."),
-    negative_prompt: str = typer.Option("", "--negative-prompt", help="Negative prompt of the guidance."),
-    shift: Optional[float] = typer.Option(None, "--shift", help="Timestep shift (default: the pipeline "
-                                                                "scheduler's)."),
-    frames: int = typer.Option(81, "--frames", help="Frames per video (1 + a multiple of 4)."),
-    height: int = typer.Option(480, "--height", help="Video height in pixels."),
-    width: int = typer.Option(832, "--width", help="Video width in pixels."),
-    fps: float = typer.Option(16.0, "--fps", help="Frame rate of the written mp4s."),
+    guidance: float = sampling.GUIDANCE,
+    negative_prompt: str = sampling.NEGATIVE_PROMPT,
+    shift: Optional[float] = sampling.SHIFT,
+    frames: int = sampling.FRAMES,
+    height: int = sampling.HEIGHT,
+    width: int = sampling.WIDTH,
+    fps: float = sampling.FPS,
     same_noise: bool = typer.Option(False, "--same-noise", help="One initial noise per group (per-step noise "
                                                                 "stays independent)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per transformer forward "
                                                                         "(default: the whole group)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of every noise draw (with the prompt id and sample index)."),
-    device: str = typer.Option("auto", "--device", help="auto (this process's GPU when there is one), cpu, cuda."),
-    dtype: str = typer.Option("float32", "--dtype", help="Weights dtype: float32 or bfloat16."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary."),
+    seed: int = sampling.SEED,
+    device: str = sampling.DEVICE,
+    dtype: str = sampling.DTYPE,
+    quiet: bool = sampling.QUIET,
 ) -> None:
     """Sample groups of videos per prompt with per-step log-probs (the input of grpo-step).
 
