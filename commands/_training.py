@@ -43,18 +43,24 @@ SEED = typer.Option(0, "--seed", help="Seed of the data order, noise, noise leve
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress or summary.")
 
 
+def resample_size(frames: int | None, height: int | None, width: int | None) -> tuple[int, int, int] | None:
+    """The (frames, height, width) every clip is resampled to, or None when none is given; all three or none."""
+    from vpt.errors import VptError
+
+    given = [value for value in (frames, height, width) if value is not None]
+    if given and len(given) != 3:
+        raise VptError("give --frames, --height and --width together (the size every clip is resampled to)")
+    return tuple(given) if given else None
+
+
 def stage_arguments(values: Mapping[str, Any]) -> dict[str, Any]:
     """The keyword arguments every stage's library entry (``run_dpo``, ``run_sft``) takes, from the values of the
     shared options above (a command passes its ``locals()``): generator, policy, output, harness configuration,
     noise, LoRA setup, clip size, cache, resume and quiet."""
-    from vpt.errors import VptError
     from vpt.train import TrainConfig
     from vpt.train.flow import NoiseOptions
     from vpt.train.policy import DEFAULT_LORA_TARGETS
 
-    size = [values[name] for name in ("frames", "height", "width") if values[name] is not None]
-    if size and len(size) != 3:
-        raise VptError("give --frames, --height and --width together (the size every clip is resampled to)")
     targets = values["lora_targets"]
     config = TrainConfig(
         learning_rate=values["learning_rate"], batch_size=values["batch_size"],
@@ -69,7 +75,7 @@ def stage_arguments(values: Mapping[str, Any]) -> dict[str, Any]:
             "noise": noise, "lora_rank": values["lora_rank"], "lora_alpha": values["lora_alpha"],
             "lora_targets": DEFAULT_LORA_TARGETS if targets is None else
             tuple(t.strip() for t in targets.split(",") if t.strip()),
-            "size": tuple(size) if size else None, "cache": values["cache"], "resume": values["resume"],
+            "size": resample_size(values["frames"], values["height"], values["width"]), "cache": values["cache"], "resume": values["resume"],
             "quiet": values["quiet"]}
 
 

@@ -11,15 +11,13 @@ from vpt.commands import _training as shared
 from vpt.commands import _ui
 
 KINDS = ("videoreward", "latent")
-VIDEOREWARD_ONLY = {"lora_rank": "--lora-rank", "lora_alpha": "--lora-alpha", "lora_targets": "--lora-targets",
-                    "min_pixels": "--min-pixels", "max_pixels": "--max-pixels"}
-LATENT_ONLY = {"dims": "--dims", "blocks": "--blocks", "head_channels": "--head-channels",
-               "clip_latents": "--clip-latents", "timesteps": "--timesteps", "logit_mean": "--logit-mean",
-               "logit_std": "--logit-std", "shift": "--shift", "height": "--height", "width": "--width",
-               "cache": "--cache"}
+VIDEOREWARD_ONLY = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "min_pixels", "max_pixels")
+LATENT_ONLY = ("dims", "blocks", "head_channels", "clip_latents", "timesteps", "logit_mean", "logit_std", "shift",
+               "height", "width", "cache")
 
 
 def train_reward(
+    context: typer.Context,
     prefs: Optional[str] = typer.Argument(None, help="prefs table (Parquet, CSV or JSONL); relative video paths "
                                                      "resolve against its directory. Or give --data.",
                                           show_default=False),
@@ -106,13 +104,11 @@ def train_reward(
     if not tables:
         raise VptError("no prefs table: give it as the argument or with --data")
     given = locals()
-    misplaced = VIDEOREWARD_ONLY if kind == "latent" else LATENT_ONLY
-    defaults = {"clip_latents": "auto", "timesteps": "uniform", "logit_mean": 0.0, "logit_std": 1.0, "shift": 1.0,
-                "head_channels": 32}
-    wrong = [flag for name, flag in misplaced.items() if given[name] is not None and given[name] != defaults.get(name)]
+    wrong = [name for name in (VIDEOREWARD_ONLY if kind == "latent" else LATENT_ONLY)
+             if context.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")]
     if wrong:
-        raise VptError(f"{wrong[0]} applies to --kind {'videoreward' if kind == 'latent' else 'latent'}; leave it "
-                       f"out with --kind {kind}")
+        raise VptError(f"--{wrong[0].replace('_', '-')} applies to --kind "
+                       f"{'videoreward' if kind == 'latent' else 'latent'}; leave it out with --kind {kind}")
     if kind == "latent":
         _train_latent(tables, given)
         return
@@ -159,14 +155,10 @@ def train_reward(
 
 
 def _train_latent(tables: list[str], given: dict) -> None:
-    from vpt.errors import VptError
     from vpt.train import TrainConfig, finish_distributed
     from vpt.train.flow import NoiseOptions
     from vpt.train.latent_reward import LatentRewardOptions, train_latent_reward
 
-    size = [given[name] for name in ("frames", "height", "width") if given[name] is not None]
-    if size and len(size) != 3:
-        raise VptError("give --frames, --height and --width together (the size every clip is resampled to)")
     dims = None if given["dims"] is None else tuple(name.strip() for name in given["dims"].split(",") if name.strip())
     options = LatentRewardOptions(dimensions=dims, loss=given["loss"], theta=given["theta"], blocks=given["blocks"],
                                   head_channels=given["head_channels"], eval_fraction=given["eval_fraction"],
@@ -181,7 +173,8 @@ def _train_latent(tables: list[str], given: dict) -> None:
                          eval_every=given["eval_every"], save_every=given["save_every"],
                          log_every=given["log_every"], max_grad_norm=given["max_grad_norm"],
                          mixed_precision=given["mixed_precision"])
-    result = train_latent_reward(given["model_path"], tables, config, options, noise, tuple(size) or None,
+    size = shared.resample_size(given["frames"], given["height"], given["width"])
+    result = train_latent_reward(given["model_path"], tables, config, options, noise, size,
                                  given["cache"], resume=given["resume"], quiet=given["quiet"])
     from vpt.distributed import current_processes
 

@@ -12,7 +12,8 @@ import pytest
 
 from vpt.io.tables import read_table, write_table
 from vpt.io.video import FrameSampling
-from vpt.train.videoreward import A_WINS, B_WINS, TIE, read_preferences
+from vpt.algo.preference import A_WINS, B_WINS, TIE
+from vpt.train.videoreward import read_preferences
 
 
 @pytest.fixture(scope="module")

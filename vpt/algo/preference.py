@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 A_WINS, B_WINS, TIE, INVALID = 1, -1, 0, -2
+LABEL_CODES = {"a": A_WINS, "b": B_WINS, "tie": TIE, "invalid": INVALID}  # a prefs table's labels
 
 
 def _masked_mean(losses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

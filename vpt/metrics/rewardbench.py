@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -81,3 +83,16 @@ def benchmark_rows(
             "ties": int(np.sum(codes == 0)),
         })
     return rows
+
+
+def pair_accuracies(margins: np.ndarray, labels: np.ndarray, name: str) -> dict[str, float]:
+    """``{name}_accuracy`` (decisive pairs) and ``{name}_accuracy_with_ties`` (tie-calibrated), in percent, of
+    score margins A − B ``[N]`` against label codes ``[N]``; an undefined one is left out."""
+    out = {}
+    without = accuracy_without_ties(margins, labels)
+    with_ties, _ = accuracy_with_ties(margins, labels)
+    if not math.isnan(without):
+        out[f"{name}_accuracy"] = 100.0 * without
+    if not math.isnan(with_ties):
+        out[f"{name}_accuracy_with_ties"] = 100.0 * with_ties
+    return out

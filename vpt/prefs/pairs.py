@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from vpt.errors import VptError
+
 DIMENSIONS = ("vq", "mq", "ta")
 LABEL_COLUMNS = (*DIMENSIONS, "overall")
 _SWAPPED_LABEL = {"a": "b", "b": "a", "tie": "tie", "invalid": "invalid", None: None}
@@ -79,3 +81,16 @@ def table_paths(relative_to: Path | None) -> Callable[[str | os.PathLike], str]:
         return os.path.relpath(absolute, base)
 
     return lambda path: convert(os.fspath(path))
+
+
+def split_pairs(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training pair indices, held-out pair indices), both sorted; ``round(count * fraction)`` pairs (at least one
+    when ``fraction`` > 0) are held out, chosen by ``seed`` alone."""
+    if not 0 <= fraction < 1:
+        raise VptError(f"eval fraction must lie in [0, 1), got {fraction}")
+    held = 0 if fraction == 0 else max(1, int(round(count * fraction)))
+    if count - held < 1:
+        raise VptError(f"{count} pair(s) leave none to train on with eval fraction {fraction}; give more pairs or "
+                       "hold out fewer")
+    order = np.random.default_rng([int(seed), 0x5EED]).permutation(count)
+    return np.sort(order[held:]), np.sort(order[:held])

@@ -14,6 +14,7 @@ the final latent, so a table of guided videos says how it was made.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +40,6 @@ class GuidanceSettings:
     reward_path: str
 
     def check(self, dimensions: Sequence[str]) -> None:
-        import math
-
         if not math.isfinite(self.scale) or self.scale < 0:
             raise VptError(f"--scale must be a finite number >= 0, got {self.scale}")
         unknown = [name for name in self.weights if name not in dimensions]

@@ -71,10 +71,12 @@ def checked_output(out: str | os.PathLike, pipe, options: RolloutOptions) -> Pat
 
 
 def sample_into(out: Path, table: str, schema: str, prompts: Sequence[PromptItem], order: Sequence[str],
-                processes, sample: Callable[[Path, PromptItem, str], list[dict]]) -> None:
+                processes, sample: Callable[[Path, PromptItem, str], list[dict]],
+                finish: Callable[[Path], None] | None = None) -> None:
     """Fill the new directory ``out``: each process runs ``sample(directory, prompt, stem)`` (which writes its files
     under ``directory`` and returns its table rows) for its share of ``prompts``, into one hidden directory whose
-    ``table`` (rows sorted into ``order`` of their ids) the main process writes before renaming it to ``out``."""
+    ``table`` (rows sorted into ``order`` of their ids) the main process writes, then ``finish(directory)``, before
+    renaming it to ``out``."""
     from vpt.io.tables import gather_parts
 
     stems = file_stems([item.prompt_id for item in prompts])
@@ -88,8 +90,8 @@ def sample_into(out: Path, table: str, schema: str, prompts: Sequence[PromptItem
             for index in processes.shard(range(len(prompts))):
                 part.write(sample(temporary, prompts[index], stems[index]))
         if processes.is_main:
-            if schema == "rollouts":
-                write_checksums(temporary)
+            if finish is not None:
+                finish(temporary)
             commit(temporary, out)
         processes.wait()
     finally:
@@ -118,5 +120,5 @@ def sample_rollouts(pipe, prompts: Sequence[PromptItem], options: RolloutOptions
                            sample_ids(options, item.prompt_id), [f"{stem}-{k:03d}" for k in range(options.group_size)],
                            embeds_shard, negative_key, common, options.fps)
 
-    sample_into(out, TABLE_FILE, "rollouts", prompts, order, processes, sample)
+    sample_into(out, TABLE_FILE, "rollouts", prompts, order, processes, sample, finish=write_checksums)
     return RunSummary(prompts=len(prompts), videos=len(order), directory=out)

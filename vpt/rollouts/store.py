@@ -122,8 +122,16 @@ class RolloutSet:
 
     directory: Path
     rows: list[dict]
+    checksums: dict = field(default_factory=dict, repr=False)  # shards.json: shard -> {"bytes", "sha256"}
     _open: dict = field(default_factory=dict, repr=False)
     _layouts: dict = field(default_factory=dict, repr=False)
+    _by_video: dict | None = field(default=None, repr=False)
+
+    def row_of_video(self, path: str | os.PathLike) -> dict | None:
+        """The row whose video is the file ``path`` (None when no row writes it)."""
+        if self._by_video is None:
+            self._by_video = {(self.directory / row["path"]).resolve(): row for row in self.rows}
+        return self._by_video.get(Path(path).resolve())
 
     def _tensors(self, relative: str) -> dict[str, torch.Tensor]:
         if relative not in self._open:
@@ -172,6 +180,14 @@ class RolloutSet:
         return padded(row["embeds_key"]), None if negative is None else padded(negative)
 
 
+def rollouts_directory_of(video: str | os.PathLike) -> Path | None:
+    """The rollouts directory ``video`` was sampled into (``OUT`` of ``OUT/videos/X.mp4`` beside ``OUT/rollouts.
+    parquet``), or None."""
+    video = Path(video)
+    directory = video.parent.parent
+    return directory if video.parent.name == VIDEOS_DIR and (directory / TABLE_FILE).is_file() else None
+
+
 def load_rollouts(directory: str | os.PathLike, verify: bool = True) -> RolloutSet:
     """Open a rollouts directory written by ``sample-rollouts``; with ``verify`` every shard's size and sha256 is
     checked against ``shards.json`` and every referenced key must exist. Raises :class:`VptError` naming the file."""
@@ -215,7 +231,7 @@ def load_rollouts(directory: str | os.PathLike, verify: bool = True) -> RolloutS
         if len(row["log_probs"]) != len(row["recorded_steps"]):
             raise VptError(f"{table_path}: row {number}: {len(row['log_probs'])} log-probs for "
                            f"{len(row['recorded_steps'])} recorded steps; {_AGAIN}")
-    loaded = RolloutSet(directory=directory, rows=rows)
+    loaded = RolloutSet(directory=directory, rows=rows, checksums=checksums)
     if verify:
         for number, row in enumerate(rows, start=1):
             states = loaded.states(row).shape[0]

@@ -246,22 +246,19 @@ class EncodedCache:
         listed in ``OUT/rollouts.parquet``) whose final latent the sampler recorded, with the VAE ``vae_id``, at
         ``size`` (None: any): the exact latent the video was decoded from, instead of the VAE's encoding of the
         decoded, compressed video. Other clips are left out (encode them)."""
-        from vpt.io.tables import read_table
-        from vpt.rollouts.store import CHECKSUMS_FILE, TABLE_FILE, VIDEOS_DIR
+        from vpt.rollouts.store import load_rollouts, rollouts_directory_of
 
         found: dict[Path, Path] = {}
-        samples: dict[Path, dict[Path, dict]] = {}
-        checksums: dict[Path, dict] = {}
+        loaded: dict[Path, object] = {}
         vae_ids: dict[str, str | None] = {}
         for path in map(Path, paths):
-            directory = path.parent.parent
-            if path.parent.name != VIDEOS_DIR or not (directory / TABLE_FILE).is_file():
+            directory = rollouts_directory_of(path)
+            if directory is None:
                 continue
-            if directory not in samples:
-                rows = read_table(directory / TABLE_FILE, "rollouts").to_pylist()
-                samples[directory] = {(directory / row["path"]).resolve(): row for row in rows}
-                checksums[directory] = json.loads((directory / CHECKSUMS_FILE).read_text(encoding="utf-8"))
-            row = samples[directory].get(path.resolve())
+            if directory not in loaded:
+                loaded[directory] = load_rollouts(directory, verify=False)
+            rollouts = loaded[directory]
+            row = rollouts.row_of_video(path)
             if row is None or row.get("final_latents_key") is None:
                 continue
             if size is not None and (row["frames"], row["height"], row["width"]) != tuple(size):
@@ -272,17 +269,10 @@ class EncodedCache:
                 vae_ids[generator] = self.component_identity(vae) if vae.is_dir() else None
             if vae_ids[generator] != vae_id:
                 continue
-            shard = row["latents_shard"]
-            digest = checksums[directory].get(shard, {}).get("sha256")
-            if digest is None:
-                continue
-            key = _sha256(digest + "|" + row["final_latents_key"])[:32]
+            key = _sha256(rollouts.checksums[row["latents_shard"]]["sha256"] + "|" + row["final_latents_key"])[:32]
             target = self.root / "latents" / vae_id / f"recorded-{key}.safetensors"
             if not target.is_file():
-                from safetensors.torch import load_file
-
-                latent = load_file(str(directory / shard))[row["final_latents_key"]]
-                _save({LATENTS_KEY: latent.float()}, target,
+                _save({LATENTS_KEY: rollouts.final_latent(row).float()}, target,
                       {CLIP_METADATA: {"frames": row["frames"], "height": row["height"], "width": row["width"]}})
             found[path] = target
         return found

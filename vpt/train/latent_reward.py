@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from vpt.algo.flow_matching import noised
-from vpt.algo.preference import A_WINS, B_WINS, TIE, bradley_terry_loss, bradley_terry_ties_loss
+from vpt.algo.preference import A_WINS, B_WINS, LABEL_CODES, TIE, bradley_terry_loss, bradley_terry_ties_loss
 from vpt.errors import VptError
 from vpt.train.flow import EncodedExample, Example, Examples, LatentItems, NoiseOptions
 
@@ -89,7 +89,6 @@ def pair_examples(tables: Sequence[str], dimensions: Sequence[str] | None) -> tu
     dimensions. Pairs without one are skipped and counted."""
     from vpt.io.tables import read_table
     from vpt.train.flow import pair_clips
-    from vpt.train.videoreward import LABEL_CODES
 
     loaded = [(name, read_table(name, "prefs")) for name in tables]
     if dimensions is None:
@@ -180,7 +179,7 @@ class HeldOutPairs:
         return np.concatenate(out)
 
     def __call__(self, model) -> dict[str, float]:
-        from vpt.train.videoreward import pair_accuracies
+        from vpt.metrics.rewardbench import pair_accuracies
 
         labels = np.array([example.labels for example in self.examples])
         levels: dict[str, list[float]] = {}
@@ -223,7 +222,7 @@ def train_latent_reward(model: str | os.PathLike, prefs: Sequence[str], config, 
     from vpt.train import Trainer
     from vpt.train.encoded import EncodedCache
     from vpt.train.flow import check_clip_sizes, encode_examples
-    from vpt.train.videoreward import split_pairs
+    from vpt.prefs.pairs import split_pairs
 
     out = Path(config.output_dir)
     examples, dimensions = pair_examples(prefs, options.dimensions)

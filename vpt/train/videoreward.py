@@ -49,12 +49,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from vpt.algo.preference import A_WINS, B_WINS, INVALID, TIE, bradley_terry_loss, bradley_terry_ties_loss, \
-    regression_loss
+from vpt.algo.preference import (A_WINS, B_WINS, INVALID, LABEL_CODES, bradley_terry_loss,
+                                 bradley_terry_ties_loss, regression_loss)
 from vpt.errors import VideoReadError, VptError
 from vpt.io.atomic import atomic_path
 from vpt.io.video import FrameSampling
-from vpt.metrics.rewardbench import accuracy_with_ties, accuracy_without_ties
+from vpt.prefs.pairs import split_pairs
+from vpt.metrics.rewardbench import pair_accuracies
 from vpt.models.videoreward import DIMENSIONS, VideoRewardModel, save_videoreward, videoalign_lora_targets
 from vpt.train.config import TrainConfig
 from vpt.train.lora import freeze, mark_trainable, train_embedding_rows
@@ -78,7 +79,6 @@ __all__ = [
 ]
 
 LOSSES = ("btt", "bt", "reg")
-LABEL_CODES = {"a": A_WINS, "b": B_WINS, "tie": TIE, "invalid": INVALID}
 MOS_COLUMNS = tuple(f"{dimension}_mos_{side}" for dimension in DIMENSIONS for side in "ab")
 MODEL_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values_videos", "video_grid_thw",
                 "reward_positions")
@@ -271,19 +271,6 @@ def read_preferences(source: str | os.PathLike, sampling: FrameSampling, need_la
                           labels=labels, overall=overall, mos=mos, files=files, frames=decoded)
 
 
-def split_pairs(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training pair indices, held-out pair indices), both sorted; ``round(count * fraction)`` pairs (at least one
-    when ``fraction`` > 0) are held out, chosen by ``seed`` alone."""
-    if not 0 <= fraction < 1:
-        raise VptError(f"eval fraction must lie in [0, 1), got {fraction}")
-    held = 0 if fraction == 0 else max(1, int(round(count * fraction)))
-    if count - held < 1:
-        raise VptError(f"{count} pair(s) leave none to train on with eval fraction {fraction}; give more pairs or "
-                       "hold out fewer")
-    order = np.random.default_rng([int(seed), 0x5EED]).permutation(count)
-    return np.sort(order[held:]), np.sort(order[:held])
-
-
 # ------------------------------------------------------------------------------------------------------ model
 
 
@@ -335,19 +322,6 @@ class PairEvaluation:
     norm_mean: tuple[float, float, float]
     norm_std: tuple[float, float, float]
     videos: int  # distinct (video, prompt) pairs scored
-
-
-def pair_accuracies(margins: np.ndarray, labels: np.ndarray, name: str) -> dict[str, float]:
-    """``{name}_accuracy`` (decisive pairs) and ``{name}_accuracy_with_ties`` (tie-calibrated), in percent, of
-    score margins A − B ``[N]`` against label codes ``[N]``; an undefined one is left out."""
-    out = {}
-    without = accuracy_without_ties(margins, labels)
-    with_ties, _ = accuracy_with_ties(margins, labels)
-    if not math.isnan(without):
-        out[f"{name}_accuracy"] = 100.0 * without
-    if not math.isnan(with_ties):
-        out[f"{name}_accuracy_with_ties"] = 100.0 * with_ties
-    return out
 
 
 def evaluate_pairs(model: VideoRewardModel, data: PreferenceData, indices: Sequence[int] | np.ndarray,
