@@ -6,11 +6,13 @@ from typing import Any, Mapping
 
 import typer
 
+from vpt.commands import _outputs as outputs
+
 MODEL = typer.Option(None, "--model", "-m", help="Generator: a Wan pipeline (or zoo) directory (default with "
                                                  "--policy: the one the policy records).")
 POLICY = typer.Option(None, "--policy", help="Policy checkpoint to continue (written by sft, dpo or grpo-step); "
                                              "default: a new LoRA on the generator.")
-OUT = typer.Option(..., "--out", "-o", help="Policy checkpoint directory to write (must not exist); checkpoints "
+OUT = typer.Option(..., "--out", "-o", callback=outputs.new_directory, help="Policy checkpoint directory to write (must not exist); checkpoints "
                                             "to resume from go to OUT.run/ until the run ends.")
 LR = typer.Option(1e-4, "--lr", help="Learning rate.")
 BATCH_SIZE = typer.Option(1, "--batch-size", help="Examples per micro-batch per process.")

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from vpt.commands import _ui
+from vpt.commands import _outputs, _ui
 
 SHOWN_PROBLEMS = 5
 
@@ -39,7 +39,7 @@ def build_prefs(
                                                                     "group_id, else prompt_id, else prompt)."),
     synthetic: Optional[str] = typer.Option(None, "--synthetic", help="Temporal negatives to make from each clip: "
                                                                       "reverse,shuffle,freeze."),
-    out_dir: Optional[str] = typer.Option(None, "--out-dir", help="Where the synthetic negative mp4s go."),
+    out_dir: Optional[str] = typer.Option(None, "--out-dir", callback=_outputs.new_directory, help="Where the synthetic negative mp4s go."),
     window: int = typer.Option(4, "--window", help="Frames per shuffle window."),
     freeze_fraction: float = typer.Option(0.25, "--freeze-fraction", help="Share of the frames a freeze holds."),
     skip_symmetric: bool = typer.Option(False, "--skip-symmetric", help="No reversal of clips marked "
@@ -54,7 +54,7 @@ def build_prefs(
     seed: int = typer.Option(0, "--seed", help="Seed of the side balancing and of the synthetic negatives."),
     balance: bool = typer.Option(True, "--balance/--no-balance", help="Put the preferred video on side A or B by "
                                                                       "a seeded coin per pair."),
-    output: str = typer.Option("-", "--output", "-o", help="Output prefs table; - is stdout."),
+    output: str = typer.Option("-", "--output", "-o", callback=_outputs.output_file, help="Output prefs table; - is stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary."),
 ) -> None:
     """Build preference pairs (a prefs table) from one source.
@@ -114,23 +114,10 @@ def _annotation_pairs(source, data_dir, check_files, skip_invalid, quiet):
 
 
 def _score_pairs(score_sources, videos, reward, min_gap, top_k, group_by, label):
-    from vpt.errors import VptError
-    from vpt.io.manifest import read_video_table
-    from vpt.io.tables import read_table, source_directory
-    from vpt.prefs.from_scores import pairs_from_scores, rewards_by_id
-    from vpt.rewards.expression import parse_reward
+    from vpt.prefs.from_scores import pairs_from_tables
 
-    if videos is None:
-        raise VptError("--from-scores needs --videos TABLE: the videos or rollouts table the scores are of (it "
-                       "gives the groups and the paths)")
-    samples = read_video_table(videos).to_pylist()
-    base = source_directory(videos)
-    paths = [str(base / row["path"]) for row in samples]
-    weights = parse_reward(reward)
     names = [name.strip() for value in score_sources for name in value.split(",") if name.strip()]
-    rewards = [rewards_by_id(read_table(name, "scores").to_pylist(), weights, name) for name in names]
-    built = pairs_from_scores(samples, paths, rewards, list(weights), min_gap=min_gap, top_k=top_k,
-                              group_by=group_by, source=videos, label=label)
+    built = pairs_from_tables(names, videos, reward, min_gap=min_gap, top_k=top_k, group_by=group_by, label=label)
     left_out = f"; left out: {_counts(built.skipped)}" if built.skipped else ""
     return built.rows, f"from {built.groups} groups (by {built.group_by}){left_out}"
 

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from vpt.commands import _ui
+from vpt.commands import _outputs, _ui
 
 
 def _floats(text: str | None, option: str) -> tuple[float, ...]:
@@ -32,7 +32,7 @@ def grpo_step(
                                                             "one per reward model)."),
     reward: str = typer.Option("score", "--reward", help="Reward: a scores column or weighted columns, e.g. "
                                                          "vq=1,mq=1,ta=1 (curriculum order with --self-paced)."),
-    out: str = typer.Option(..., "--out", "-o", help="Checkpoint directory to write (must not exist)."),
+    out: str = typer.Option(..., "--out", "-o", callback=_outputs.new_directory, help="Checkpoint directory to write (must not exist)."),
     aggregation: str = typer.Option("sum-then-normalise", "--aggregation", help="Several reward columns: "
                                     "sum-then-normalise or normalise-then-sum."),
     global_std: bool = typer.Option(False, "--global-std", help="Divide advantages by the std of all rewards, "

@@ -8,14 +8,14 @@ from typing import Optional
 import typer
 
 from vpt.commands import _sampling as sampling
-from vpt.commands import _ui
+from vpt.commands import _outputs, _ui
 
 
 def guide(
     model: str = sampling.MODEL,
     reward: str = typer.Option(..., "--reward", help="Noisy-latent reward model (vpt train-reward --kind latent)."),
     prompts: str = sampling.PROMPTS,
-    out: str = typer.Option(..., "--out", "-o", help="Directory to create (must not exist): videos.parquet and "
+    out: str = typer.Option(..., "--out", "-o", callback=_outputs.new_directory, help="Directory to create (must not exist): videos.parquet and "
                                                      "videos/*.mp4."),
     policy: Optional[str] = sampling.POLICY,
     weights: Optional[str] = typer.Option(None, "--weights", help="Dimension weights, e.g. vq=0.1,mq=0.1,ta=0.8 "
@@ -71,6 +71,7 @@ def guide(
     options = RolloutOptions(group_size=samples, steps=steps, noise_level=noise_level, guidance=guidance,
                              frames=frames, height=height, width=width, fps=fps, seed=seed,
                              negative_prompt=negative_prompt, shift=shift, batch_size=batch_size)
+    options.check(group_option="--samples")
     target = processes.device() if device == "auto" else device
     reward_model = load_latent_reward(reward, dtype=getattr(torch, dtype), device=target)
     chosen = ({name: 1.0 for name in reward_model.dimensions} if weights is None

@@ -10,6 +10,7 @@ import signal
 import sys
 
 import typer
+from typer._click import exceptions as parse_errors  # typer vendors click: its usage errors are these classes
 from typer.core import TyperGroup
 
 from vpt import __version__
@@ -20,16 +21,32 @@ from vpt.commands import build_prefs, dpo, grpo_step, guide, sample_rollouts, sc
 
 
 class VptGroup(TyperGroup):
-    """Root group: turns a :class:`VptError` into one line on stderr and exit code 2 (``--debug`` re-raises)."""
+    """Root group: turns a :class:`VptError`, and an OS error on a file, into one line on stderr and exit code 2
+    (``--debug`` re-raises)."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except VptError as error:
-            if ctx.params.get("debug"):
+        except (VptError, OSError) as error:
+            if ctx.params.get("debug") or (isinstance(error, OSError) and error.filename is None):
                 raise
-            typer.echo(f"vpt: error: {error}", err=True)
-            raise typer.Exit(error.exit_code) from None
+            typer.echo(f"vpt: error: {_one_line(error)}", err=True)
+            raise typer.Exit(getattr(error, "exit_code", 2)) from None
+
+
+def _one_line(error: Exception) -> str:
+    if isinstance(error, OSError):
+        # the library checks outputs before it works; this is the net under what it cannot foresee (a full disk,
+        # a file removed or locked meanwhile)
+        return f"{error.filename}: {error.strerror or type(error).__name__}; check the path and run again"
+    return str(error)
+
+
+def _usage_line(error: parse_errors.UsageError) -> str:
+    """A usage error (unknown option, bad value) as one line, with where the help is."""
+    message = " ".join(error.format_message().split())
+    command = error.ctx.command_path if error.ctx is not None else "vpt"
+    return f"vpt: error: {message} (see '{command} --help')"
 
 
 app = typer.Typer(
@@ -80,7 +97,18 @@ def _terminate(signum, frame):
 def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        app(args=argv, prog_name="vpt")
+        code = typer.main.get_command(app).main(args=argv, prog_name="vpt", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except parse_errors.NoArgsIsHelpError as error:  # typer has printed the help
+        sys.exit(error.exit_code)
+    except parse_errors.UsageError as error:
+        typer.echo(_usage_line(error), err=True)
+        sys.exit(error.exit_code)
+    except parse_errors.ClickException as error:
+        typer.echo(f"vpt: error: {' '.join(error.format_message().split())}", err=True)
+        sys.exit(error.exit_code)
+    except typer.Abort:
+        sys.exit(130)
     except SystemExit:
         if stop_requested() is not None:
             sys.exit(128 + stop_requested())

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from vpt.commands import _sampling as sampling
-from vpt.commands import _ui
+from vpt.commands import _outputs, _ui
 
 
 def _window(text: str | None) -> tuple[int, int] | None:
@@ -25,7 +25,7 @@ def _window(text: str | None) -> tuple[int, int] | None:
 def sample_rollouts(
     model: str = sampling.MODEL,
     prompts: str = sampling.PROMPTS,
-    out: str = typer.Option(..., "--out", "-o", help="Rollouts directory to create (must not exist)."),
+    out: str = typer.Option(..., "--out", "-o", callback=_outputs.new_directory, help="Rollouts directory to create (must not exist)."),
     policy: Optional[str] = sampling.POLICY,
     group_size: int = typer.Option(4, "--group-size", "-g", help="Samples per prompt (one GRPO group)."),
     steps: int = sampling.STEPS,
@@ -75,6 +75,7 @@ def sample_rollouts(
                              frames=frames, height=height, width=width, fps=fps, seed=seed, same_noise=same_noise,
                              sde_window=_window(sde_window), negative_prompt=negative_prompt, shift=shift,
                              batch_size=batch_size)
+    options.check()
     target = processes.device() if device == "auto" else device
     pipe = load_wan_pipeline(model, dtype=getattr(torch, dtype), device=target)
     policy_id = "base"

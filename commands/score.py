@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from vpt.commands import _ui
+from vpt.commands import _outputs, _ui
 
 
 def score(
@@ -17,12 +17,15 @@ def score(
         ..., "--model", "-m", help="Reward model; repeat or comma-separate for several (decoded once for all)."
     ),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="prompts table with id and prompt columns."),
+    base_dir: Optional[str] = typer.Option(None, "--base-dir", help="Directory a manifest's relative paths are "
+                                                                    "relative to (default: the manifest's; needed "
+                                                                    "for a manifest read from stdin)."),
     model_dir: Optional[str] = typer.Option(None, "--model-dir", help="Local copy of the videoreward weights "
                                             "(default: $VPT_VIDEOREWARD_DIR, then the Hugging Face hub)."),
     device: str = typer.Option("auto", "--device", help="Device of learned reward models: auto (this process's GPU "
                                "when there is one), cpu, cuda, cuda:1."),
     raw: bool = typer.Option(False, "--raw", help="Also write VideoReward's raw head outputs (vq_raw, ...)."),
-    output: str = typer.Option("-", "--output", "-o", help="Output scores table; - is stdout."),
+    output: str = typer.Option("-", "--output", "-o", callback=_outputs.output_file, help="Output scores table; - is stdout."),
     batch_size: int = typer.Option(8, "--batch-size", help="Videos scored together."),
     workers: int = typer.Option(2, "--workers", help="Background decoding threads."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable video instead of a row with error."),
@@ -45,7 +48,7 @@ def score(
     processes = current_processes()
     reward_models = [load_reward_model(name, model_dir, device, batch_size, raw) for name in names]
     columns = output_columns(reward_models)
-    items = collect_videos(inputs or [], prompts)
+    items = collect_videos(inputs or [], prompts, base_dir)
     summary = ScoreSummary()
     if processes.count == 1:
         with TableWriter(output, "scores") as writer, _ui.progress(len(items), "scoring", quiet) as advance:
@@ -65,6 +68,11 @@ def score(
             processes.leave()
         for row in part.merged.to_pylist():
             summary.add(row, columns)
+    if summary.errors and summary.errors == summary.videos:
+        typer.echo(f"vpt: error: none of the {summary.videos} videos could be scored (the first: "
+                   f"{summary.first_error}); see the error column", err=True)
+        processes.leave(1)
+        raise typer.Exit(1)
     if summary.errors:
         _ui.warn(f"{summary.errors} of {summary.videos} videos could not be scored (see the error column)")
     if not quiet:

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from vpt.commands import _training as shared
-from vpt.commands import _ui
+from vpt.commands import _outputs, _ui
 
 KINDS = ("videoreward", "latent")
 VIDEOREWARD_ONLY = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "min_pixels", "max_pixels")
@@ -29,7 +29,7 @@ def train_reward(
                                                               "checkpoint directory, ours or VideoAlign's, or a zoo "
                                                               "directory); latent: the Wan generator (pipeline or "
                                                               "zoo directory) whose first blocks it copies."),
-    out: str = typer.Option(..., "--out", "-o", help="Run directory: checkpoints, metrics.jsonl and the trained "
+    out: str = typer.Option(..., "--out", "-o", callback=_outputs.run_directory, help="Run directory: checkpoints, metrics.jsonl and the trained "
                                                      "model (vpt score --model OUT, or vpt guide --reward OUT)."),
     loss: str = typer.Option("btt", "--loss", help="btt (Bradley-Terry with ties), bt (ties dropped) or, for "
                                                    "videoreward, reg (MSE to the *_mos_a/_b columns)."),

@@ -154,8 +154,10 @@ def test_synthetic_negatives_are_written_with_their_pairs(run_vpt, toy_manifest,
         negative = row[f"path_{negative_side}"]
         assert negative.startswith("negatives/") and (tmp_path / negative).is_file()
     assert {row["overall"] for row in rows} == {"a", "b"}  # balanced
-    again = run_vpt(args)
-    assert pq.read_table(out).to_pylist() == rows and again.stderr == result.stderr  # seeded and deterministic
+    again = run_vpt([tmp_path / "negatives-2" if arg == tmp_path / "negatives" else arg for arg in args])
+    moved = [{key: value.replace("negatives-2/", "negatives/") if key.startswith("path") else value
+              for key, value in row.items()} for row in pq.read_table(out).to_pylist()]
+    assert moved == rows and again.stderr == result.stderr  # seeded and deterministic, pair ids included
 
     assert run_vpt(["build-prefs", "--synthetic", "reverse", "--videos", source]).stderr == (
         "vpt: error: --synthetic needs --videos TABLE (the good clips) and --out-dir DIR (where the negative clips "

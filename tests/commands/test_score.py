@@ -112,7 +112,7 @@ def test_manifest_problems_are_reported(run_vpt, tmp_path):
     manifest.write_text("id,file\na,a.mp4\n")
     result = run_vpt(["score", "-m", "brightness", manifest])
     assert result.stderr == (
-        f"vpt: error: {manifest}: missing column 'path' (schema videos v1 requires: id, path)\n"
+        f"vpt: error: {manifest}: missing column 'path' (schema videos v1 requires: path)\n"
     )
     result = run_vpt(["score", "-m", "brightness", manifest, tmp_path])
     assert result.stderr == f"vpt: error: {manifest}: give a manifest table on its own, not mixed with other inputs\n"

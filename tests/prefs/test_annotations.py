@@ -32,13 +32,13 @@ def test_videoalign_layout_round_trips_to_prefs(data):
     assert found.total_rows == 3 and found.problems == []
     video = lambda name: str(data / "videos" / f"example_{name}.mp4")  # noqa: E731
     assert found.rows == [
-        {"pair_id": pair_id(video("1_A"), video("1_B"), "a cat runs", "annotations"), "path_a": video("1_A"),
+        {"pair_id": pair_id("videos/example_1_A.mp4", "videos/example_1_B.mp4", "a cat runs", "annotations"), "path_a": video("1_A"),
          "path_b": video("1_B"), "prompt": "a cat runs", "vq": "a", "mq": "b", "ta": "tie", "overall": "tie",
          "source": "annotations", "annotation_row": 1},
-        {"pair_id": pair_id(video("2_A"), video("2_B"), "a dog sits", "annotations"), "path_a": video("2_A"),
+        {"pair_id": pair_id("videos/example_2_A.mp4", "videos/example_2_B.mp4", "a dog sits", "annotations"), "path_a": video("2_A"),
          "path_b": video("2_B"), "prompt": "a dog sits", "vq": "tie", "mq": "tie", "ta": "b", "overall": "b",
          "source": "annotations", "annotation_row": 2},
-        {"pair_id": pair_id(video("3_A"), video("3_B"), "rain", "annotations"), "path_a": video("3_A"),
+        {"pair_id": pair_id("videos/example_3_A.mp4", "videos/example_3_B.mp4", "rain", "annotations"), "path_a": video("3_A"),
          "path_b": video("3_B"), "prompt": "rain", "vq": "a", "mq": "invalid", "ta": "b", "overall": "tie",
          "source": "annotations", "annotation_row": 3},
     ]

@@ -166,7 +166,7 @@ def test_rows_point_from_the_source_to_its_negative(clips_dir, tmp_path):
     made = negatives(clips_dir, tmp_path)
     row = row_of(made, "ramp", "shuffle")
     source, negative = str(clips_dir / "ramp.mp4"), str(tmp_path / "out" / "ramp.shuffle.mp4")
-    assert row == {"pair_id": pair_id(source, negative, "clip ramp", "synthetic:shuffle"), "path_a": source,
+    assert row == {"pair_id": pair_id("ramp", "ramp:shuffle", "clip ramp", "synthetic:shuffle"), "path_a": source,
                    "path_b": negative, "prompt": "clip ramp", "id_a": "ramp", "id_b": "ramp:shuffle",
                    "vq": "invalid", "mq": "a", "ta": "invalid", "overall": "a", "source": "synthetic:shuffle"}
     # manifest order, then kind order; only what differs from its source
@@ -210,7 +210,7 @@ def test_decoded_negatives_show_the_source_frames_in_the_new_order(clips_dir, tm
 
 
 def test_toy_clip_negatives_match_their_index_maps_on_decoded_frames(toy, tmp_path):
-    made = synthetic_prefs(toy, tmp_path, seed=0)
+    made = synthetic_prefs(toy, tmp_path / "out", seed=0)
     assert made.rows and made.skipped["no visible change"] >= 1  # toy-0000 stands still
     for row in made.rows:
         source, negative = read(row["path_a"]), read(row["path_b"])
@@ -224,7 +224,7 @@ def test_reencoded_source_goes_through_the_same_encoder(clips_dir, tmp_path):
     made = negatives(clips_dir, tmp_path, reencode_source=True, kinds=["reverse"])
     (row,) = made.rows
     assert row["path_a"] == str(tmp_path / "out" / "ramp.source.mp4")
-    assert row["pair_id"] == pair_id(row["path_a"], row["path_b"], "clip ramp", "synthetic:reverse")
+    assert row["pair_id"] == pair_id("ramp", "ramp:reverse", "clip ramp", "synthetic:reverse")
     assert mean_abs(read(row["path_a"]), read(clips_dir / "ramp.mp4")) < TOLERANCE
     assert probe(row["path_a"]).fps == 12.5
     assert sorted(os.listdir(tmp_path / "out")) == ["ramp.reverse.mp4", "ramp.source.mp4"]  # none for skipped clips
@@ -243,13 +243,15 @@ def test_same_seed_same_rows_and_bytes_whatever_the_order_and_workers(toy, tmp_p
     first = make_negatives(clips, tmp_path / "out", seed=3, workers=1)
     written = files(tmp_path / "out")
     progress = []
-    again = make_negatives(clips, tmp_path / "out", seed=3, workers=2, on_progress=progress.append)
-    assert again.rows == first.rows and again.skipped == first.skipped
-    assert files(tmp_path / "out") == written
+    again = make_negatives(clips, tmp_path / "again", seed=3, workers=2, on_progress=progress.append)
+    relocated = [{**row, "path_b": row["path_b"].replace(f"{os.sep}again{os.sep}", f"{os.sep}out{os.sep}")}
+                 for row in again.rows]
+    assert relocated == first.rows and again.skipped == first.skipped
+    assert files(tmp_path / "again") == written
     assert progress == [1] * len(clips)
-    backwards = make_negatives(clips[::-1], tmp_path / "out", seed=3, workers=3)
-    assert sorted(backwards.rows, key=lambda row: row["id_b"]) == sorted(first.rows, key=lambda row: row["id_b"])
-    assert files(tmp_path / "out") == written
+    backwards = make_negatives(clips[::-1], tmp_path / "backwards", seed=3, workers=3)
+    assert sorted(row["pair_id"] for row in backwards.rows) == sorted(row["pair_id"] for row in first.rows)
+    assert files(tmp_path / "backwards") == written
 
     make_negatives(clips, tmp_path / "other", seed=4, kinds=["shuffle", "freeze"])
     changed = [name for name, data in files(tmp_path / "other").items() if written.get(name) != data]
@@ -260,10 +262,10 @@ def test_same_seed_same_rows_and_bytes_whatever_the_order_and_workers(toy, tmp_p
 def test_ids_that_would_share_a_file_get_distinct_files(clips_dir, tmp_path):
     ids = ["a/b", "a b", "Clip", "clip"]
     clips = [Clip(clip_id, clips_dir / "ramp.mp4") for clip_id in ids]
-    made = make_negatives(clips, tmp_path, kinds=["reverse"])
+    made = make_negatives(clips, tmp_path / "out", kinds=["reverse"])
     names = [Path(row["path_b"]).name for row in made.rows]
     assert len({name.casefold() for name in names}) == 4
-    assert sorted(names) == sorted(os.listdir(tmp_path))
+    assert sorted(names) == sorted(os.listdir(tmp_path / "out"))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -282,16 +284,16 @@ def test_time_symmetric_clips_get_no_reverse(clips_dir, tmp_path):
 
 def test_skip_symmetric_without_the_column(toy, tmp_path):
     with pytest.raises(VptError) as error:
-        synthetic_prefs(toy, tmp_path, skip_symmetric=True)
+        synthetic_prefs(toy, tmp_path / "out", skip_symmetric=True)
     assert str(error.value) == (f"{toy}: has no column 'time_symmetric' marking the time-symmetric videos (true "
                                 "when a video looks the same played backwards); add it, or do not skip "
                                 "time-symmetric videos")
     with pytest.raises(VptError, match="has no column 'symmetric'"):
-        synthetic_prefs(toy, tmp_path, skip_symmetric=True, symmetric_column="symmetric")
+        synthetic_prefs(toy, tmp_path / "out", skip_symmetric=True, symmetric_column="symmetric")
     with pytest.raises(ValueError, match="time-symmetric"):  # clips that do not say cannot be skipped
-        make_negatives(load_clips(toy), tmp_path, skip_symmetric=True)
+        make_negatives(load_clips(toy), tmp_path / "out", skip_symmetric=True)
     # without a reversal there is nothing to skip, and no column is needed
-    made = synthetic_prefs(toy, tmp_path, kinds=["freeze"], skip_symmetric=True)
+    made = synthetic_prefs(toy, tmp_path / "out", kinds=["freeze"], skip_symmetric=True)
     assert made.rows and "time-symmetric" not in made.skipped
 
 

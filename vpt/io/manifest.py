@@ -33,14 +33,23 @@ def is_table(name: str) -> bool:
     return name == "-" or name.lower().endswith(TABLE_EXTENSIONS)
 
 
-def collect_videos(inputs: Sequence[str], prompts: str | None = None) -> list[VideoItem]:
-    """The videos named by ``inputs`` (one manifest, or any mix of directories, globs and files), in order."""
+def collect_videos(inputs: Sequence[str], prompts: str | None = None,
+                   base_dir: str | os.PathLike | None = None) -> list[VideoItem]:
+    """The videos named by ``inputs`` (one manifest, or any mix of directories, globs and files), in order.
+    ``base_dir``: what a manifest's relative paths are relative to (default: the manifest's directory; a manifest
+    read from standard input has none, so its relative paths need it)."""
     if not inputs:
         raise VptError("no videos given; name a directory, files, a glob or a videos manifest")
     tables = [name for name in inputs if is_table(name)]
     if tables and len(inputs) > 1:
         raise VptError(f"{tables[0]}: give a manifest table on its own, not mixed with other inputs")
-    items = _from_manifest(tables[0]) if tables else [item for name in inputs for item in _from_files(name)]
+    if base_dir is not None and not tables:
+        raise VptError("--base-dir applies to the paths of a videos manifest; the inputs name files directly")
+    if base_dir is not None and not Path(base_dir).is_dir():
+        raise VptError(f"--base-dir {base_dir}: not a directory; give the directory the manifest's paths are "
+                       "relative to")
+    items = (_from_manifest(tables[0], base_dir) if tables
+             else [item for name in inputs for item in _from_files(name)])
     if prompts is not None:
         _attach_prompts(items, prompts)
     seen: dict[str, str] = {}
@@ -55,25 +64,34 @@ def collect_videos(inputs: Sequence[str], prompts: str | None = None) -> list[Vi
 
 
 def read_video_table(source: str | os.PathLike):
-    """A table of videos: a ``videos`` manifest, or a ``rollouts`` table (whose rows are videos too)."""
+    """A table of videos: a ``videos`` manifest, or a ``rollouts`` table (whose rows are videos too). A manifest
+    without an ``id`` column gets one: each path without its extension, as for a directory of videos."""
+    import pyarrow as pa
+
     from vpt.io.tables import declared_schema, read_table
 
-    return read_table(source, "rollouts" if declared_schema(source) == "rollouts" else "videos")
+    table = read_table(source, "rollouts" if declared_schema(source) == "rollouts" else "videos")
+    if "id" not in table.column_names:
+        ids = [_strip_extension(Path(path).as_posix()) for path in table.column("path").to_pylist()]
+        table = table.add_column(0, "id", pa.array(ids, type=pa.string()))
+    return table
 
 
-def _from_manifest(source: str) -> list[VideoItem]:
-    from vpt.io.tables import source_directory
+def _from_manifest(source: str, base_dir: str | os.PathLike | None) -> list[VideoItem]:
+    from vpt.io.tables import resolve_path
 
     table = read_video_table(source)
-    base = source_directory(source)
+    if table.num_rows == 0:
+        raise VptError(f"{source}: holds no videos; add rows (id, path) to the manifest")
     columns = table.column_names
     items = []
-    for row in table.to_pylist():
-        file = Path(row["path"])
+    for number, row in enumerate(table.to_pylist(), start=1):
         items.append(VideoItem(
             id=row["id"],
             path=row["path"],
-            file=file if file.is_absolute() else base / file,
+            file=resolve_path(row["path"], source, f"{source}: row {number}", base_dir,
+                              "pass --base-dir DIR (the directory the paths are relative to), or give the manifest "
+                              "as a file"),
             prompt=row.get("prompt"),
             carried={name: row[name] for name in CARRIED_COLUMNS if name in columns},
         ))

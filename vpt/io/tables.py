@@ -24,6 +24,7 @@ import functools
 import glob as globbing
 import json
 import os
+import re
 import shutil
 import sys
 import uuid
@@ -360,7 +361,9 @@ def _raw_batches(
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    # Arrow's JSON reader counts rows from 0; every message of ours counts them from 1
+    return re.sub(r"\bin row (\d+)", lambda match: f"in row {int(match.group(1)) + 1}",
+                  text[0]) if text else type(exc).__name__
 
 
 def iter_batches(
@@ -410,6 +413,23 @@ def source_directory(source: str | os.PathLike) -> Path:
         return Path.cwd()
     path = Path(text)
     return path if path.is_dir() else path.parent
+
+
+def resolve_path(path: str, source: str | os.PathLike, where: str, base_dir: str | os.PathLike | None = None,
+                 hint: str = "give the table as a file, or write absolute paths") -> Path:
+    """The file a path written in the table ``source`` names: an absolute path as it is, a relative one against
+    ``base_dir`` when given, else against the table's directory. A table read from standard input has no
+    directory, so its relative paths are refused (``where`` names the row, ``hint`` says what to do) rather than
+    quietly resolved against the working directory."""
+    file = Path(path)
+    if file.is_absolute():
+        return file
+    if base_dir is not None:
+        return Path(base_dir) / file
+    if os.fspath(source) == STDIO:
+        raise VptError(f"{where}: path {path!r} is relative, and a table read from standard input has no directory "
+                       f"to resolve it against; {hint}")
+    return source_directory(source) / file
 
 
 def declared_schema(source: str | os.PathLike) -> str | None:

@@ -114,7 +114,10 @@ def pairs_from_annotations(source: str | os.PathLike, data_dir: str | os.PathLik
             problems.append(Problem(number, "duplicate pair", f"row {number}: repeats the pair of row {first} (the "
                                                               f"same two videos and prompt); keep one of them"))
             continue
-        rows.append({"pair_id": pair_id(path_a, path_b, prompt, SOURCE), "path_a": path_a, "path_b": path_b,
+        # the id hashes the paths as the annotation wrote them (relative to its data directory), so moving the data
+        # does not change it
+        written = [os.path.normpath(columns[column][index].strip()) for column in ("path_A", "path_B")]
+        rows.append({"pair_id": pair_id(*written, prompt, SOURCE), "path_a": path_a, "path_b": path_b,
                      "prompt": prompt, **dict(zip(DIMENSIONS, labels)), "overall": row_overall, "source": SOURCE,
                      "annotation_row": number})
     if problems and not skip_invalid:

@@ -23,7 +23,8 @@ GROUP_COLUMNS = ("group_id", "prompt_id", "prompt")
 
 
 def rewards_by_id(rows: Sequence[dict], weights: dict[str, float], source: str) -> dict[str, float]:
-    """Video id -> reward from one scores table (videos with a null value in any used column are left out)."""
+    """Video id -> reward from one scores table (videos with a null value in any used column, i.e. unscored, are
+    left out; a NaN or infinite value is an error naming its row)."""
     if rows:
         missing = [column for column in weights if column not in rows[0]]
         if missing:
@@ -35,7 +36,11 @@ def rewards_by_id(rows: Sequence[dict], weights: dict[str, float], source: str) 
             raise VptError(f"{source}: row {number}: video id {row['id']!r} is scored twice; score each video once "
                            f"(one prompt per video)")
         values = [row[column] for column in weights]
-        if all(value is not None and math.isfinite(value) for value in values):
+        for column, value in zip(weights, values):
+            if value is not None and not math.isfinite(value):
+                raise VptError(f"{source}: row {number}: column '{column}' of video {row['id']!r} is {value}; "
+                               "rewards must be finite numbers, score the video again or drop the row")
+        if None not in values:
             rewards[row["id"]] = sum(weight * value for weight, value in zip(weights.values(), values))
     return rewards
 
@@ -122,9 +127,29 @@ def pairs_from_scores(videos: Sequence[dict], paths: Sequence[str], rewards: Seq
                 if prompt != videos[worse].get("prompt"):
                     skipped["different prompts"] += 1
                     continue
-                row = {"pair_id": pair_id(paths[better], paths[worse], prompt, SOURCE), "path_a": paths[better],
+                row = {"pair_id": pair_id(id_a, id_b, prompt, SOURCE), "path_a": paths[better],
                        "path_b": paths[worse], "prompt": prompt, "id_a": id_a, "id_b": id_b}
                 row.update({d: ("a" if d == labelled else "invalid") for d in DIMENSIONS})
                 row.update(overall="a", source=SOURCE, gap=float(gap), group=key)
                 pairs.append(row)
     return ScorePairs(rows=pairs, groups=len(members), group_by=column, skipped=skipped)
+
+
+def pairs_from_tables(score_tables: Sequence[str], videos: str | None, reward: str, min_gap: float = 0.0,
+                      top_k: int = 1, group_by: str | None = None, label: str | None = None) -> ScorePairs:
+    """:func:`pairs_from_scores` over tables: the ``videos`` (or rollouts) table of the samples, one scores table
+    per reward model, and the reward as written on the command line (a column or weights)."""
+    from vpt.io.manifest import read_video_table
+    from vpt.io.tables import read_table, resolve_path
+    from vpt.rewards.expression import parse_reward
+
+    if videos is None:
+        raise VptError("--from-scores needs --videos TABLE: the videos or rollouts table the scores are of (it "
+                       "gives the groups and the paths)")
+    samples = read_video_table(videos).to_pylist()
+    paths = [str(resolve_path(row["path"], videos, f"{videos}: row {number}"))
+             for number, row in enumerate(samples, start=1)]
+    weights = parse_reward(reward)
+    rewards = [rewards_by_id(read_table(name, "scores").to_pylist(), weights, name) for name in score_tables]
+    return pairs_from_scores(samples, paths, rewards, list(weights), min_gap=min_gap, top_k=top_k,
+                             group_by=group_by, source=videos, label=label)

@@ -1,7 +1,8 @@
 """What every source of preference pairs shares: stable pair ids, seeded side balancing, label swapping, paths.
 
-A pair's id hashes its two videos (in either order), its prompt and its source, so it does not depend on the row
-order of the input, on which side the preferred clip ends up, or on the run. Balancing puts the preferred clip on
+A pair's id hashes its two videos (in either order: their ids, or their paths as the source table writes them,
+never absolute paths), its prompt and its source, so it does not depend on the row order of the input, on which
+side the preferred clip ends up, on the run, or on where the data directory lies. Balancing puts the preferred clip on
 side A or B by a seeded coin per pair (drawn from the pair id, so also order-independent): a model trained on the
 pairs cannot learn the position.
 """

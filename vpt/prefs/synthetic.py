@@ -28,6 +28,7 @@ the clips or on the number of worker threads.
 from __future__ import annotations
 
 import os
+import shutil
 import zlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -38,6 +39,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from vpt.errors import VideoReadError, VptError
+from vpt.io.atomic import check_new_directory, commit, temporary_sibling
 from vpt.io.names import file_stems
 from vpt.prefs.pairs import pair_id
 
@@ -206,14 +208,14 @@ def load_clips(manifest: str | os.PathLike, *, symmetric_column: str | None = No
     column (null = false); a manifest without it raises :class:`VptError` naming the manifest and the column.
     Without it, ``time_symmetric`` is ``None`` (unknown).
     """
-    from vpt.io.tables import read_table, source_directory
+    from vpt.io.manifest import read_video_table
+    from vpt.io.tables import resolve_path
 
     name = os.fspath(manifest)
-    table = read_table(name, "videos")
+    table = read_video_table(name)
     if symmetric_column is not None and symmetric_column not in table.column_names:
         raise VptError(f"{name}: has no column '{symmetric_column}' marking the time-symmetric videos (true when a "
                        f"video looks the same played backwards); add it, or do not skip time-symmetric videos")
-    base = source_directory(name)
     ids = table.column("id").to_pylist()
     paths = table.column("path").to_pylist()
     prompts = table.column("prompt").to_pylist() if "prompt" in table.column_names else [None] * len(ids)
@@ -225,10 +227,9 @@ def load_clips(manifest: str | os.PathLike, *, symmetric_column: str | None = No
             raise VptError(f"two videos have the id '{clip_id}' ({first_path[clip_id]} and {path}); "
                            "give them distinct ids in a videos manifest")
         first_path[clip_id] = path
-        file = Path(path)
         clips.append(Clip(
             id=clip_id,
-            file=file if file.is_absolute() else base / file,
+            file=resolve_path(path, name, f"{name}: row {number}"),
             prompt=prompt,
             time_symmetric=None if symmetric_column is None else _as_flag(flag, name, symmetric_column, number),
         ))
@@ -257,7 +258,8 @@ class SyntheticPairs:
 
 @dataclass(frozen=True)
 class _Options:
-    out_dir: Path
+    out_dir: Path  # where the files will be (the rows name it)
+    write_dir: Path  # where they are written until all are done (a hidden sibling of out_dir)
     kinds: tuple[str, ...]
     seed: int
     window: int
@@ -269,14 +271,15 @@ class _Options:
     change_tolerance: int
 
 
-def _write(path: Path, frames: np.ndarray, fps: float, crf: int) -> str:
+def _write(options: _Options, name: str, frames: np.ndarray, fps: float) -> str:
+    """Encode ``frames`` as ``name`` in the directory being written; returns the file's absolute final path."""
     from vpt.io.video import write_video
 
     try:
-        write_video(path, frames, fps=fps, crf=crf)
+        write_video(options.write_dir / name, frames, fps=fps, crf=options.crf)
     except OSError as error:
-        raise VptError(f"{path}: cannot write ({error.strerror or error})") from None
-    return os.path.abspath(path)
+        raise VptError(f"{options.out_dir / name}: cannot write ({error.strerror or error})") from None
+    return os.path.abspath(options.out_dir / name)
 
 
 def _negatives_of(clip, stem: str, options: _Options) -> tuple[list[dict], Counter, str | None]:
@@ -318,15 +321,15 @@ def _negatives_of(clip, stem: str, options: _Options) -> tuple[list[dict], Count
     fps = video.info.fps
     if options.reencode_source:
         # Both sides through the same encoder: otherwise "has x264 artefacts" alone would predict the loser.
-        source = _write(options.out_dir / f"{stem}.source.mp4", frames, fps, options.crf)
+        source = _write(options, f"{stem}.source.mp4", frames, fps)
     else:
         source = os.path.abspath(clip.file)
     rows = []
     for kind, indices in planned:
-        negative = _write(options.out_dir / f"{stem}.{kind}.mp4", frames[indices], fps, options.crf)
+        negative = _write(options, f"{stem}.{kind}.mp4", frames[indices], fps)
         origin = f"synthetic:{kind}"
         rows.append({
-            "pair_id": pair_id(source, negative, clip.prompt, origin),
+            "pair_id": pair_id(clip.id, f"{clip.id}:{kind}", clip.prompt, origin),
             "path_a": source,
             "path_b": negative,
             "prompt": clip.prompt,
@@ -376,15 +379,15 @@ def make_negatives(
     change_tolerance: int = CHANGE_TOLERANCE,
     on_progress: Callable[[int], None] | None = None,
 ) -> SyntheticPairs:
-    """Write the temporal negatives of ``clips`` under ``out_dir`` and return their ``prefs`` rows (unbalanced).
+    """Write the temporal negatives of ``clips`` into the new directory ``out_dir`` (created whole at the end, or
+    not at all) and return their ``prefs`` rows (unbalanced).
 
     ``clips``: :class:`Clip` objects, or anything with ``id``, ``file`` and ``prompt`` (e.g. ``VideoItem``); ids
     must be unique. Each clip is decoded once (all frames, ``uint8 [T, H, W, 3]``); for each of ``kinds`` (a
     subset of :data:`KINDS`, in the order given) the frames ``frames[negative_indices(kind, T, rng)]`` are written
     to ``out_dir/<safe_name(id)>.<kind>.mp4`` at the source file's fps, with ``crf`` (10 = visually lossless).
-    Existing files of the same name are replaced (atomically).
 
-    Each row: ``pair_id`` (of the two absolute paths, the prompt and ``source``), ``path_a`` (the source clip,
+    Each row: ``pair_id`` (of the two ids, the prompt and ``source``), ``path_a`` (the source clip,
     absolute), ``path_b`` (the negative, absolute), ``prompt``, ``id_a`` (the clip id), ``id_b``
     (``"<id>:<kind>"``), ``vq`` "invalid", ``mq`` "a", ``ta`` "invalid", ``overall`` "a", ``source``
     ``"synthetic:<kind>"``. Rows come in clip order, then kind order, whatever ``workers`` is.
@@ -422,19 +425,38 @@ def make_negatives(
     if repeated:  # their negatives would overwrite each other
         raise VptError(f"two videos have the id '{repeated[0]}'; give them distinct ids in a videos manifest")
     stems = file_stems([clip.id for clip in clips])
-    options = _Options(out_dir=Path(out_dir), kinds=kinds, seed=int(seed), window=int(window),
-                       freeze_fraction=float(freeze_fraction), skip_symmetric=bool(skip_symmetric),
-                       skip_unreadable=bool(skip_unreadable), crf=int(crf), reencode_source=bool(reencode_source),
-                       change_tolerance=int(change_tolerance))
+    out_dir = check_new_directory(out_dir, "--out-dir")
+    options = _Options(out_dir=out_dir, write_dir=temporary_sibling(out_dir), kinds=kinds, seed=int(seed),
+                       window=int(window), freeze_fraction=float(freeze_fraction),
+                       skip_symmetric=bool(skip_symmetric), skip_unreadable=bool(skip_unreadable), crf=int(crf),
+                       reencode_source=bool(reencode_source), change_tolerance=int(change_tolerance))
+    options.write_dir.mkdir(parents=True)
+    try:
+        results = _negatives_of_all(clips, stems, options, int(workers), on_progress)
+        commit(options.write_dir, out_dir)
+    finally:
+        shutil.rmtree(options.write_dir, ignore_errors=True)
 
+    made = SyntheticPairs(rows=[], clips=len(clips))
+    for rows, skipped, unreadable in results:
+        made.rows.extend(rows)
+        made.skipped.update(skipped)
+        if unreadable is not None:
+            made.unreadable.append(unreadable)
+    return made
+
+
+def _negatives_of_all(clips: Sequence, stems: Sequence[str], options: _Options, workers: int,
+                      on_progress: Callable[[int], None] | None) -> list:
+    """:func:`_negatives_of` of every clip, in clip order, on ``workers`` threads."""
     results: list = [None] * len(clips)
-    if int(workers) == 1 or len(clips) <= 1:
+    if workers == 1 or len(clips) <= 1:
         for position, clip in enumerate(clips):
             results[position] = _negatives_of(clip, stems[position], options)
             if on_progress is not None:
                 on_progress(1)
     else:
-        pool = ThreadPoolExecutor(max_workers=min(int(workers), len(clips)), thread_name_prefix="vpt-synthetic")
+        pool = ThreadPoolExecutor(max_workers=min(workers, len(clips)), thread_name_prefix="vpt-synthetic")
         try:
             futures = {pool.submit(_negatives_of, clip, stems[position], options): position
                        for position, clip in enumerate(clips)}
@@ -445,14 +467,7 @@ def make_negatives(
         finally:
             # On an error (or Ctrl-C) do not start the clips still queued; the running ones finish their files.
             pool.shutdown(wait=True, cancel_futures=True)
-
-    made = SyntheticPairs(rows=[], clips=len(clips))
-    for rows, skipped, unreadable in results:
-        made.rows.extend(rows)
-        made.skipped.update(skipped)
-        if unreadable is not None:
-            made.unreadable.append(unreadable)
-    return made
+    return results
 
 
 def synthetic_prefs(

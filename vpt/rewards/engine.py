@@ -27,11 +27,14 @@ class ScoreSummary:
     videos: int = 0
     errors: int = 0
     values: dict[str, list[float]] = field(default_factory=dict)
+    first_error: str | None = None  # "id: reason" of the first video that failed
 
     def add(self, row: dict, dimensions: Sequence[str]) -> None:
         self.videos += 1
         if row["error"] is not None:
             self.errors += 1
+            if self.first_error is None:
+                self.first_error = f"{row['path']}: {row['error']}"
             return
         for dimension in dimensions:
             self.values.setdefault(dimension, []).append(row[dimension])

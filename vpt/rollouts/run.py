@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from vpt.errors import VptError
-from vpt.io.atomic import commit, temporary_sibling
+from vpt.io.atomic import check_new_directory, commit, temporary_sibling
 from vpt.io.names import file_stems
 from vpt.models.wan import encode_prompts, latent_shape
 from vpt.rollouts.sampling import RolloutOptions, sample_group
@@ -58,16 +58,14 @@ class RunSummary:
 
 
 def checked_output(out: str | os.PathLike, pipe, options: RolloutOptions) -> Path:
-    """``out`` as a Path, once the options fit the pipeline and ``out`` does not exist yet (VptError otherwise)."""
+    """``out`` as a Path, once the options fit the pipeline and ``out`` is a new directory (VptError otherwise)."""
+    options.check()
     try:
-        options.check()
         latent_shape(pipe, options.frames, options.height, options.width)
     except ValueError as error:
-        raise VptError(str(error)) from None
-    out = Path(out)
-    if out.exists():
-        raise VptError(f"{out}: already exists; remove it or choose another --out")
-    return out
+        raise VptError(f"--frames {options.frames} --height {options.height} --width {options.width}: {error}") \
+            from None
+    return check_new_directory(out, "--out")
 
 
 def sample_into(out: Path, table: str, schema: str, prompts: Sequence[PromptItem], order: Sequence[str],

@@ -9,6 +9,7 @@ noise while their step noise stays independent (a shared generator must not driv
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from vpt.algo.flow_sde import VelocityFn, sample_flow, state_indices_of
+from vpt.errors import VptError
 from vpt.models.wan import (
     MAX_SEQUENCE_LENGTH, WanVelocity, decode_latents, initial_noise, latent_shape, schedule_sigmas, to_uint8,
 )
@@ -50,23 +52,31 @@ class RolloutOptions:
         start, end = self.sde_window if self.sde_window is not None else (0, self.steps - 1)
         return list(range(start, end))
 
-    def check(self) -> None:
-        """Raise ValueError with the option at fault."""
+    def check(self, group_option: str = "--group-size") -> None:
+        """Raise :class:`~vpt.errors.VptError` naming the option at fault (``group_option``: how the command calls
+        the group size)."""
+        def bad(option: str, value, expected: str) -> VptError:
+            return VptError(f"{option} {value}: {expected}")
+
         if self.group_size < 1:
-            raise ValueError(f"group size must be at least 1, got {self.group_size}")
+            raise bad(group_option, self.group_size, "give at least 1 sample per prompt")
         if self.steps < 2:
-            raise ValueError(f"steps must be at least 2 (the last step is never stochastic), got {self.steps}")
-        if self.noise_level < 0:
-            raise ValueError(f"noise level must be >= 0, got {self.noise_level}")
+            raise bad("--steps", self.steps, "give at least 2 (the last step is never stochastic)")
+        if not (self.noise_level >= 0 and math.isfinite(self.noise_level)):
+            raise bad("--noise-level", self.noise_level, "give a finite number >= 0 (0: the ODE sampler)")
+        if not math.isfinite(self.guidance):
+            raise bad("--guidance", self.guidance, "give a finite scale (<= 1: off)")
         if self.sde_window is not None:
             start, end = self.sde_window
             if not 0 <= start < end <= self.steps - 1:
-                raise ValueError(f"sde window {start}:{end} must satisfy 0 <= start < end <= steps - 1 = "
-                                 f"{self.steps - 1} (the last step is never stochastic)")
+                raise bad("--sde-window", f"{start}:{end}", f"need 0 <= START < END <= steps - 1 = {self.steps - 1} "
+                                                           "(the last step is never stochastic)")
         if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.fps <= 0:
-            raise ValueError(f"fps must be positive, got {self.fps}")
+            raise bad("--batch-size", self.batch_size, "give at least 1 sample per forward")
+        if not (self.fps > 0 and math.isfinite(self.fps)):
+            raise bad("--fps", self.fps, "give a positive frame rate")
+        if self.shift is not None and not (self.shift > 0 and math.isfinite(self.shift)):
+            raise bad("--shift", self.shift, "give a positive timestep shift")
 
 
 def derived_seed(*parts: object) -> int:

@@ -17,6 +17,12 @@ MIXED_PRECISION = ("no", "bf16")
 
 # Fields that fix the data order / the meaning of a saved data position: a resumed run must use the same values.
 RESUME_LOCKED = ("seed", "batch_size", "gradient_accumulation_steps", "shuffle")
+# The command-line option of every field a training command sets, so a message names what the user typed.
+OPTION_OF = {"learning_rate": "--lr", "batch_size": "--batch-size", "gradient_accumulation_steps": "--grad-accum",
+             "max_steps": "--max-steps", "epochs": "--epochs", "warmup_steps": "--warmup-steps",
+             "lr_schedule": "--lr-schedule", "weight_decay": "--weight-decay", "max_grad_norm": "--max-grad-norm",
+             "mixed_precision": "--mixed-precision", "save_every": "--save-every", "log_every": "--log-every",
+             "eval_every": "--eval-every", "seed": "--seed"}
 
 
 @dataclass
@@ -69,10 +75,12 @@ class TrainConfig:
         """Raise :class:`VptError` naming the first invalid field and the accepted values."""
 
         def bad(name: str, expected: str) -> VptError:
+            if name in OPTION_OF:
+                return VptError(f"{OPTION_OF[name]} {getattr(self, name)!r} is invalid; expected {expected}")
             return VptError(f"training config: {name}={getattr(self, name)!r} is invalid; expected {expected}")
 
         if self.max_steps is None and self.epochs is None:
-            raise VptError("training config: neither max_steps nor epochs is set; set at least one of them")
+            raise VptError("neither --max-steps nor --epochs is set; set at least one of them")
         for name in ("max_steps", "epochs"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -93,11 +101,11 @@ class TrainConfig:
         if self.mixed_precision not in MIXED_PRECISION:
             raise bad("mixed_precision", " | ".join(MIXED_PRECISION))
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise bad("learning_rate", "a positive number")
+            raise bad("learning_rate", "a finite number > 0")
         if any(not (lr >= 0 and math.isfinite(lr)) for lr in self.param_group_lrs.values()):
             raise bad("param_group_lrs", "non-negative learning rates")
-        if not self.weight_decay >= 0:
-            raise bad("weight_decay", "a non-negative number")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise bad("weight_decay", "a finite number >= 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise bad("betas", "two numbers in [0, 1)")
         if not 0 <= self.min_lr_ratio <= 1:

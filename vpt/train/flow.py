@@ -24,7 +24,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -140,11 +139,11 @@ def dpo_examples(prefs: str, dimension: str) -> Examples:
 def pair_clips(row: Mapping[str, Any], prefs: str, where: str) -> dict[str, Path]:
     """The files of a prefs row's ``path_a`` and ``path_b`` (relative ones resolve against the table's directory);
     VptError naming ``where`` when one does not exist."""
-    from vpt.io.tables import source_directory
+    from vpt.io.tables import resolve_path
 
     files = {}
     for column in ("path_a", "path_b"):
-        file = Path(row[column]) if Path(row[column]).is_absolute() else source_directory(prefs) / row[column]
+        file = resolve_path(row[column], prefs, where)
         if not file.is_file():
             raise VptError(f"{where}: {column} {row[column]} does not exist; fix the path or drop the pair")
         files[column] = file
@@ -444,11 +443,14 @@ def run_directory(out: Path) -> Path:
 def check_output(out: Path, resume: str | None) -> Path:
     """``out`` must not exist; an unfinished run of it is continued only when asked, and ``resume`` must hold a
     checkpoint. Returns the run directory."""
+    from vpt.io.atomic import check_new_directory, owns
     from vpt.train.checkpoint import TRAINER_STATE, latest_checkpoint
 
-    if out.exists():
-        raise VptError(f"{out}: already exists; remove it or choose another --out")
+    check_new_directory(out, "--out")
     run = run_directory(out)
+    if run.exists() and not owns(run):
+        raise VptError(f"{run}: exists and vpt did not create it (the checkpoints of --out {out} go there); move it "
+                       "away or choose another --out")
     if resume is None and latest_checkpoint(run) is not None:
         raise VptError(f"{run}: holds an unfinished run of {out}; continue it with --resume {run}, or remove it")
     if resume is not None and not (Path(resume) / TRAINER_STATE).is_file() and latest_checkpoint(resume) is None:
@@ -488,6 +490,7 @@ def train_stage(policy: torch.nn.Module, dataset: LatentItems, loss_fn, config, 
     policy checkpoint of the same stage to train on from (bit-identical to not stopping).
     """
     from vpt.distributed import current_processes
+    from vpt.io.atomic import claim_directory, remove_owned
     from vpt.train import Trainer
     from vpt.train.checkpoint import latest_checkpoint, load_peft, read_metrics
     from vpt.train.policy import METRICS_TABLE, metrics_rows, publish_policy, save_policy
@@ -498,7 +501,7 @@ def train_stage(policy: torch.nn.Module, dataset: LatentItems, loss_fn, config, 
         _check_same_parent(Path(resume), record)
     processes = current_processes()
     if processes.is_main:
-        run.mkdir(parents=True, exist_ok=True)
+        claim_directory(run, "--out")
         (run / STAGE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     processes.wait()
     try:
@@ -507,7 +510,7 @@ def train_stage(policy: torch.nn.Module, dataset: LatentItems, loss_fn, config, 
         result = trainer.train(resume=resume if resume is not None else False)
     except BaseException:
         if processes.is_main and latest_checkpoint(run) is None:  # nothing to resume: leave no run behind
-            shutil.rmtree(run, ignore_errors=True)
+            remove_owned(run)
         raise
     steps = read_metrics(result.metrics_file) if processes.is_main else []
     if processes.is_main:
@@ -515,7 +518,7 @@ def train_stage(policy: torch.nn.Module, dataset: LatentItems, loss_fn, config, 
         if result.resumed_from is not None and (result.resumed_from / METRICS_TABLE).is_file():
             table = _earlier_steps(result.resumed_from / METRICS_TABLE, steps) + table
         publish_policy(result.checkpoint, out, {**record, "step": result.step}, table)
-        shutil.rmtree(run, ignore_errors=True)
+        remove_owned(run)
     processes.wait()
     last = {k: v for k, v in (steps[-1] if steps else {}).items() if k not in ("step", "epoch")}
     return StageResult(checkpoint=out, step=result.step, metrics={**summary, **last})

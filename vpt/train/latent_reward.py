@@ -221,10 +221,12 @@ def train_latent_reward(model: str | os.PathLike, prefs: Sequence[str], config, 
     from vpt.models.loading import load_wan_pipeline, resolve_wan_directory
     from vpt.train import Trainer
     from vpt.train.encoded import EncodedCache
+    from vpt.train.trainer import check_run_directory
     from vpt.train.flow import check_clip_sizes, encode_examples
     from vpt.prefs.pairs import split_pairs
 
     out = Path(config.output_dir)
+    check_run_directory(out, resume)  # before the clips are encoded
     examples, dimensions = pair_examples(prefs, options.dimensions)
     if size is None:
         check_clip_sizes(examples.examples)

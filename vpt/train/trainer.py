@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vpt.errors import VptError
-from vpt.io.atomic import atomic_directory
+from vpt.io.atomic import atomic_directory, claim_directory
 from vpt.train import checkpoint as ckpt
 from vpt.train.config import RESUME_LOCKED, TrainConfig
 from vpt.train.lora import is_peft_model
@@ -88,6 +88,18 @@ def finish_distributed(exit_code: int = 0) -> None:
     processes = current_processes()
     processes.wait()
     processes.leave(exit_code)
+
+
+def check_run_directory(output_dir: str | os.PathLike, resume: bool | str | os.PathLike | None) -> None:
+    """The harness's output directory must be new or one vpt created (:func:`vpt.io.atomic.claim_directory`), and
+    a run already in it is continued only when ``resume`` asks for it. Cheap: commands call it before their long
+    preparation."""
+    from vpt.io.atomic import check_new_directory
+
+    out = check_new_directory(output_dir, "--out", owned_ok=True)
+    if (resume is False or resume is None) and (ckpt.list_checkpoints(out) or (out / ckpt.METRICS_FILE).exists()):
+        raise VptError(f"{out}: already holds a training run (checkpoints or {ckpt.METRICS_FILE}); resume it "
+                       "(--resume), or choose a new output directory")
 
 
 def _make_accelerator(config: TrainConfig):
@@ -220,10 +232,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ resume
     def _resolve_resume(self, resume: bool | str | os.PathLike) -> Path | None:
         out = self.output_dir
+        check_run_directory(out, resume)
         if resume is False or resume is None:
-            if ckpt.list_checkpoints(out) or self.metrics_file.exists():
-                raise VptError(f"{out}: already holds a training run (checkpoints or {ckpt.METRICS_FILE}); pass "
-                               "resume to continue it, or choose an empty output directory")
             return None
         if resume is True:
             return ckpt.latest_checkpoint(out)
@@ -332,7 +342,7 @@ class Trainer:
 
         main = acc.is_main_process
         if main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+            claim_directory(self.output_dir)
             ckpt.truncate_metrics(self.metrics_file, step)
         acc.wait_for_everyone()
         reporter = _Reporter(main and not self.quiet, total, step)
@@ -392,7 +402,7 @@ class Trainer:
                         reduced = window.reduce(acc)
                         if not math.isfinite(reduced["loss"]):
                             raise VptError(f"the training loss is not finite at step {step} ({reduced['loss']}); "
-                                           "lower the learning rate or check the data")
+                                           "lower --lr or check the data")
                         row["loss"] = reduced.pop("loss")
                         row["lr"] = lrs[0]
                         row.update({f"lr/group{i}": lr for i, lr in enumerate(lrs) if i and lr != lrs[0]})

@@ -59,7 +59,7 @@ from vpt.metrics.rewardbench import pair_accuracies
 from vpt.models.videoreward import DIMENSIONS, VideoRewardModel, save_videoreward, videoalign_lora_targets
 from vpt.train.config import TrainConfig
 from vpt.train.lora import freeze, mark_trainable, train_embedding_rows
-from vpt.train.trainer import Trainer, TrainResult
+from vpt.train.trainer import Trainer, TrainResult, check_run_directory
 
 __all__ = [
     "LABEL_CODES",
@@ -199,7 +199,7 @@ def read_preferences(source: str | os.PathLike, sampling: FrameSampling, need_la
     ``need_mos``: the six MOS columns must be present. Raises :class:`VptError` with one line for a table that does
     not fit, an empty prompt, or a video that cannot be decoded (naming the file and the first row using it).
     """
-    from vpt.io.tables import read_table, source_directory
+    from vpt.io.tables import read_table, resolve_path
     from vpt.io.video import decode
 
     name = os.fspath(source)
@@ -237,7 +237,6 @@ def read_preferences(source: str | os.PathLike, sampling: FrameSampling, need_la
                 values = data[f"{dimension}_mos_{side}"]
                 mos[:, s, d] = [np.nan if v is None else float(v) for v in values]
 
-    base = source_directory(source)
     files: list[Path] = []
     first_use: list[tuple[int, str]] = []
     index_of: dict[Path, int] = {}
@@ -245,8 +244,7 @@ def read_preferences(source: str | os.PathLike, sampling: FrameSampling, need_la
     for row in range(count):
         for side in "ab":
             text = data[f"path_{side}"][row]
-            path = Path(text)
-            path = path if path.is_absolute() else base / path
+            path = resolve_path(text, source, f"{source}: row {row + 1}")
             key = Path(os.path.normpath(path))
             if key not in index_of:
                 index_of[key] = len(files)
@@ -461,6 +459,7 @@ def train_videoreward(model: VideoRewardModel, prefs: str | os.PathLike, config:
     checkpoint (``True``) or a given one and ends bit-identical to an uninterrupted run (same hardware).
     """
     out = Path(config.output_dir)
+    check_run_directory(out, resume)  # before the videos are decoded
     began = time.perf_counter()
     changes = {}
     if options.frames is not None:
