@@ -587,16 +587,14 @@ def grpo_step(inputs: StepInputs, options: GrpoOptions, out: str | Path, config,
     ``steps_per_iteration`` optimizer steps consume every block once. ``inputs.state`` is updated and saved with the checkpoint.
     """
     from vpt.distributed import current_processes
-    from vpt.io.atomic import temporary_sibling
+    from vpt.io.atomic import check_new_directory, temporary_sibling
     from vpt.rollouts.sampling import derived_seed
     from vpt.train import Trainer
     from vpt.train.checkpoint import load_peft, read_metrics
 
     if steps_per_iteration < 1:
         raise VptError(f"--steps-per-iteration must be at least 1, got {steps_per_iteration}")
-    out = Path(out)
-    if out.exists():
-        raise VptError(f"{out}: already exists; remove it or choose another --out")
+    out = check_new_directory(out, "--out")
     rollouts, state, policy = inputs.rollouts, inputs.state, inputs.policy
     rows = rollouts.rows
     state.iteration += 1
