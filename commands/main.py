@@ -6,6 +6,7 @@ pyarrow and the models are imported inside the command functions that need them.
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 
@@ -94,8 +95,24 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)
 
 
+class _WarningLine(logging.Handler):
+    """The library's warnings (``logging.getLogger("vpt...").warning``) as ``vpt: warning: ...`` lines on stderr,
+    whatever ``sys.stderr`` is at the time (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        typer.echo(f"vpt: warning: {record.getMessage()}", err=True)
+
+
+def _show_library_warnings() -> None:
+    logger = logging.getLogger("vpt")
+    if not any(isinstance(handler, _WarningLine) for handler in logger.handlers):
+        logger.addHandler(_WarningLine(logging.WARNING))
+        logger.setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _terminate)
+    _show_library_warnings()
     try:
         code = typer.main.get_command(app).main(args=argv, prog_name="vpt", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)

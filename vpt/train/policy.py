@@ -26,6 +26,7 @@ import torch
 from vpt.errors import VptError
 
 POLICY_FILE = "policy.json"
+DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"  # the file name diffusers' save_lora_weights writes
 METRICS_TABLE = "metrics.parquet"
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2", "proj_out")
 """Attention, FFN and output projection of every Wan block: on the tiny zoo attention alone barely moves samples."""
@@ -114,6 +115,7 @@ def save_policy(model: torch.nn.Module, directory: Path) -> None:
     from diffusers import WanPipeline
     from peft import get_peft_model_state_dict
 
+    from vpt.io.tensors import canonicalize_header
     from vpt.train.checkpoint import save_peft
 
     save_peft(model, directory)
@@ -126,6 +128,7 @@ def save_policy(model: torch.nn.Module, directory: Path) -> None:
     layers = {key.removeprefix("base_model.model."): value for key, value in get_peft_model_state_dict(model).items()}
     WanPipeline.save_lora_weights(directory, transformer_lora_layers=layers,
                                   transformer_lora_adapter_metadata=metadata, safe_serialization=True)
+    canonicalize_header(Path(directory) / DIFFUSERS_WEIGHTS)
 
 
 def metrics_rows(iteration: int, summary: Mapping[str, float], steps: Sequence[Mapping[str, Any]]) -> list[dict]:
