@@ -46,6 +46,7 @@ test-all: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_foundation.py
+	$(BIN)/python benchmarks/bench_encoding.py
 	$(BIN)/python benchmarks/bench_videoreward.py
 	$(BIN)/python benchmarks/bench_build_prefs.py
 	$(BIN)/python benchmarks/bench_rollouts.py

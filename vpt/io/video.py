@@ -428,6 +428,13 @@ def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
 # Writing
 
 
+# The same frames must give the same file on any machine and in any process. x264's output depends on its thread
+# count (frame threads narrow the motion search), which by default follows the machine's cores, so it is fixed;
+# and its macroblock-tree rate control was measured to encode identical frames differently now and then, so it is
+# off (at crf 10 that costs ~30% bytes on noisy toy clips and gains ~0.25 dB PSNR: benchmarks/bench_encoding.py).
+DETERMINISTIC_X264 = {"threads": "4", "x264-params": "no-mbtree=1"}
+
+
 def _frame_rate(fps: float) -> Fraction:
     rate = Fraction(fps).limit_denominator(1001)
     if rate <= 0:
@@ -464,7 +471,7 @@ def write_video(path, frames: np.ndarray, fps: float, crf: int = 10) -> None:
             stream = container.add_stream("libx264", rate=rate)
             stream.width, stream.height = width, height
             stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": str(int(crf))}
+            stream.options = {"crf": str(int(crf)), **DETERMINISTIC_X264}
             for frame in frames:
                 # converted here, not left to the encoder: its own conversion was measured to turn identical frames
                 # into different files now and then

@@ -7,11 +7,13 @@ They do what ``WanPipeline.__call__`` does, operation for operation, so a sample
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import numpy as np
 import torch
 
+logger = logging.getLogger(__name__)
 NUM_TRAIN_TIMESTEPS = 1000
 MAX_SEQUENCE_LENGTH = 512  # WanPipeline's default text length
 
@@ -33,9 +35,13 @@ def schedule_sigmas(scheduler_config: dict, steps: int, shift: float | None = No
 
 
 def encode_prompts(pipe, prompts: Sequence[str], negative_prompt: str = "", guidance: float = 1.0,
-                   max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   max_sequence_length: int = MAX_SEQUENCE_LENGTH,
+                   labels: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Text embeddings [P, L, D] of ``prompts`` (and of the negative prompt, [P, L, D], when ``guidance`` > 1),
-    in the transformer's dtype, computed by the pipeline's own ``encode_prompt``."""
+    in the transformer's dtype, computed by the pipeline's own ``encode_prompt``. A prompt longer than
+    ``max_sequence_length`` tokens is cut there by the pipeline: a warning names it by its ``labels`` entry (e.g.
+    ``prompts.txt: row 3``)."""
+    warn_long_prompts(pipe, prompts, max_sequence_length, labels)
     with torch.no_grad():
         positive, negative = pipe.encode_prompt(
             prompt=list(prompts), negative_prompt=[negative_prompt] * len(prompts),
@@ -43,6 +49,17 @@ def encode_prompts(pipe, prompts: Sequence[str], negative_prompt: str = "", guid
             max_sequence_length=max_sequence_length, device=pipe.transformer.device)
     dtype = pipe.transformer.dtype
     return positive.to(dtype), None if negative is None else negative.to(dtype)
+
+
+def warn_long_prompts(pipe, prompts: Sequence[str], max_sequence_length: int,
+                      labels: Sequence[str] | None = None) -> None:
+    """Log a warning for each prompt the text encoder would cut at ``max_sequence_length`` tokens."""
+    for index, prompt in enumerate(prompts):
+        tokens = len(pipe.tokenizer(prompt, add_special_tokens=True, truncation=False, verbose=False)["input_ids"])
+        if tokens > max_sequence_length:
+            label = labels[index] if labels is not None else f"prompt {prompt[:40]!r}"
+            logger.warning("%s: the prompt is %d tokens long; the text encoder reads its first %d and ignores the "
+                           "rest (shorten it)", label, tokens, max_sequence_length)
 
 
 def latent_shape(pipe, frames: int, height: int, width: int) -> tuple[int, int, int, int]:

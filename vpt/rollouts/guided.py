@@ -96,7 +96,7 @@ def guide_videos(pipe, prompts: Sequence[PromptItem], options: RolloutOptions, r
 
     def sample(directory: Path, item: PromptItem, stem: str) -> list[dict]:
         embeds, negative = encode_prompts(pipe, [item.prompt], options.negative_prompt, options.guidance,
-                                          options.max_sequence_length)
+                                          options.max_sequence_length, labels=[item.where or item.prompt_id])
         group = sample_group(pipe, embeds, negative, item.prompt_id, options, on_step, steer=steer)
         with torch.no_grad():
             latents = group.latents.to(embeds.device)

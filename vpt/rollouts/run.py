@@ -25,6 +25,7 @@ from vpt.rollouts.store import TABLE_FILE, write_checksums, write_embeddings, wr
 class PromptItem:
     prompt_id: str
     prompt: str
+    where: str = ""  # the prompt's row, for messages ("prompts.txt: row 3")
 
 
 def prompt_items(rows: Sequence[dict], source: str) -> list[PromptItem]:
@@ -36,7 +37,7 @@ def prompt_items(rows: Sequence[dict], source: str) -> list[PromptItem]:
         if first != number:
             raise VptError(f"{source}: row {number}: prompt id '{prompt_id}' is already used by row {first}; give "
                            f"every prompt its own id")
-        items.append(PromptItem(prompt_id, row["prompt"]))
+        items.append(PromptItem(prompt_id, row["prompt"], f"{source}: row {number}"))
     if not items:
         raise VptError(f"{source}: holds no prompt")
     return items
@@ -111,7 +112,7 @@ def sample_rollouts(pipe, prompts: Sequence[PromptItem], options: RolloutOptions
 
     def sample(directory: Path, item: PromptItem, stem: str) -> list[dict]:
         embeds, negative = encode_prompts(pipe, [item.prompt], options.negative_prompt, options.guidance,
-                                          options.max_sequence_length)
+                                          options.max_sequence_length, labels=[item.where or item.prompt_id])
         embeds_shard, negative_key = write_embeddings(directory, stem, embeds, negative)
         group = sample_group(pipe, embeds, negative, item.prompt_id, options, on_step)
         return write_group(directory, group, item.prompt, group_id(options, item.prompt_id), stem,
