@@ -170,8 +170,8 @@ def test_bad_options_and_inputs(run_vpt, tiny_zoo, rollouts, tmp_path):
     assert exists.stderr == f"vpt: error: {rollouts / 'run'}: already exists; remove it or choose another --out\n"
     window = run_vpt(["sample-rollouts", "-m", tiny_zoo, "--prompts", prompts, "-o", tmp_path / "w", "--sde-window",
                       "2:9", *SMALL])
-    assert window.stderr == ("vpt: error: sde window 2:9 must satisfy 0 <= start < end <= steps - 1 = 3 (the last "
-                             "step is never stochastic)\n")
+    assert window.stderr == ("vpt: error: --sde-window 2:9: need 0 <= START < END <= steps - 1 = 3 (the last step "
+                             "is never stochastic)\n")
     assert run_vpt(["sample-rollouts", "-m", tiny_zoo, "--prompts", prompts, "-o", tmp_path / "w", "--sde-window",
                     "x", *SMALL]).stderr == "vpt: error: --sde-window x: expected START:END step indices, e.g. 0:5\n"
     table = tmp_path / "prompts.csv"

@@ -176,9 +176,7 @@ def check_new_directory(target: str | os.PathLike, option: str = "--out", owned_
     if path.exists() or path.is_symlink():
         if owned_ok and owns(path):
             return path
-        kind = "a directory" if path.is_dir() else "a file"
-        raise VptError(f"{option} {path}: already exists ({kind} vpt did not create); remove it or choose another "
-                       f"{option}")
+        raise VptError(f"{path}: already exists; remove it or choose another {option}")
     _check_parent(path, option)
     return path
 
