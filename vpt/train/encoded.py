@@ -3,9 +3,21 @@
 Layout under the cache root (``$VPT_CACHE_DIR/encoded``, else ``~/.cache/vpt/encoded``)::
 
     latents/<vae_id>/<key>.safetensors    one clip: "latents" float32 [C, F, h, w]; metadata: its pixel size
+    latents/<vae_id>/recorded-<key>.safetensors
+                                          a rollouts sample's final latent as the sampler recorded it (same layout)
     prompts/<text_id>/<key>.safetensors   one prompt: "prompt" [L, D] without its padding rows; metadata: the
                                           padded length and dtype (as the rollouts store keeps embeddings)
     digests.json                          sha256 of model files by (path, size, mtime): weights are hashed once
+
+Every entry's metadata also holds ``vpt.checksum``: ``{"sha256": ...}`` of its content, that is of the JSON text
+``{"metadata": {<its other metadata, as stored>}, "tensors": {<name>: [<dtype>, <shape>]}}`` (sorted keys, compact)
+followed by each tensor's raw bytes in name order (:func:`entry_checksum`). The metadata keys are sorted in the
+header, so the same content gives the same bytes. Whenever the cache decides whether an entry is there
+(:meth:`EncodedCache.encode_videos`, :meth:`~EncodedCache.encode_prompts`, :meth:`~EncodedCache.recorded_latents`)
+it reads and verifies it: an unreadable entry, one whose checksum does not match or one without a checksum (written
+by an older vpt) is written again, with a warning naming it. The loaders (:func:`load_latent`,
+:func:`load_prompt_embedding`, :func:`clip_size`) verify too: an entry damaged since then is a one-line
+:class:`VptError`.
 
 A clip's key is the sha256 of its bytes plus the encode settings (target size, VAE dtype): a renamed or copied file
 reuses its entry, an edited one gets a new one. ``vae_id`` / ``text_id`` (:meth:`EncodedCache.component_identity`)
@@ -18,7 +30,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import struct
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -27,11 +41,17 @@ import torch
 from vpt.distributed import Processes
 from vpt.errors import VideoReadError, VptError
 from vpt.io.atomic import atomic_path
+from vpt.io.tensors import canonicalize_header
 from vpt.models.wan import MAX_SEQUENCE_LENGTH
 from vpt.rollouts.store import EMBEDS_METADATA, PROMPT_KEY, file_digest, trim_padding
 
+logger = logging.getLogger(__name__)
+
 LATENTS_KEY = "latents"
 CLIP_METADATA = "vpt.clip"
+CHECKSUM_METADATA = "vpt.checksum"
+MISSING = "missing"
+NO_CHECKSUM = "no checksum: written by an older vpt"
 DIGESTS_FILE = "digests.json"
 _FIX_CLIP = "fix or remove this clip"
 _RESAMPLE = "pass --frames/--height/--width to resample clips"
@@ -47,34 +67,103 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def entry_checksum(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
+    """The sha256 of an entry's content: its metadata strings (all but the checksum) and its tensors' names, dtypes,
+    shapes and raw bytes."""
+    described = {"metadata": {key: value for key, value in metadata.items() if key != CHECKSUM_METADATA},
+                 "tensors": {name: [str(value.dtype).removeprefix("torch."), list(value.shape)]
+                             for name, value in tensors.items()}}
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True, separators=(",", ":")).encode("utf-8") + b"\n")
+    for name in sorted(tensors):
+        digest.update(tensors[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def _save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict) -> None:
+    """Write an entry atomically, with its checksum and the header's metadata keys sorted (the same bytes for the
+    same content)."""
     from safetensors.torch import save_file
 
+    tensors = {key: value.contiguous() for key, value in tensors.items()}
+    stored = {key: json.dumps(value, sort_keys=True) for key, value in metadata.items()}
+    stored[CHECKSUM_METADATA] = json.dumps({"sha256": entry_checksum(stored, tensors)})
     with atomic_path(path) as temporary:
-        save_file({key: value.contiguous() for key, value in tensors.items()}, str(temporary),
-                  metadata={key: json.dumps(value, sort_keys=True) for key, value in metadata.items()})
+        save_file(tensors, str(temporary), metadata=stored)
+        canonicalize_header(temporary)
+
+
+class _Damaged(Exception):
+    """A cache entry that cannot be used; ``reason`` says why in a few words."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _open_entry(file: str | os.PathLike) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """(metadata strings without the checksum, tensors) of a verified cache entry; :class:`_Damaged` otherwise.
+
+    The file is read into memory once and the tensors are built from those bytes (not mapped from the file), so
+    what is returned is what was verified, whatever happens to the file afterwards."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        data = Path(file).read_bytes()
+    except FileNotFoundError:
+        raise _Damaged(MISSING) from None
+    except OSError as error:
+        raise _Damaged(f"unreadable: {error.strerror or type(error).__name__}") from None
+    try:
+        tensors = load(data)
+        (length,) = struct.unpack("<Q", data[:8])  # a valid header, as load found
+        metadata = dict(json.loads(data[8 : 8 + length]).get("__metadata__") or {})
+    except (SafetensorError, ValueError, TypeError, RuntimeError, struct.error) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise _Damaged(f"unreadable: {first}") from None
+    stored = metadata.pop(CHECKSUM_METADATA, None)
+    if stored is None:
+        raise _Damaged(NO_CHECKSUM)
+    try:
+        expected = json.loads(stored)["sha256"]
+    except (ValueError, TypeError, KeyError):
+        raise _Damaged("unreadable checksum") from None
+    if entry_checksum(metadata, tensors) != expected:
+        raise _Damaged("checksum mismatch")
+    return metadata, tensors
+
+
+def entry_problem(file: str | os.PathLike) -> str | None:
+    """None when the cache entry ``file`` is whole (its checksum matches); else why not: :data:`MISSING`, or how it
+    is damaged (unreadable, checksum mismatch, :data:`NO_CHECKSUM`)."""
+    try:
+        _open_entry(file)
+    except _Damaged as damaged:
+        return damaged.reason
+    return None
 
 
 def _read(file: str | os.PathLike, metadata_key: str, tensor_key: str | None) -> tuple[dict, torch.Tensor | None]:
-    """(metadata under ``metadata_key``, the tensor ``tensor_key`` or None) of a cache entry; VptError if damaged."""
-    from safetensors import SafetensorError, safe_open
-
+    """(metadata under ``metadata_key``, the tensor ``tensor_key`` or None) of a verified cache entry; VptError (one
+    line) if it is missing or damaged: it changed since the run checked it, and the next run encodes it again."""
     try:
-        with safe_open(str(file), framework="pt") as handle:
-            metadata = json.loads((handle.metadata() or {})[metadata_key])
-            return metadata, None if tensor_key is None else handle.get_tensor(tensor_key)
-    except (SafetensorError, OSError, ValueError, KeyError) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise VptError(f"{file}: unreadable cache entry ({first}); delete it and run again") from None
+        metadata, tensors = _open_entry(file)
+        try:
+            return json.loads(metadata[metadata_key]), None if tensor_key is None else tensors[tensor_key]
+        except (KeyError, ValueError):
+            raise _Damaged(f"no {metadata_key if tensor_key is None else tensor_key!r} in it") from None
+    except _Damaged as damaged:
+        raise VptError(f"{file}: damaged cache entry ({damaged.reason}); run again to encode it again") from None
 
 
 def load_latent(file: str | os.PathLike) -> torch.Tensor:
-    """A clip's normalised latents float32 [C, F, h, w], as :meth:`EncodedCache.encode_videos` stored them."""
+    """A clip's normalised latents float32 [C, F, h, w], as :meth:`EncodedCache.encode_videos` stored them (verified
+    against the entry's checksum)."""
     return _read(file, CLIP_METADATA, LATENTS_KEY)[1]
 
 
 def clip_size(file: str | os.PathLike) -> tuple[int, int, int]:
-    """(frames, height, width) of the pixels a latent entry was encoded from, without reading the tensor."""
+    """(frames, height, width) of the pixels a latent entry was encoded from (the entry is read and verified)."""
     size = _read(file, CLIP_METADATA, None)[0]
     return int(size["frames"]), int(size["height"]), int(size["width"])
 
@@ -85,6 +174,15 @@ def load_prompt_embedding(file: str | os.PathLike) -> torch.Tensor:
     padded = torch.zeros((max(int(layout["padded_length"]), len(trimmed)), trimmed.shape[1]), dtype=trimmed.dtype)
     padded[: len(trimmed)] = trimmed
     return padded.to(getattr(torch, layout["dtype"]))
+
+
+def _needs_writing(target: Path, problem: str, again: str) -> bool:
+    """Whether this process writes ``target``, found missing or damaged (``problem``) when every process checked: a
+    damaged one is written again with a warning; a missing one unless another run wrote it meanwhile."""
+    if problem != MISSING:
+        logger.warning("%s: damaged cache entry (%s); %s", target, problem, again)
+        return True
+    return not target.is_file()
 
 
 @contextlib.contextmanager
@@ -172,9 +270,11 @@ class EncodedCache:
 
         ``size``: (frames, height, width) to resample every clip to (uniformly spaced frames, then a bilinear
         resize); None encodes clips at their own size. ``vae_id``: :meth:`component_identity` of the VAE's
-        directory. With several ``processes`` each encodes its share and all wait for the others.
-        ``on_progress(1)`` is called for every clip this process encodes. Raises :class:`VptError` (one line,
-        before anything is encoded) for an unreadable clip or a size the pipeline cannot take."""
+        directory. An entry already there is read and verified once: a damaged one (or one without a checksum) is
+        encoded again, with a warning naming it. With several ``processes`` every one checks every entry before any
+        writes, each encodes its share and all wait for the others. ``on_progress(1)`` is called for every clip
+        this process encodes. Raises :class:`VptError` (one line, before anything is encoded) for an unreadable
+        clip or a size the pipeline cannot take."""
         from vpt.models.wan import latent_shape
 
         processes = processes or Processes()
@@ -196,15 +296,17 @@ class EncodedCache:
             target = directory / f"{_sha256(digests[path] + '|' + settings)[:32]}.safetensors"
             targets.append(target)
             source.setdefault(target, path)
-        # every process checks every missing clip before any encodes: a bad clip stops all of them at once, instead
-        # of one process failing while the others wait for it forever
-        missing = {target: self._checked_clip(path, pipe, size) for target, path in source.items()
-                   if not target.is_file()}
-        # shard over all entries, not the missing ones: processes that look later see fewer missing, and must still
-        # agree on who encodes what
+        # every process checks every entry, and the clip of every missing or damaged one, before any writes: they
+        # all find the same ones, and a bad clip stops all of them at once, instead of one process failing while the
+        # others wait for it forever
+        problems = {target: entry_problem(target) for target in source}
+        missing = {target: (problem, self._checked_clip(source[target], pipe, size))
+                   for target, problem in problems.items() if problem is not None}
+        processes.wait()
+        # shard over all entries, not the missing ones: every process must agree on who encodes what
         for target in processes.shard(list(source)):
-            if target in missing and not target.is_file():
-                self._encode_clip(source[target], missing[target], pipe, size, target)
+            if target in missing and _needs_writing(target, missing[target][0], "encoding it again"):
+                self._encode_clip(source[target], missing[target][1], pipe, size, target)
                 if on_progress is not None:
                     on_progress(1)
         processes.wait()
@@ -241,14 +343,18 @@ class EncodedCache:
         _save({LATENTS_KEY: latents}, target, {CLIP_METADATA: shape})
 
     def recorded_latents(self, paths: Sequence[str | os.PathLike], vae_id: str,
-                         size: tuple[int, int, int] | None = None) -> dict[Path, Path]:
+                         size: tuple[int, int, int] | None = None,
+                         processes: Processes | None = None) -> dict[Path, Path]:
         """Cache files for the clips among ``paths`` that are samples of a rollouts directory (``OUT/videos/X.mp4``
         listed in ``OUT/rollouts.parquet``) whose final latent the sampler recorded, with the VAE ``vae_id``, at
         ``size`` (None: any): the exact latent the video was decoded from, instead of the VAE's encoding of the
-        decoded, compressed video. Other clips are left out (encode them)."""
+        decoded, compressed video. Other clips are left out (encode them). Entries are verified and written as in
+        :meth:`encode_videos` (a damaged one again, with a warning), shared out among ``processes``."""
         from vpt.rollouts.store import load_rollouts, rollouts_directory_of
 
+        processes = processes or Processes()
         found: dict[Path, Path] = {}
+        source: dict[Path, tuple] = {}
         loaded: dict[Path, object] = {}
         vae_ids: dict[str, str | None] = {}
         for path in map(Path, paths):
@@ -271,10 +377,17 @@ class EncodedCache:
                 continue
             key = _sha256(rollouts.checksums[row["latents_shard"]]["sha256"] + "|" + row["final_latents_key"])[:32]
             target = self.root / "latents" / vae_id / f"recorded-{key}.safetensors"
-            if not target.is_file():
+            source.setdefault(target, (rollouts, row, directory))
+            found[path] = target
+        # as in encode_videos: every process checks every entry before any writes, then writes its share
+        missing = {target: problem for target in source if (problem := entry_problem(target)) is not None}
+        processes.wait()
+        for target in processes.shard(list(source)):
+            rollouts, row, directory = source[target]
+            if target in missing and _needs_writing(target, missing[target], f"copying it again from {directory}"):
                 _save({LATENTS_KEY: rollouts.final_latent(row).float()}, target,
                       {CLIP_METADATA: {"frames": row["frames"], "height": row["height"], "width": row["width"]}})
-            found[path] = target
+        processes.wait()
         return found
 
     # -----------------------------------------------------------------------------------------------------------------
@@ -285,7 +398,8 @@ class EncodedCache:
                        processes: Processes | None = None) -> list[Path]:
         """The cache file of each prompt's embeddings (same order), encoding each missing distinct prompt once
         with :func:`vpt.models.wan.encode_prompts` (no negative prompt). ``text_id``: :meth:`component_identity`
-        of the text encoder and tokenizer directories. Read them with :func:`load_prompt_embedding`."""
+        of the text encoder and tokenizer directories. Read them with :func:`load_prompt_embedding`. Entries are
+        verified, and missing or damaged ones encoded, as in :meth:`encode_videos`."""
         from vpt.models.wan import encode_prompts
 
         processes = processes or Processes()
@@ -296,8 +410,11 @@ class EncodedCache:
         directory = self.root / "prompts" / text_id
         targets = [directory / f"{_sha256(settings + '|' + prompt)[:32]}.safetensors" for prompt in prompts]
         source = dict(zip(targets, prompts))
+        # as in encode_videos: every process checks every entry before any writes, then encodes its share
+        missing = {target: problem for target in source if (problem := entry_problem(target)) is not None}
+        processes.wait()
         for target in processes.shard(list(source)):
-            if not target.is_file():
+            if target in missing and _needs_writing(target, missing[target], "encoding it again"):
                 embeds, _ = encode_prompts(pipe, [source[target]], max_sequence_length=max_sequence_length)
                 layout = {"padded_length": embeds.shape[1], "dtype": str(embeds.dtype).removeprefix("torch.")}
                 _save({PROMPT_KEY: trim_padding(embeds[0].float())}, target, {EMBEDS_METADATA: layout})

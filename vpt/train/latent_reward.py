@@ -239,7 +239,7 @@ def train_latent_reward(model: str | os.PathLike, prefs: Sequence[str], config, 
     known = {}
     if options.clip_latents == "auto":
         files = sorted({file for example in examples.examples for file in example.clips.values()})
-        known = store.recorded_latents(files, vae_id, size)
+        known = store.recorded_latents(files, vae_id, size, processes=current_processes())
     encoded = encode_examples(examples.examples, pipe, generator, store, size, quiet, known=known)
     info = {"generator": str(generator.resolve()), "vae_id": vae_id, "text_encoder_id": text_id}
     reward_model = cut_generator(pipe.transformer, options.blocks, dimensions, options.head_channels, config.seed,
