@@ -72,7 +72,7 @@ def guide(
                              frames=frames, height=height, width=width, fps=fps, seed=seed,
                              negative_prompt=negative_prompt, shift=shift, batch_size=batch_size)
     options.check(group_option="--samples")
-    target = processes.device() if device == "auto" else device
+    target = processes.resolve_device(device)
     reward_model = load_latent_reward(reward, dtype=getattr(torch, dtype), device=target)
     chosen = ({name: 1.0 for name in reward_model.dimensions} if weights is None
               else _weights(weights, parse_reward))

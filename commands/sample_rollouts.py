@@ -76,7 +76,7 @@ def sample_rollouts(
                              sde_window=_window(sde_window), negative_prompt=negative_prompt, shift=shift,
                              batch_size=batch_size)
     options.check()
-    target = processes.device() if device == "auto" else device
+    target = processes.resolve_device(device)
     pipe = load_wan_pipeline(model, dtype=getattr(torch, dtype), device=target)
     policy_id = "base"
     if policy is not None:

@@ -43,6 +43,26 @@ class Processes:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
 
+    def resolve_device(self, requested: str, option: str = "--device") -> str:
+        """The device a ``--device`` value names: ``auto`` is :meth:`device`; anything else must be a torch device
+        this machine has (VptError naming ``option`` otherwise)."""
+        if requested == "auto":
+            return self.device()
+        import torch
+
+        from vpt.errors import VptError
+
+        try:
+            device = torch.device(requested)
+        except (RuntimeError, ValueError):
+            raise VptError(f"{option} {requested}: not a device; choose auto, cpu, cuda or cuda:N") from None
+        present = torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+        if device.type == "cuda" and not present:
+            raise VptError(f"{option} {requested}: this machine has no such CUDA device; use {option} auto or cpu")
+        if device.type not in ("cpu", "cuda"):
+            raise VptError(f"{option} {requested}: vpt runs on cpu or cuda; choose auto, cpu, cuda or cuda:N")
+        return str(device)
+
     def shard(self, items: Sequence[T]) -> list[T]:
         """This process's share of ``items``: every ``count``-th item from its rank (each item exactly once)."""
         return list(items[self.rank :: self.count])

@@ -94,10 +94,9 @@ def load_reward_model(
         return HeuristicReward(name, HEURISTICS[name])
     from vpt.rewards.videoreward import NAME, load_videoreward_scorer
 
-    if device == "auto":
-        from vpt.distributed import current_processes
+    from vpt.distributed import current_processes
 
-        device = current_processes().device()
+    device = current_processes().resolve_device(device)
     if name == NAME:
         base = None
         path = model_dir or os.environ.get(VIDEOREWARD_DIR_VARIABLE)
