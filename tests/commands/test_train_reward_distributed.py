@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vpt.io.atomic import OWNER_FILE
+
 from vpt.io.tables import read_table
 from vpt.io.video import decode
 from vpt.models.videoreward import load_videoreward
@@ -48,7 +50,8 @@ def test_two_processes_train_like_one_process_with_the_combined_batch(world, tin
     assert state["num_processes"] == 2 and state["step"] == 3
     rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows if "loss" in row] == [1, 2, 3]
-    assert not [p.name for p in (tmp_path / "two").iterdir() if p.name.startswith(".")]  # no temporaries left
+    hidden = [p.name for p in (tmp_path / "two").iterdir() if p.name.startswith(".")]
+    assert hidden == [OWNER_FILE]  # no temporaries left, only the mark that vpt made the directory
 
     videos = read_table(world / "videos.parquet", "videos").to_pylist()
     prompts = [row["prompt"] for row in videos]

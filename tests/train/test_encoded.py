@@ -83,8 +83,8 @@ def test_cached_latents_decode_back_to_their_clips(pipe, clips, tmp_path):
     mean = torch.tensor(vae.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.latents_std).view(1, -1, 1, 1, 1)
     raw = latents * std + mean
-    assert colour_error(decode_latents(pipe, raw), target) > 2 * error
-    assert colour_error(decode_latents(pipe, (raw - mean) * std), target) > 2 * error
+    assert colour_error(decode_latents(pipe, raw), target) > 1.5 * error
+    assert colour_error(decode_latents(pipe, (raw - mean) * std), target) > 1.5 * error
 
 
 def test_each_distinct_clip_is_encoded_once(pipe, clips, tmp_path, vae_calls):

@@ -119,7 +119,7 @@ def test_keep_last_checkpoints_and_their_contents(tmp_path):
     cfg = config(tmp_path, max_steps=5, save_every=1, keep_last=2)
     Trainer(linear(), cfg, dataset=Regression(8), loss_fn=mse_loss, quiet=True).train()
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-4", "checkpoint-5", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == [".vpt-owned", "checkpoint-4", "checkpoint-5", "metrics.jsonl"]
     last = run / "checkpoint-5"
     assert sorted(p.name for p in last.iterdir()) == ["config.json", "optimizer.pt", "rng_state.pt", "scheduler.pt",
                                                       "trainable.safetensors", "trainer_state.json"]

@@ -59,7 +59,8 @@ def _skip_unless_accelerate_can_launch(directory: Path) -> None:
 
 def test_two_processes_share_the_data_and_one_writes_the_files(straight):
     run = straight / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-2", "checkpoint-4", "checkpoint-6", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == [".vpt-owned", "checkpoint-2", "checkpoint-4", "checkpoint-6",
+                                                    "metrics.jsonl"]
     assert json.loads((run / "checkpoint-6" / "trainer_state.json").read_text())["num_processes"] == 2
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3, 4, 5, 6]
