@@ -84,16 +84,17 @@ class TrainConfig:
         for name in ("max_steps", "epochs"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
-                raise bad(name, "a positive integer or None")
+                raise bad(name, "a positive integer")
         for name in ("batch_size", "gradient_accumulation_steps", "log_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise bad(name, "a positive integer")
         for name in ("eval_every", "save_every", "keep_last"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 0):
-                raise bad(name, "a non-negative integer or None (0/None: only at the end / keep all)")
+                raise bad(name, "an integer >= 0 (0: only at the end)" if name != "keep_last" else
+                          "an integer >= 0 (0: keep all)")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise bad("warmup_steps", "a non-negative integer")
+            raise bad("warmup_steps", "an integer >= 0")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise bad("num_workers", "a non-negative integer")
         if self.lr_schedule not in SCHEDULES:
@@ -111,7 +112,7 @@ class TrainConfig:
         if not 0 <= self.min_lr_ratio <= 1:
             raise bad("min_lr_ratio", "a number in [0, 1]")
         if self.max_grad_norm is not None and not self.max_grad_norm >= 0:
-            raise bad("max_grad_norm", "a non-negative number or None (0/None: no clipping)")
+            raise bad("max_grad_norm", "a number >= 0 (0: no clipping)")
 
     @property
     def clipping(self) -> bool:

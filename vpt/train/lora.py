@@ -7,6 +7,8 @@ Typical reward-model setup (VideoAlign): ``model = apply_lora(model, ["q_proj", 
 
 from __future__ import annotations
 
+import math
+
 import fnmatch
 from typing import Iterable, Sequence
 
@@ -27,7 +29,9 @@ def apply_lora(model: torch.nn.Module, targets: Sequence[str] | str, rank: int =
     from peft import LoraConfig, get_peft_model
 
     if rank < 1:
-        raise VptError(f"LoRA rank must be a positive integer, got {rank}")
+        raise VptError(f"--lora-rank {rank}: give a positive integer")
+    if not math.isfinite(alpha) or alpha <= 0:
+        raise VptError(f"--lora-alpha {alpha}: give a positive number")
     targets = targets if isinstance(targets, str) else list(targets)
     config = LoraConfig(r=int(rank), lora_alpha=alpha, lora_dropout=float(dropout), target_modules=targets,
                         modules_to_save=list(modules_to_save) if modules_to_save else None, **lora_options)
