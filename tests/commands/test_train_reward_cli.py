@@ -59,7 +59,7 @@ def test_errors_are_one_line(run_vpt, world, tiny_zoo, tmp_path, case):
     prefs = world / "prefs.parquet"
     extra = []
     if case == "loss":
-        extra, expected = ["--loss", "hinge"], "unknown loss 'hinge'; choose one of btt, bt, reg"
+        extra, expected = ["--loss", "hinge"], "--loss hinge: choose one of btt, bt, reg"
     elif case == "mos":
         extra = ["--loss", "reg"]
         expected = (f"{prefs}: loss 'reg' needs mean opinion score columns vq_mos_a, vq_mos_b, mq_mos_a, mq_mos_b, "

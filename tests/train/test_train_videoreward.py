@@ -141,11 +141,11 @@ def test_regression_needs_mos_columns(world, zoo_model, tmp_path):
 
 
 def test_option_errors():
-    with pytest.raises(VptError, match=r"^unknown loss 'mse'; choose one of btt, bt, reg$"):
+    with pytest.raises(VptError, match=r"^--loss mse: choose one of btt, bt, reg$"):
         RewardTrainOptions(loss="mse")
-    with pytest.raises(VptError, match=r"^theta must be a number > 1"):
+    with pytest.raises(VptError, match=r"^--theta must be a number > 1"):
         RewardTrainOptions(theta=1.0)
-    with pytest.raises(VptError, match=r"^eval fraction must lie in \[0, 1\), got 1.0$"):
+    with pytest.raises(VptError, match=r"^--eval-fraction must lie in \[0, 1\), got 1.0$"):
         RewardTrainOptions(eval_fraction=1.0)
 
 

@@ -88,7 +88,7 @@ def split_pairs(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.
     """(training pair indices, held-out pair indices), both sorted; ``round(count * fraction)`` pairs (at least one
     when ``fraction`` > 0) are held out, chosen by ``seed`` alone."""
     if not 0 <= fraction < 1:
-        raise VptError(f"eval fraction must lie in [0, 1), got {fraction}")
+        raise VptError(f"--eval-fraction must lie in [0, 1), got {fraction}")
     held = 0 if fraction == 0 else max(1, int(round(count * fraction)))
     if count - held < 1:
         raise VptError(f"{count} pair(s) leave none to train on with eval fraction {fraction}; give more pairs or "

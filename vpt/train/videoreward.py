@@ -119,25 +119,25 @@ class RewardTrainOptions:
         if self.lora_targets is not None:
             self.lora_targets = tuple(self.lora_targets)
         if self.loss not in LOSSES:
-            raise VptError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+            raise VptError(f"--loss {self.loss}: choose one of {', '.join(LOSSES)}")
         if not (self.theta > 1 and math.isfinite(self.theta)):
-            raise VptError(f"theta must be a number > 1 (Rao–Kupper tie parameter), got {self.theta}")
+            raise VptError(f"--theta must be a number > 1 (Rao–Kupper tie parameter), got {self.theta}")
         if not 0 <= self.eval_fraction < 1:
-            raise VptError(f"eval fraction must lie in [0, 1), got {self.eval_fraction}")
+            raise VptError(f"--eval-fraction must lie in [0, 1), got {self.eval_fraction}")
         if self.frames is not None and (int(self.frames) != self.frames or self.frames < 1):
-            raise VptError(f"frames must be a positive integer, got {self.frames}")
+            raise VptError(f"--frames must be a positive integer, got {self.frames}")
         for name in ("min_pixels", "max_pixels"):
             value = getattr(self, name)
             if value is not None and (int(value) != value or value < 1):
-                raise VptError(f"{name.replace('_', ' ')} must be a positive integer, got {value}")
+                raise VptError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
         if self.lora_rank < 0:
-            raise VptError(f"LoRA rank must be 0 (no adapter) or positive, got {self.lora_rank}")
+            raise VptError(f"--lora-rank must be 0 (no adapter) or positive, got {self.lora_rank}")
         if not self.lora_alpha > 0:
-            raise VptError(f"LoRA alpha must be positive, got {self.lora_alpha}")
+            raise VptError(f"--lora-alpha must be positive, got {self.lora_alpha}")
         if not 0 <= self.lora_dropout < 1:
-            raise VptError(f"LoRA dropout must lie in [0, 1), got {self.lora_dropout}")
+            raise VptError(f"--lora-dropout must lie in [0, 1), got {self.lora_dropout}")
         if self.lora_targets is not None and not self.lora_targets:
-            raise VptError("LoRA targets are empty; name language-model Linears (e.g. q_proj,v_proj) or leave "
+            raise VptError("--lora-targets is empty; name language-model Linears (e.g. q_proj,v_proj) or leave "
                            "them out for all of them")
         if self.eval_batch_size < 1 or self.decode_workers < 1:
             raise VptError("eval batch size and decode workers must be positive integers")
