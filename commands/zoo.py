@@ -74,7 +74,8 @@ def tiny(
 
 @app.command("toy-videos")
 def toy_videos(
-    out: Path = typer.Argument(..., help="Directory for clips/*.mp4 and videos.parquet."),
+    out: Path = typer.Argument(..., help="Directory to create for clips/*.mp4 and videos.parquet (must not exist, "
+                                         "or be empty)."),
     n: int = typer.Option(24, "--n", min=1, help="Number of clips."),
     seed: int = typer.Option(0, "--seed", help="Seed of the toy world."),
     frames: int = typer.Option(17, "--frames", min=1, help="Frames per clip."),
@@ -84,9 +85,13 @@ def toy_videos(
 ) -> None:
     """Render toy-world clips (a moving shape with known attributes) as mp4 plus a `videos` manifest."""
     from vpt.errors import VptError
+    from vpt.io.atomic import atomic_directory
     from vpt.toyworld import write_toy_videos
 
     if height % 2 or width % 2:
         raise VptError(f"--height and --width must be even for H.264 (got {height}x{width})")
-    manifest = write_toy_videos(out, n=n, seed=seed, frames=frames, height=height, width=width, fps=fps)
+    replace = _check_destination(out)
+    with atomic_directory(out, replace=replace) as temporary:
+        manifest = out / write_toy_videos(temporary, n=n, seed=seed, frames=frames, height=height, width=width,
+                                          fps=fps).relative_to(temporary)
     typer.echo(f"wrote {n} toy clips ({frames} frames, {height}x{width}, {fps:g} fps) and the manifest {manifest}", err=True)
