@@ -339,7 +339,7 @@ def _raw_batches(
     try:
         if lower.endswith(".csv"):
             reader = pa_csv.open_csv(path, convert_options=_csv_options(schema),
-                                     read_options=pa_csv.ReadOptions(block_size=1 << 22))
+                                     read_options=pa_csv.ReadOptions(block_size=1 << 22, use_threads=False))
             columns, batches = reader.schema, reader
         elif lower.endswith((".jsonl", ".ndjson")):
             table = pa_json.read_json(path)
@@ -361,9 +361,12 @@ def _raw_batches(
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
-    # Arrow's JSON reader counts rows from 0; every message of ours counts them from 1
-    return re.sub(r"\bin row (\d+)", lambda match: f"in row {int(match.group(1)) + 1}",
-                  text[0]) if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    # Arrow's JSON reader counts rows from 0 and its CSV reader counts lines (header included) as rows; our
+    # messages count data rows from 1, so name JSON rows from 1 and CSV lines as lines
+    line = re.sub(r"\bin row (\d+)", lambda match: f"in row {int(match.group(1)) + 1}", text[0])
+    return re.sub(r"\bRow #(\d+):", r"line \1:", line)
 
 
 def iter_batches(

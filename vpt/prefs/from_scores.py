@@ -28,7 +28,8 @@ def rewards_by_id(rows: Sequence[dict], weights: dict[str, float], source: str) 
     if rows:
         missing = [column for column in weights if column not in rows[0]]
         if missing:
-            names = ", ".join(name for name in rows[0] if name not in ("id", "path", "prompt", "model", "error"))
+            numeric = [name for name in rows[0] if any(isinstance(row[name], float) for row in rows)]
+            names = ", ".join(numeric)
             raise VptError(f"{source}: has no column '{missing[0]}' for --reward; its score columns: {names}")
     rewards: dict[str, float] = {}
     for number, row in enumerate(rows, start=1):
