@@ -516,19 +516,25 @@ class TableWriter:
         return str(self._temporary)
 
     def close(self) -> None:
-        if self._writer is None:
-            self.write(pa.RecordBatch.from_pylist([], schema=_declared_arrow_schema(self.schema)))
-        self._writer.close()
-        if self.dest == STDIO:
-            sys.stdout.buffer.flush()
-        else:
-            commit(self._temporary, self.dest)
+        try:
+            if self._writer is None:
+                self.write(pa.RecordBatch.from_pylist([], schema=_declared_arrow_schema(self.schema)))
+            self._writer.close()
+            if self.dest == STDIO:
+                sys.stdout.buffer.flush()
+            else:
+                commit(self._temporary, self.dest)
+        except BaseException:  # a stop requested meanwhile refuses the rename: leave no temporary behind
+            self.abort()
+            raise
 
     def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        if self._temporary is not None and self._temporary.exists():
-            self._temporary.unlink()
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        finally:
+            if self._temporary is not None:
+                self._temporary.unlink(missing_ok=True)
 
     def __enter__(self) -> "TableWriter":
         return self
