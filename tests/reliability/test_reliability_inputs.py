@@ -560,10 +560,18 @@ def test_bad_input_is_refused_in_one_line(name, world, run_vpt, tmp_path):
     case = CASES[name]
     if case.setup is not None:
         case.setup(world, tmp_path)
-    before = {path.name for path in world.root.rglob("*")}
+    world_before, mine = contents(world.root), contents(tmp_path)
     result = run_vpt(case.args(world, tmp_path), stdin=case.stdin(world) if case.stdin else None)
     assert_refused(result, case.message(world, tmp_path), *(tmp_path / output for output in case.outputs))
-    assert {path.name for path in world.root.rglob("*")} == before  # the shared world is left as it was
+    assert contents(world.root) == world_before  # the shared world is left as it was
+    after = contents(tmp_path)
+    assert {name: after.get(name) for name in mine} == mine  # nothing of the user's is changed or deleted
+    assert {name.split("/")[0] for name in after.keys() - mine} <= {"cache"}  # only the shared latent cache is new
+
+
+def contents(directory: Path) -> dict[str, bytes]:
+    return {path.relative_to(directory).as_posix(): path.read_bytes() for path in directory.rglob("*")
+            if path.is_file()}
 
 
 def test_the_suite_covers_every_command():
