@@ -35,13 +35,10 @@ def schedule_sigmas(scheduler_config: dict, steps: int, shift: float | None = No
 
 
 def encode_prompts(pipe, prompts: Sequence[str], negative_prompt: str = "", guidance: float = 1.0,
-                   max_sequence_length: int = MAX_SEQUENCE_LENGTH,
-                   labels: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   max_sequence_length: int = MAX_SEQUENCE_LENGTH) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Text embeddings [P, L, D] of ``prompts`` (and of the negative prompt, [P, L, D], when ``guidance`` > 1),
     in the transformer's dtype, computed by the pipeline's own ``encode_prompt``. A prompt longer than
-    ``max_sequence_length`` tokens is cut there by the pipeline: a warning names it by its ``labels`` entry (e.g.
-    ``prompts.txt: row 3``)."""
-    warn_long_prompts(pipe, prompts, max_sequence_length, labels)
+    ``max_sequence_length`` tokens is cut there (:func:`warn_long_prompts` tells the user)."""
     with torch.no_grad():
         positive, negative = pipe.encode_prompt(
             prompt=list(prompts), negative_prompt=[negative_prompt] * len(prompts),
@@ -53,7 +50,8 @@ def encode_prompts(pipe, prompts: Sequence[str], negative_prompt: str = "", guid
 
 def warn_long_prompts(pipe, prompts: Sequence[str], max_sequence_length: int,
                       labels: Sequence[str] | None = None) -> None:
-    """Log a warning for each prompt the text encoder would cut at ``max_sequence_length`` tokens."""
+    """Log a warning for each prompt the text encoder would cut at ``max_sequence_length`` tokens, named by its
+    ``labels`` entry (e.g. ``prompts.txt: row 3``; default: the prompt's beginning)."""
     for index, prompt in enumerate(prompts):
         tokens = len(pipe.tokenizer(prompt, add_special_tokens=True, truncation=False, verbose=False)["input_ids"])
         if tokens > max_sequence_length:

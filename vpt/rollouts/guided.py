@@ -81,7 +81,7 @@ def guide_videos(pipe, prompts: Sequence[PromptItem], options: RolloutOptions, r
                  on_step: Callable[[int], None] | None = None) -> RunSummary:
     """Sample ``options.group_size`` guided videos per prompt into ``out`` (see the module docstring)."""
     from vpt.io.video import write_video
-    from vpt.models.wan import encode_prompts
+    from vpt.models.wan import encode_prompts, warn_long_prompts
 
     guidance.check(reward_model.dimensions)
     out = checked_output(out, pipe, options)
@@ -95,8 +95,9 @@ def guide_videos(pipe, prompts: Sequence[PromptItem], options: RolloutOptions, r
     final = torch.zeros(1)
 
     def sample(directory: Path, item: PromptItem, stem: str) -> list[dict]:
+        warn_long_prompts(pipe, [item.prompt], options.max_sequence_length, [item.where or item.prompt_id])
         embeds, negative = encode_prompts(pipe, [item.prompt], options.negative_prompt, options.guidance,
-                                          options.max_sequence_length, labels=[item.where or item.prompt_id])
+                                          options.max_sequence_length)
         group = sample_group(pipe, embeds, negative, item.prompt_id, options, on_step, steer=steer)
         with torch.no_grad():
             latents = group.latents.to(embeds.device)

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 from vpt.errors import VptError
 from vpt.io.atomic import check_new_directory, commit, temporary_sibling
 from vpt.io.names import file_stems
-from vpt.models.wan import encode_prompts, latent_shape
+from vpt.models.wan import encode_prompts, latent_shape, warn_long_prompts
 from vpt.rollouts.sampling import RolloutOptions, sample_group
 from vpt.rollouts.store import TABLE_FILE, write_checksums, write_embeddings, write_group
 
@@ -111,8 +111,9 @@ def sample_rollouts(pipe, prompts: Sequence[PromptItem], options: RolloutOptions
               "sampling_batch": options.batch_size or options.group_size}
 
     def sample(directory: Path, item: PromptItem, stem: str) -> list[dict]:
+        warn_long_prompts(pipe, [item.prompt], options.max_sequence_length, [item.where or item.prompt_id])
         embeds, negative = encode_prompts(pipe, [item.prompt], options.negative_prompt, options.guidance,
-                                          options.max_sequence_length, labels=[item.where or item.prompt_id])
+                                          options.max_sequence_length)
         embeds_shard, negative_key = write_embeddings(directory, stem, embeds, negative)
         group = sample_group(pipe, embeds, negative, item.prompt_id, options, on_step)
         return write_group(directory, group, item.prompt, group_id(options, item.prompt_id), stem,

@@ -394,15 +394,18 @@ class EncodedCache:
     # Prompts
 
     def encode_prompts(self, prompts: Sequence[str], pipe, text_id: str,
-                       max_sequence_length: int = MAX_SEQUENCE_LENGTH,
-                       processes: Processes | None = None) -> list[Path]:
+                       max_sequence_length: int = MAX_SEQUENCE_LENGTH, processes: Processes | None = None,
+                       labels: Sequence[str] | None = None) -> list[Path]:
         """The cache file of each prompt's embeddings (same order), encoding each missing distinct prompt once
         with :func:`vpt.models.wan.encode_prompts` (no negative prompt). ``text_id``: :meth:`component_identity`
         of the text encoder and tokenizer directories. Read them with :func:`load_prompt_embedding`. Entries are
-        verified, and missing or damaged ones encoded, as in :meth:`encode_videos`."""
-        from vpt.models.wan import encode_prompts
+        verified, and missing or damaged ones encoded, as in :meth:`encode_videos`. A prompt the text encoder cuts
+        is named in a warning by its ``labels`` entry, cached or not."""
+        from vpt.models.wan import encode_prompts, warn_long_prompts
 
         processes = processes or Processes()
+        if processes.is_main:
+            warn_long_prompts(pipe, prompts, max_sequence_length, labels)
         # the embeddings depend on the encoder's precision and are returned in the transformer's
         settings = json.dumps({"max_sequence_length": int(max_sequence_length),
                                "text_dtype": str(pipe.text_encoder.dtype), "dtype": str(pipe.transformer.dtype)},
