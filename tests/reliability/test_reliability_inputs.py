@@ -151,11 +151,13 @@ CASES: dict[str, Case] = {
         score("--strict", lambda w, t: w.bad / "text.mp4", "-o", tmp("out")),
         lambda w, t: f"{w.bad / 'text.mp4'}: not a readable video (invalid data found when processing input)"),
     "score/missing file": Case(
-        score(lambda w, t: t / "gone.mp4", "-o", tmp("out")), lambda w, t: f"{t / 'gone.mp4'}: no such file or directory"),
+        score(lambda w, t: t / "gone.mp4", "-o", tmp("out")),
+        lambda w, t: f"{t / 'gone.mp4'}: no such file or directory"),
     "score/no inputs": Case(score("-o", tmp("out")),
                             const("no videos given; name a directory, files, a glob or a videos manifest")),
     "score/a scores table as manifest": Case(
-        score(lambda w, t: w.scores, "-o", tmp("out")), lambda w, t: f"{w.scores}: is a 'scores' table, expected 'videos'"),
+        score(lambda w, t: w.scores, "-o", tmp("out")),
+        lambda w, t: f"{w.scores}: is a 'scores' table, expected 'videos'"),
     "score/manifest without path column": Case(
         score(tmp("m.csv"), "-o", tmp("out")),
         lambda w, t: f"{t / 'm.csv'}: missing column 'path' (schema videos v1 requires: path)",
@@ -179,7 +181,8 @@ CASES: dict[str, Case] = {
         setup=write("m.jsonl", '{"id": "a", "path": "a.mp4"}\n{"id": "b", "path": "b.mp4"}\nnot json\n')),
     "score/CSV with a ragged row": Case(
         score(tmp("m.csv"), "-o", tmp("out")),
-        lambda w, t: f"{t / 'm.csv'}: not a readable table (CSV parse error: line 3: Expected 2 columns, got 3: b,b.mp4,x)",
+        lambda w, t: f"{t / 'm.csv'}: not a readable table (CSV parse error: line 3: Expected 2 columns, got 3: "
+                     "b,b.mp4,x)",
         setup=write("m.csv", "id,path\na,a.mp4\nb,b.mp4,x\n")),
     "score/relative paths from stdin": Case(
         score("-", "-o", tmp("out")),
@@ -219,7 +222,8 @@ CASES: dict[str, Case] = {
                            outputs=()),
     "score/-o an existing directory": Case(
         score(lambda w, t: w.toy, "-o", tmp("out")),
-        lambda w, t: f"--output {t / 'out'}: is a directory; give a file name, e.g. --output {t / 'out' / 'out.parquet'}",
+        lambda w, t: f"--output {t / 'out'}: is a directory; give a file name, e.g. --output "
+                     f"{t / 'out' / 'out.parquet'}",
         outputs=(), setup=lambda w, t: (t / "out").mkdir()),
     "score/-o under a file": Case(
         score(lambda w, t: w.toy, "-o", lambda w, t: t / "file" / "out.parquet"),
@@ -366,7 +370,8 @@ CASES: dict[str, Case] = {
     "sample-rollouts/batch of 0": Case(sample("--batch-size", "0"),
                                        const("--batch-size 0: give at least 1 sample per forward")),
     "sample-rollouts/fps 0": Case(sample("--fps", "0"), const("--fps 0.0: give a positive frame rate")),
-    "sample-rollouts/negative shift": Case(sample("--shift", "-1"), const("--shift -1.0: give a positive timestep shift")),
+    "sample-rollouts/negative shift": Case(sample("--shift", "-1"),
+                                           const("--shift -1.0: give a positive timestep shift")),
     "sample-rollouts/frames not 1+4k": Case(
         sample("--frames", "6"), const("--frames 6 --height 32 --width 32: frames must be 1 + a multiple of 4 (e.g. 5, "
                                        "17), got 6")),
@@ -457,8 +462,9 @@ CASES: dict[str, Case] = {
     "grpo-step/--lr NaN": Case(grpo("--lr", "nan"), const("--lr nan is invalid; expected a finite number > 0")),
     "grpo-step/--timestep-fraction 2": Case(grpo("--timestep-fraction", "2"),
                                             const("--timestep-fraction must lie in (0, 1], got 2.0")),
-    "grpo-step/--out exists": Case(grpo(), lambda w, t: f"{t / 'out'}: already exists; remove it or choose another --out",
-                                   outputs=(), setup=lambda w, t: (t / "out").mkdir()),
+    "grpo-step/--out exists": Case(
+        grpo(), lambda w, t: f"{t / 'out'}: already exists; remove it or choose another --out", outputs=(),
+        setup=lambda w, t: (t / "out").mkdir()),
     # ------------------------------------------------------------------------------------------------ sft
     "sft/zero-byte clip": Case(sft(data=tmp("m.csv")), lambda w, t: f"{w.bad / 'empty.mp4'}: file is empty (0 bytes)",
                                setup=lambda w, t: (t / "m.csv").write_text(f"path,prompt\n{w.bad / 'empty.mp4'},p\n")),
@@ -474,7 +480,8 @@ CASES: dict[str, Case] = {
                                lambda w, t: f"{t / 'm.csv'}: holds no videos; add rows (id, path) to the manifest",
                                setup=write("m.csv", "id,path,prompt\n")),
     "sft/--lr NaN": Case(sft("--lr", "nan"), const("--lr nan is invalid; expected a finite number > 0")),
-    "sft/--batch-size 0": Case(sft("--batch-size", "0"), const("--batch-size 0 is invalid; expected a positive integer")),
+    "sft/--batch-size 0": Case(sft("--batch-size", "0"),
+                               const("--batch-size 0 is invalid; expected a positive integer")),
     "sft/--epochs 0": Case(sft("--epochs", "0"), const("--epochs 0 is invalid; expected a positive integer")),
     "sft/--lr-schedule": Case(sft("--lr-schedule", "wavy"),
                               const("--lr-schedule 'wavy' is invalid; expected constant | cosine | linear")),
@@ -486,8 +493,8 @@ CASES: dict[str, Case] = {
     "sft/--lora-rank 0": Case(sft("--lora-rank", "0"), const("--lora-rank 0: give a positive integer")),
     "sft/--resume nothing": Case(
         sft("--resume", tmp("nothing")),
-        lambda w, t: f"{t / 'nothing'}: holds no checkpoint to resume from; give the OUT.run of an interrupted run, one "
-                     "of its checkpoint-N directories, or a finished checkpoint of this stage"),
+        lambda w, t: f"{t / 'nothing'}: holds no checkpoint to resume from; give the OUT.run of an interrupted run, "
+                     "one of its checkpoint-N directories, or a finished checkpoint of this stage"),
     "sft/OUT.run of the user's": Case(
         sft(), lambda w, t: f"{t / 'out.run'}: exists and vpt did not create it (the checkpoints of --out {t / 'out'} "
                             "go there); move it away or choose another --out",
@@ -526,8 +533,8 @@ CASES: dict[str, Case] = {
                                                                               "latent")),
     "train-reward/--eval-fraction 1": Case(reward("-o", tmp("out"), "--eval-fraction", "1"),
                                            const("--eval-fraction must lie in [0, 1), got 1.0")),
-    "train-reward/--loss": Case(reward("-o", tmp("out"), "--loss", "hinge"), const("--loss hinge: choose one of btt, bt, "
-                                                                                   "reg")),
+    "train-reward/--loss": Case(reward("-o", tmp("out"), "--loss", "hinge"),
+                                const("--loss hinge: choose one of btt, bt, reg")),
     "train-reward/option of the other kind": Case(
         reward("-o", tmp("out"), "--blocks", "2"),
         const("--blocks applies to --kind latent; leave it out with --kind videoreward")),
