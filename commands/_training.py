@@ -12,6 +12,9 @@ MODEL = typer.Option(None, "--model", "-m", help="Generator: a Wan pipeline (or 
                                                  "--policy: the one the policy records).")
 POLICY = typer.Option(None, "--policy", help="Policy checkpoint to continue (written by sft, dpo or grpo-step); "
                                              "default: a new LoRA on the generator.")
+INIT_LORA = typer.Option(None, "--init-lora", help="Start the new policy as this LoRA (no policy.json needed): a "
+                                                   "peft adapter directory or a diffusers Wan LoRA (directory or "
+                                                   ".safetensors file); needs --model.")
 OUT = typer.Option(..., "--out", "-o", callback=outputs.new_directory, help="Policy checkpoint directory to write (must not exist); checkpoints "
                                             "to resume from go to OUT.run/ until the run ends.")
 LR = typer.Option(1e-4, "--lr", help="Learning rate.")
@@ -73,12 +76,33 @@ def stage_arguments(values: Mapping[str, Any]) -> dict[str, Any]:
         save_every=values["save_every"], log_every=values["log_every"], keep_last=2, seed=values["seed"])
     noise = NoiseOptions(timesteps=values["timesteps"], logit_mean=values["logit_mean"],
                          logit_std=values["logit_std"], shift=values["shift"], seed=values["seed"])
-    return {"model": values["model"], "policy": values["policy"], "out": values["out"], "config": config,
+    return {"model": values["model"], "policy": values["policy"], "init_lora": values["init_lora"],
+            "command": command_line(values["context"]), "out": values["out"], "config": config,
             "noise": noise, "lora_rank": values["lora_rank"], "lora_alpha": values["lora_alpha"],
             "lora_targets": DEFAULT_LORA_TARGETS if targets is None else
             tuple(t.strip() for t in targets.split(",") if t.strip()),
             "size": resample_size(values["frames"], values["height"], values["width"]), "cache": values["cache"], "resume": values["resume"],
             "quiet": values["quiet"]}
+
+
+def command_line(context: typer.Context) -> list[str]:
+    """The command as given (``vpt STAGE --option value ...``), rebuilt from the parsed options that did not come
+    from their defaults, so it reads the same in-process, from a shell or under ``accelerate launch``."""
+    words = context.command_path.split()
+    for param in context.command.params:
+        source = context.get_parameter_source(param.name)
+        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP") or not param.opts:
+            continue
+        value = context.params.get(param.name)
+        if value is None:
+            continue
+        option = next((opt for opt in param.opts if opt.startswith("--")), param.opts[0])
+        if getattr(param, "is_flag", False):
+            words += [option] if value else list(getattr(param, "secondary_opts", [])[:1])
+        else:
+            words += [part for item in (value if isinstance(value, (list, tuple)) else [value])
+                      for part in (option, str(item))]
+    return words
 
 
 def report(stage: str, result, quiet: bool) -> None:

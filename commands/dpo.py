@@ -10,6 +10,7 @@ from vpt.commands import _training as shared
 
 
 def dpo(
+    context: typer.Context,
     prefs: str = typer.Option(..., "--prefs", help="prefs table; relative clip paths resolve against its "
                                                    "directory."),
     dimension: str = typer.Option("overall", "--dim", help="Label column that picks the preferred clip: overall, "
@@ -24,6 +25,7 @@ def dpo(
                                                                 "generator) or base (the generator)."),
     model: Optional[str] = shared.MODEL,
     policy: Optional[str] = shared.POLICY,
+    init_lora: Optional[str] = shared.INIT_LORA,
     out: str = shared.OUT,
     learning_rate: float = shared.LR,
     batch_size: int = shared.BATCH_SIZE,

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from vpt.commands import _outputs, _ui
+from vpt.commands import _outputs, _training, _ui
 
 
 def _floats(text: str | None, option: str) -> tuple[float, ...]:
@@ -21,10 +21,14 @@ def _floats(text: str | None, option: str) -> tuple[float, ...]:
 
 
 def grpo_step(
+    context: typer.Context,
     policy: Optional[str] = typer.Option(None, "--policy", help="Policy checkpoint to update (written by grpo-step, "
                                                                 "dpo or sft; the one that sampled the rollouts)."),
     init: Optional[str] = typer.Option(None, "--init", help="Start a new policy: a Wan pipeline (or zoo) "
                                                             "directory; the rollouts were sampled without --policy."),
+    init_lora: Optional[str] = typer.Option(None, "--init-lora", help="With --init: start as this LoRA (peft or "
+                                            "diffusers Wan LoRA, no policy.json); the rollouts were sampled with "
+                                            "--policy INIT_LORA."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="With --policy: the base generator (default: "
                                                                     "the one the policy records)."),
     rollouts: str = typer.Option(..., "--rollouts", help="Rollouts directory written by sample-rollouts."),
@@ -87,8 +91,9 @@ def grpo_step(
     from vpt.rewards.expression import parse_reward
     from vpt.train import TrainConfig, finish_distributed
     from vpt.train.grpo import GrpoOptions, grpo_step as run, load_step_inputs
-    from vpt.train.policy import DEFAULT_LORA_TARGETS
+    from vpt.train.policy import DEFAULT_LORA_TARGETS, check_start
 
+    check_start(policy, init_lora, init, "--init")
     if (policy is None) == (init is None):
         raise VptError("give exactly one of --policy CKPT (continue a policy) or --init WAN_DIR (start one)")
     if prior is not None and not bpgo:
@@ -107,7 +112,7 @@ def grpo_step(
                                                                   if t.strip()]
     inputs = load_step_inputs(policy=policy, init=init, model=model, rollouts=rollouts, scores=scores, prior=prior,
                               options=options, vipo_model=vipo_model, lora_rank=lora_rank, lora_alpha=lora_alpha,
-                              lora_targets=targets)
+                              lora_targets=targets, init_lora=init_lora, command=_training.command_line(context))
     result = run(inputs, options, out, config, steps_per_iteration=steps_per_iteration, quiet=quiet)
     if not quiet and current_processes().is_main:
         _ui.print_table(f"grpo-step iteration {result.iteration}", ["metric", "value"],

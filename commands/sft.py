@@ -10,6 +10,7 @@ from vpt.commands import _training as shared
 
 
 def sft(
+    context: typer.Context,
     data: List[str] = typer.Option(..., "--data", help="Clips: a videos manifest (with a prompt column), a "
                                                        "directory, a glob or files (repeatable)."),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Prompts table (id, prompt) for clips without a "
@@ -23,6 +24,7 @@ def sft(
     rwr_beta: float = typer.Option(1.0, "--rwr-beta", help="Flow-RWR temperature beta (> 0)."),
     model: Optional[str] = shared.MODEL,
     policy: Optional[str] = shared.POLICY,
+    init_lora: Optional[str] = shared.INIT_LORA,
     out: str = shared.OUT,
     learning_rate: float = shared.LR,
     batch_size: int = shared.BATCH_SIZE,

@@ -171,3 +171,15 @@ def test_a_new_policy_is_seeded(run_vpt, world, tiny_zoo):
     first = (world / "p1" / "adapter_model.safetensors").read_bytes()
     assert (world / "p1-again" / "adapter_model.safetensors").read_bytes() == first
     assert (world / "p1-seed1" / "adapter_model.safetensors").read_bytes() != first
+
+
+def test_the_model_card_names_the_stage_and_command_without_local_paths(world, tiny_zoo):
+    card = (world / "p1" / "README.md").read_text()
+    assert card.startswith("---\nbase_model: wan\nlibrary_name: peft\ntags:\n- vpt\n- grpo\n- lora\n- text-to-video\n"
+                           "---\n")
+    for path in (world, tiny_zoo):
+        for text in (str(path), str(path.resolve()), "/" + path.resolve().parts[1]):
+            assert text not in card, text
+    assert "- **Stage:** grpo (iteration 1, step 1)\n- **Rollouts:** `r0`\n" in card
+    assert "\nvpt grpo-step --init tiny-v" in card and " --rollouts r0 --scores r0.scores.parquet " in card
+    assert json.loads((world / "p1" / "adapter_config.json").read_text())["base_model_name_or_path"] == "wan"

@@ -201,3 +201,17 @@ def test_bad_inputs_get_one_line_and_exit_2(run_vpt, world, tiny_zoo, tmp_path):
         assert not (tmp_path / "out").exists() and not (tmp_path / "out.run").exists()
     # every case is refused before a clip is encoded
     assert not (tmp_path / "cache").exists() and list(exists.iterdir()) == []
+
+
+def test_the_model_card_names_the_stage_and_command_without_local_paths(world, tiny_zoo):
+    s1 = world / "s1"
+    card = (s1 / "README.md").read_text()
+    assert card.startswith("---\nbase_model: wan\nlibrary_name: peft\ntags:\n- vpt\n- sft\n- lora\n- text-to-video\n"
+                           "---\n")
+    for path in (world, tiny_zoo):
+        for text in (str(path), str(path.resolve()), "/" + path.resolve().parts[1]):
+            assert text not in card, text
+    assert "\n1. this policy: sft (step 2)\n2. the generator `wan`\n" in card
+    assert "\nvpt sft --data videos.parquet --model tiny-v" in card and " --out s1 " in card
+    # peft's config names the generator, not a local path; peft loads it onto an explicitly given transformer
+    assert json.loads((s1 / "adapter_config.json").read_text())["base_model_name_or_path"] == "wan"

@@ -534,10 +534,14 @@ def _earlier_steps(table: Path, steps: Sequence[Mapping[str, Any]]) -> list[dict
             if row["step"] is not None and (first is None or row["step"] < first)]
 
 
-def stage_record(stage: str, source, data: str, options: Mapping[str, Any]) -> dict:
-    """``policy.json`` of a stage's output: generator, parent policy, stage, data and options."""
-    return {"model": str(source.model), "parent": source.parent, "stage": stage,
-            "data": str(Path(data).resolve()) if data != "-" else data, stage: dict(options)}
+def stage_record(stage: str, source, data: str, options: Mapping[str, Any],
+                 command: Sequence[str] | None = None) -> dict:
+    """``policy.json`` of a stage's output: generator, parent policy (a checkpoint, an init LoRA or ``base``) and
+    the lineage behind it, stage, data, options and the command line that ran it (the model card shows it without
+    local paths)."""
+    return {"model": str(source.model), "parent": source.parent, **source.describe(), "stage": stage,
+            "data": str(Path(data).resolve()) if data != "-" else data, stage: dict(options),
+            **({"command": [str(token) for token in command]} if command else {})}
 
 
 def options_dict(*options) -> dict:
@@ -583,13 +587,14 @@ def encode_examples(examples: Sequence[Example], pipe, model: Path, cache, size:
 
 
 def _prepare(examples: Examples, model: str | None, policy: str | None, size, cache: str | None,
-             lora: Mapping[str, Any], seed: int, quiet: bool):
-    """(source, trainable policy, encoded examples): the policy and data of a stage, checked and encoded."""
+             lora: Mapping[str, Any], seed: int, quiet: bool, init_lora: str | None = None):
+    """(source, trainable policy, encoded examples): the policy and data of a stage, checked and encoded.
+    ``init_lora``: a LoRA without ``policy.json`` (peft or diffusers layout) the new policy starts as."""
     from vpt.models.loading import load_wan_pipeline
     from vpt.train.encoded import EncodedCache
     from vpt.train.policy import policy_source
 
-    source = policy_source(model, policy)
+    source = policy_source(model, policy, init_lora)
     if size is None:
         check_clip_sizes(examples.examples)
     pipe = load_wan_pipeline(source.model)
@@ -603,17 +608,20 @@ def _prepare(examples: Examples, model: str | None, policy: str | None, size, ca
 def run_dpo(*, model: str | None, policy: str | None, prefs: str, out: str | os.PathLike, options: DpoOptions,
             noise: NoiseOptions, config, lora_targets: Sequence[str], lora_rank: int = 8, lora_alpha: float = 16.0,
             size: tuple[int, int, int] | None = None, cache: str | None = None, resume: str | None = None,
-            quiet: bool = False) -> StageResult:
-    """``vpt dpo``: Flow-DPO of the policy (``policy`` continued, or a new LoRA on ``model``) on the pairs of
-    ``prefs`` labelled in ``options.dimension``; writes the policy checkpoint ``out``."""
+            quiet: bool = False, init_lora: str | None = None, command: Sequence[str] | None = None) -> StageResult:
+    """``vpt dpo``: Flow-DPO of the policy (``policy`` continued, a new LoRA on ``model``, or the LoRA
+    ``init_lora`` on ``model``) on the pairs of ``prefs`` labelled in ``options.dimension``; writes the policy
+    checkpoint ``out``. ``command``: the command line, for the record and the model card."""
     check_output(Path(out), resume)  # before encoding, which can take long at full scale
     examples = dpo_examples(prefs, options.dimension)
     lora = {"targets": tuple(lora_targets), "rank": lora_rank, "alpha": lora_alpha}
-    source, trainable, encoded = _prepare(examples, model, policy, size, cache, lora, noise.seed, quiet)
-    reference = Reference(trainable, parent_weights=options.reference == "policy" and source.checkpoint is not None)
+    source, trainable, encoded = _prepare(examples, model, policy, size, cache, lora, noise.seed, quiet, init_lora)
+    # the starting policy is the reference: a parent's or an init LoRA's adapter as it starts, swapped in
+    reference = Reference(trainable, parent_weights=options.reference == "policy" and source.adapter)
     task = FlowDpoTask(options, reference, next(trainable.parameters()).dtype)
-    record = stage_record("dpo", source, prefs, {**options_dict(options, noise), "lora": _lora_record(lora, source),
-                                                 "size": size})
+    setup = "parent" if source.init_lora is not None else _lora_record(lora, source)
+    record = stage_record("dpo", source, prefs, {**options_dict(options, noise), "lora": setup, "size": size},
+                          command)
     return train_stage(trainable, LatentItems(encoded, noise), task, config, Path(out), record,
                        examples.counts, own_backward=True, resume=resume, quiet=quiet)
 
@@ -623,20 +631,23 @@ def run_sft(*, model: str | None, policy: str | None, data: Sequence[str], out: 
             weight_column: str | None = None, rwr_scores: str | None = None, rwr_reward: str = "score",
             rwr_beta: float = 1.0, lora_rank: int = 8, lora_alpha: float = 16.0,
             size: tuple[int, int, int] | None = None, cache: str | None = None, resume: str | None = None,
-            quiet: bool = False) -> StageResult:
-    """``vpt sft``: flow-matching fine-tuning of the policy on the clips of ``data`` — weights 1 (SFT), a manifest
-    column, or Flow-RWR's normalised exp(r/β) of ``rwr_reward`` from ``rwr_scores``; writes ``out``."""
+            quiet: bool = False, init_lora: str | None = None, command: Sequence[str] | None = None) -> StageResult:
+    """``vpt sft``: flow-matching fine-tuning of the policy (``policy`` continued, a new LoRA on ``model``, or the
+    LoRA ``init_lora`` on ``model``) on the clips of ``data`` — weights 1 (SFT), a manifest column, or Flow-RWR's
+    normalised exp(r/β) of ``rwr_reward`` from ``rwr_scores``; writes ``out``. ``command``: the command line, for the
+    record and the model card."""
     check_output(Path(out), resume)  # before encoding, which can take long at full scale
     examples = sft_examples(data, prompts, weight_column, rwr_scores, rwr_reward, rwr_beta)
     lora = {"targets": tuple(lora_targets), "rank": lora_rank, "alpha": lora_alpha}
-    source, trainable, encoded = _prepare(examples, model, policy, size, cache, lora, noise.seed, quiet)
+    source, trainable, encoded = _prepare(examples, model, policy, size, cache, lora, noise.seed, quiet, init_lora)
     weighting = ("rwr" if rwr_scores is not None else "column" if weight_column is not None else "none")
     options = {**options_dict(noise), "weighting": weighting, "weight_column": weight_column,
                "rwr_scores": rwr_scores, "rwr_reward": rwr_reward, "rwr_beta": rwr_beta,
-               "lora": _lora_record(lora, source), "size": size}
+               "lora": "parent" if source.init_lora is not None else _lora_record(lora, source), "size": size}
     return train_stage(trainable, LatentItems(encoded, noise),
                        FlowMatchingTask(next(trainable.parameters()).dtype), config, Path(out),
-                       stage_record("sft", source, data[0], options), examples.counts, resume=resume, quiet=quiet)
+                       stage_record("sft", source, data[0], options, command), examples.counts, resume=resume,
+                       quiet=quiet)
 
 
 def _lora_record(lora: Mapping[str, Any], source) -> dict | str:

@@ -523,19 +523,23 @@ def check_rollouts(rollouts, source: str, model_id: str, policy_digest: str | No
 def load_step_inputs(*, policy: str | None, init: str | None, model: str | None, rollouts: str,
                      scores: Sequence[str], prior: str | None, options: GrpoOptions, vipo_model: str | None = None,
                      lora_rank: int = 8, lora_alpha: float = 16.0,
-                     lora_targets: Sequence[str] = DEFAULT_LORA_TARGETS, device: str | None = None) -> StepInputs:
+                     lora_targets: Sequence[str] = DEFAULT_LORA_TARGETS, device: str | None = None,
+                     init_lora: str | None = None, command: Sequence[str] | None = None) -> StepInputs:
     """Read and check everything :func:`grpo_step` needs: tables first (cheap, most errors), then the models.
 
     ``policy``: a checkpoint of any stage (continue it; GRPO's own state carries over from a grpo-step one) — or
-    ``init``: a Wan / zoo directory (start a LoRA policy with ``lora_rank`` / ``lora_alpha`` / ``lora_targets``).
-    ``model`` overrides the generator a policy records.
+    ``init``: a Wan / zoo directory (start a LoRA policy with ``lora_rank`` / ``lora_alpha`` / ``lora_targets``, or
+    as the LoRA ``init_lora``, peft or diffusers layout, whose rollouts ``sample-rollouts --policy INIT_LORA``
+    recorded). ``model`` overrides the generator a policy records. ``command``: the command line, for the record
+    and the model card.
     """
     from vpt.io.tables import read_table
     from vpt.models.loading import load_dinov2
     from vpt.rollouts.store import load_rollouts
     from vpt.train.checkpoint import TRAINER_STATE, load_torch
 
-    source = policy_source(model, policy) if policy is not None else policy_source(init, None)
+    source = (policy_source(model, policy, init_lora) if policy is not None else
+              policy_source(init, None, init_lora, generator_option="--init"))
     wan = source.model
     rollout_set = load_rollouts(rollouts)
     check_rollouts(rollout_set, rollouts, str(wan), source.digest)
@@ -560,8 +564,9 @@ def load_step_inputs(*, policy: str | None, init: str | None, model: str | None,
             state.load_state_dict(load_torch(checkpoint / "extra_state.pt"))
         warm_start = checkpoint if (checkpoint / TRAINER_STATE).is_file() else None
     return StepInputs(policy=trainable, rollouts=rollout_set, rewards=rewards, state=state,
-                      policy_info={"model": str(wan), "parent": source.parent,
-                                   "rollouts": str(Path(rollouts).resolve())},
+                      policy_info={"model": str(wan), "parent": source.parent, **source.describe(),
+                                   "rollouts": str(Path(rollouts).resolve()),
+                                   **({"command": [str(token) for token in command]} if command else {})},
                       warm_start=warm_start, reference_priors=reference, prior_source=prior or "--prior",
                       dinov2=dinov2)
 
