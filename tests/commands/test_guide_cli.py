@@ -143,7 +143,8 @@ def test_weights_trade_dimensions_off(run_vpt, tiny_zoo, guide_world, tmp_path):
     (["--weights", "vq=x"], "--weights vq=x: expected DIM=WEIGHT,... with finite weights and each dimension once "
                             "(e.g. vq=0.1,mq=0.1,ta=0.8)"),
     (["--scale", "-1"], "--scale must be a finite number >= 0, got -1.0"),
-    (["--frames", "8"], "frames must be 1 + a multiple of 4 (e.g. 5, 17), got 8"),
+    (["--frames", "8"], "--frames 8 --height 32 --width 32: frames must be 1 + a multiple of 4 (e.g. 5, 17), got 8"),
+    (["--samples", "0"], "--samples 0: give at least 1 sample per prompt"),
 ])
 def test_bad_options_get_one_line(run_vpt, tiny_zoo, guide_world, tmp_path, args, message):
     """One line naming the option and what to do, exit code 2, nothing written."""

@@ -56,8 +56,11 @@ class NoiseOptions:
     def __post_init__(self) -> None:
         if self.timesteps not in TIMESTEP_DISTRIBUTIONS:
             raise VptError(f"--timesteps {self.timesteps}: choose one of {', '.join(TIMESTEP_DISTRIBUTIONS)}")
-        if not self.logit_std > 0 or not self.shift > 0:
-            raise VptError(f"--logit-std and --shift must be > 0, got {self.logit_std} and {self.shift}")
+        for option, value in (("--logit-std", self.logit_std), ("--shift", self.shift)):
+            if not (value > 0 and math.isfinite(value)):
+                raise VptError(f"{option} {value}: give a finite number > 0")
+        if not math.isfinite(self.logit_mean):
+            raise VptError(f"--logit-mean {self.logit_mean}: give a finite number")
 
 
 @dataclass
@@ -576,7 +579,11 @@ def encode_examples(examples: Sequence[Example], pipe, model: Path, cache, size:
     latents = dict(zip(files, cache.encode_videos(files, pipe, vae_id, size=size, processes=processes,
                                                   on_progress=count)))
     latents.update(known)
-    embeddings = dict(zip(prompts, cache.encode_prompts(prompts, pipe, text_id, processes=processes)))
+    where = {}
+    for example in examples:
+        where.setdefault(example.prompt, example.where)
+    embeddings = dict(zip(prompts, cache.encode_prompts(prompts, pipe, text_id, processes=processes,
+                                                        labels=[where[prompt] for prompt in prompts])))
     if not quiet and processes.is_main:
         recorded = f"; {len(known)} latents recorded by the sampler" if known else ""
         Console(stderr=True, soft_wrap=True).print(f"encoded {encoded[0]} of {len(files)} clips (the rest from "

@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from vpt.errors import VptError
+from vpt.train.trainer import WALL_CLOCK_METRICS
 
 POLICY_FILE = "policy.json"
 DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"  # the file name diffusers' save_lora_weights writes
@@ -210,12 +211,14 @@ def save_policy(model: torch.nn.Module, directory: Path) -> None:
 
 
 def metrics_rows(iteration: int, summary: Mapping[str, float], steps: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """The ``metrics`` table in long form: per-run figures (``step`` null), then every logged harness row."""
+    """The ``metrics`` table in long form: per-run figures (``step`` null), then every logged harness row. Wall-clock
+    figures (``examples_per_s``) measure the machine, not the training: they stay in the harness's
+    ``metrics.jsonl`` and out of the table, so the same run writes the same bytes."""
     table = [{"iteration": iteration, "step": None, "name": name, "value": float(value)}
              for name, value in summary.items()]
     for row in steps:
         table.extend({"iteration": iteration, "step": int(row["step"]), "name": name, "value": float(value)}
-                     for name, value in row.items() if name not in ("step", "epoch"))
+                     for name, value in row.items() if name not in ("step", "epoch", *WALL_CLOCK_METRICS))
     return table
 
 

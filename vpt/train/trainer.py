@@ -24,6 +24,8 @@ from vpt.train.config import RESUME_LOCKED, TrainConfig
 from vpt.train.lora import is_peft_model
 from vpt.train.optim import LrLambda, build_optimizer, build_scheduler
 
+WALL_CLOCK_METRICS = ("examples_per_s",)  # logged rows that measure the machine rather than the training
+
 LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, Mapping[str, Any]]"]
 EvalFn = Callable[[torch.nn.Module], Mapping[str, Any]]
 ModelHook = Callable[[torch.nn.Module, Path], None]
