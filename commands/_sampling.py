@@ -6,7 +6,8 @@ import typer
 
 MODEL = typer.Option(..., "--model", "-m", help="Wan pipeline directory (diffusers layout) or a zoo directory.")
 PROMPTS = typer.Option(..., "--prompts", help="prompts table (or a .txt file, one prompt per line).")
-POLICY = typer.Option(None, "--policy", help="LoRA policy checkpoint (peft adapter directory) to sample with.")
+POLICY = typer.Option(None, "--policy", help="LoRA to sample with: a policy checkpoint, or a peft or diffusers "
+                                             "Wan LoRA.")
 STEPS = typer.Option(10, "--steps", help="Sampler steps.")
 GUIDANCE = typer.Option(5.0, "--guidance", help="Classifier-free guidance scale (<= 1: off).")
 NEGATIVE_PROMPT = typer.Option("", "--negative-prompt", help="Negative prompt of the classifier-free guidance.")
