@@ -127,7 +127,9 @@ def test_processes_share_the_encoding(pipe, clips, tmp_path, vae_calls):
     assert rank1 == rank0 and len(vae_calls) == 3 and all(file.is_file() for file in rank0)
 
 
-def test_prompt_embeddings_are_encoded_once_and_restored_exactly(pipe, tmp_path, monkeypatch):
+@pytest.fixture
+def prompt_calls(pipe, monkeypatch):
+    """The prompts of every ``pipe.encode_prompt`` call."""
     calls = []
     encode_prompt = pipe.encode_prompt
 
@@ -136,6 +138,11 @@ def test_prompt_embeddings_are_encoded_once_and_restored_exactly(pipe, tmp_path,
         return encode_prompt(*args, **kwargs)
 
     monkeypatch.setattr(pipe, "encode_prompt", counting)
+    return calls
+
+
+def test_prompt_embeddings_are_encoded_once_and_restored_exactly(pipe, tmp_path, prompt_calls):
+    calls = prompt_calls
     prompts = ["a red ball bouncing", "a blue cube on green grass", "a red ball bouncing", ""]
     files = EncodedCache(tmp_path).encode_prompts(prompts, pipe, "text")
     assert calls == [["a red ball bouncing"], ["a blue cube on green grass"], [""]]
@@ -266,19 +273,6 @@ DAMAGES = {"flipped data": (flip_data, "checksum mismatch"),
                                               "header: expected value at line 1 column 1"),
            "no checksum": (older_layout, "no checksum: written by an older vpt")}
 
-
-@pytest.fixture
-def prompt_calls(pipe, monkeypatch):
-    """The prompts of every ``pipe.encode_prompt`` call."""
-    calls = []
-    encode_prompt = pipe.encode_prompt
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs["prompt"])
-        return encode_prompt(*args, **kwargs)
-
-    monkeypatch.setattr(pipe, "encode_prompt", counting)
-    return calls
 
 
 def test_entries_carry_a_checksum_of_their_content_in_a_sorted_header(pipe, clips, tmp_path):
