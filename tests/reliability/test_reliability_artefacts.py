@@ -10,7 +10,9 @@ from pathlib import Path
 
 from reliability_world import SAMPLER, VPT
 
-POLICY_FILES = ("adapter_model.safetensors", "pytorch_lora_weights.safetensors", "metrics.parquet")
+# the model card and peft's config name no local path: the same bytes wherever the data lay
+POLICY_FILES = ("adapter_model.safetensors", "pytorch_lora_weights.safetensors", "metrics.parquet", "README.md",
+                "adapter_config.json")
 
 
 def files(directory: Path) -> dict[str, bytes]:

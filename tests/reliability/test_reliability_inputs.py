@@ -456,6 +456,11 @@ CASES: dict[str, Case] = {
         grpo(rollouts=tmp("r")),
         lambda w, t: f"{t / 'r'}: group 'p0000@0' has 1 sample (2 such groups); GRPO compares samples of one prompt, "
                      "sample with --group-size 2 or more", setup=rollouts_copy(one_sample_per_group)),
+    "grpo-step/--init-lora with --policy": Case(
+        lambda w, t: ["grpo-step", "--policy", w.rollouts, "--init-lora", w.rollouts, "--rollouts", w.rollouts,
+                      "--scores", w.scores, "--reward", "brightness", "-o", t / "out"],
+        const("--init-lora and --policy exclude each other: --policy continues a vpt checkpoint, --init-lora starts a "
+              "new policy from any LoRA")),
     "grpo-step/--steps-per-iteration 0": Case(grpo("--steps-per-iteration", "0"),
                                               const("--steps-per-iteration must be at least 1, got 0")),
     "grpo-step/--clip-range 0": Case(grpo("--clip-range", "0"), const("--clip-range must be > 0, got 0.0")),
@@ -501,7 +506,25 @@ CASES: dict[str, Case] = {
         setup=user_directory("out.run"), outputs=("out",)),
     "sft/-o exists": Case(sft(), lambda w, t: f"{t / 'out'}: already exists; remove it or choose another --out",
                           outputs=("out.run",), setup=lambda w, t: (t / "out").mkdir()),
+    "sft/--init-lora with --policy": Case(
+        sft("--policy", lambda w, t: w.rollouts, "--init-lora", lambda w, t: w.rollouts),
+        const("--init-lora and --policy exclude each other: --policy continues a vpt checkpoint, --init-lora starts a "
+              "new policy from any LoRA")),
+    "sft/--init-lora without the generator": Case(
+        lambda w, t: ["sft", "--data", w.toy, "--init-lora", w.rollouts, "-o", t / "out"],
+        const("--init-lora needs the generator: pass --model WAN_DIR (a LoRA without policy.json does not name one)")),
+    "sft/--init-lora that is no LoRA": Case(
+        sft("--init-lora", lambda w, t: w.clips),
+        lambda w, t: f"{w.clips}: not a LoRA policy checkpoint (adapter_config.json and adapter_model.safetensors "
+                     "expected) nor a diffusers LoRA (pytorch_lora_weights.safetensors, or a .safetensors file of "
+                     "one); give a checkpoint written by grpo-step, dpo or sft, or a peft or diffusers Wan LoRA"),
     # ------------------------------------------------------------------------------------------------ dpo
+    "dpo/--init-lora pickle-only": Case(
+        dpo("--init-lora", tmp("lora")),
+        lambda w, t: f"{t / 'lora'}: not a LoRA policy checkpoint (adapter_config.json and adapter_model.safetensors "
+                     "expected) nor a diffusers LoRA (pytorch_lora_weights.safetensors, or a .safetensors file of "
+                     "one); give a checkpoint written by grpo-step, dpo or sft, or a peft or diffusers Wan LoRA",
+        outputs=("out", "PWNED"), setup=pickled_lora),
     "dpo/--dim": Case(dpo("--dim", "xx"), const("--dim xx: choose one of overall, vq, mq, ta")),
     "dpo/no pair labelled": Case(
         dpo("--dim", "mq"), lambda w, t: f"{w.prefs}: no pair has a preferred side for --dim mq (0 ties, 2 invalid or "

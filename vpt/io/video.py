@@ -429,10 +429,13 @@ def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 # The same frames must give the same file on any machine and in any process. x264's output depends on its thread
-# count (frame threads narrow the motion search), which by default follows the machine's cores, so it is fixed;
-# and its macroblock-tree rate control was measured to encode identical frames differently now and then, so it is
-# off (at crf 10 that costs ~30% bytes on noisy toy clips and gains ~0.25 dB PSNR: benchmarks/bench_encoding.py).
-DETERMINISTIC_X264 = {"threads": "4", "x264-params": "no-mbtree=1"}
+# count (frame threads narrow the motion search), which by default follows the machine's cores, so it is fixed; its
+# macroblock-tree rate control was measured to encode identical frames differently now and then, so it is off. Off
+# alone, it lets a still scene flicker by a few levels from frame to frame (the reference frame is re-refined);
+# qcomp=1 (one quantizer whatever a frame's complexity) keeps still scenes exactly still. Cost at crf 10:
+# benchmarks/bench_encoding.py (about +25% bytes and +0.2 dB on noisy clips, -2% bytes and -0.1 dB on clean toy
+# clips).
+DETERMINISTIC_X264 = {"threads": "4", "x264-params": "no-mbtree=1:qcomp=1.0"}
 
 
 def _frame_rate(fps: float) -> Fraction:
