@@ -174,8 +174,8 @@ def test_same_seed_same_model_and_resume_is_exact(run_vpt, tiny_zoo, world, trai
     assert json.loads((out / "reward_training.json").read_text())["steps"] == 3
     refused = train(run_vpt, tiny_zoo, world, out)
     assert refused.exit_code == 2
-    assert refused.stderr == (f"vpt: error: {out}: already holds a training run (checkpoints or metrics.jsonl); pass "
-                              "resume to continue it, or choose an empty output directory\n")
+    assert refused.stderr == (f"vpt: error: {out}: already holds a training run (checkpoints or metrics.jsonl); "
+                              "resume it (--resume), or choose a new output directory\n")
     assert json.loads((out / "reward_training.json").read_text())["steps"] == 3  # left as it was
     resumed = train(run_vpt, tiny_zoo, world, out, "--resume")
     assert resumed.exit_code == 0, resumed.stderr

@@ -88,5 +88,5 @@ def test_a_prompt_the_text_encoder_would_cut_is_named(world, run_vpt, tmp_path):
     trained = run_vpt(["sft", "-m", world.zoo, "--data", tmp_path / "videos.parquet", "--max-steps", "1", "--cache",
                        tmp_path / "cache", "-q", "-o", tmp_path / "sft"])
     assert trained.exit_code == 0
-    assert trained.stderr == (f"vpt: warning: {tmp_path / 'videos.parquet'}: row 2: the prompt is 601 tokens long; "
+    assert trained.stderr == (f"vpt: warning: {tmp_path / 'videos.parquet'}: row 2: the prompt is 602 tokens long; "
                               "the text encoder reads its first 512 and ignores the rest (shorten it)\n")

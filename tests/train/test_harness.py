@@ -184,9 +184,9 @@ def test_progress_goes_to_stderr_only(tmp_path, capsys):
 def test_config_validation_and_json_round_trip(tmp_path):
     cfg = TrainConfig(max_steps=5, betas=[0.8, 0.9], param_group_lrs={"*.lora_*": 1e-3}, no_decay=["*.bias"])
     assert TrainConfig.from_dict(json.loads(cfg.to_json())) == cfg
-    with pytest.raises(VptError, match="max_steps nor epochs"):
+    with pytest.raises(VptError, match="--max-steps nor --epochs"):
         TrainConfig()
-    with pytest.raises(VptError, match="lr_schedule"):
+    with pytest.raises(VptError, match="--lr-schedule"):
         TrainConfig(max_steps=1, lr_schedule="step")
     with pytest.raises(VptError, match="unknown field"):
         TrainConfig.from_dict({"max_steps": 1, "lr": 1.0})

@@ -343,7 +343,10 @@ def learn(root: Path, zoo: Path, seed: int) -> tuple[dict, dict, float]:
 @pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)])
 def test_btt_learns_the_toy_world(seed, tiny_zoo, tmp_path):
     untrained, trained, seconds = learn(tmp_path, tiny_zoo, seed)
-    learned = [d for d in ("vq", "mq", "ta") if trained[d] >= 80 and trained[d] - untrained[d] >= 25]
+    # learned: at least 80% and at least half of the untrained model's errors fixed (an untrained head is right on
+    # 50-80% of a dimension's pairs by chance, depending on the seed and the clips)
+    learned = [d for d in ("vq", "mq", "ta")
+               if trained[d] >= 80 and trained[d] - untrained[d] >= (100 - untrained[d]) / 2]
     report = ", ".join(f"{d} {untrained[d]:.1f} -> {trained[d]:.1f}" for d in ("vq", "mq", "ta"))
     print(f"seed {seed}: {report} ({seconds:.0f} s)")
     assert len(learned) >= 2, f"seed {seed}: held-out accuracy without ties, untrained -> trained: {report}"

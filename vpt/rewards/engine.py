@@ -34,7 +34,7 @@ class ScoreSummary:
         if row["error"] is not None:
             self.errors += 1
             if self.first_error is None:
-                self.first_error = f"{row['path']}: {row['error']}"
+                self.first_error = f"{row.get('path', row.get('id'))}: {row['error']}"
             return
         for dimension in dimensions:
             self.values.setdefault(dimension, []).append(row[dimension])
