@@ -38,11 +38,13 @@ table-dpo-beta: setup
 table-nrg-weights: setup
 	$(BIN)/python benchmarks/table_nrg_weights.py
 
+# Two single-threaded worker processes (one per core of a 2-core machine); a test module stays on one worker, so
+# its module-scoped fixtures are built once.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope
 
 test-all: setup
-	$(BIN)/python -m pytest -q -m ''
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope -m ''
 
 bench: setup
 	$(BIN)/python benchmarks/bench_foundation.py

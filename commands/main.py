@@ -95,6 +95,12 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def _interrupt(signum, frame):
+    # Ctrl-C: Python's KeyboardInterrupt, recorded for the same reason as SIGTERM
+    request_stop(signum)
+    raise KeyboardInterrupt
+
+
 class _WarningLine(logging.Handler):
     """The library's warnings (``logging.getLogger("vpt...").warning``) as ``vpt: warning: ...`` lines on stderr,
     whatever ``sys.stderr`` is at the time (tests swap it)."""
@@ -111,8 +117,18 @@ def _show_library_warnings() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    signal.signal(signal.SIGTERM, _terminate)
+    handlers = {signal.SIGTERM: signal.signal(signal.SIGTERM, _terminate)}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # an ignored Ctrl-C (nohup) stays ignored
+        handlers[signal.SIGINT] = signal.signal(signal.SIGINT, _interrupt)
     _show_library_warnings()
+    try:
+        _run(argv)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
+def _run(argv: list[str] | None) -> None:
     try:
         code = typer.main.get_command(app).main(args=argv, prog_name="vpt", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)

@@ -22,8 +22,9 @@ EXIT = {signal.SIGTERM: 128 + signal.SIGTERM, signal.SIGINT: 128 + signal.SIGINT
 
 def start(args) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    # as from a shell: a test runner's worker may ignore SIGINT, and an ignored signal stays ignored across exec
     return subprocess.Popen([VPT, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=env)
+                            env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def interrupt_when(process: subprocess.Popen, ready, signum: int, timeout: float = 300) -> str:
