@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Callable, Iterator, Sequence
 
 import typer
@@ -10,6 +11,22 @@ import typer
 
 def warn(message: str) -> None:
     typer.echo(f"vpt: warning: {message}", err=True)
+
+
+class _WarningLine(logging.Handler):
+    """The library's warnings (``logging.getLogger("vpt...").warning``) as :func:`warn` lines, whatever
+    ``sys.stderr`` is at the time (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        warn(record.getMessage())
+
+
+def show_library_warnings() -> None:
+    """Print the library's warnings on stderr (once per process, however often the command line runs)."""
+    logger = logging.getLogger("vpt")
+    if not any(isinstance(handler, _WarningLine) for handler in logger.handlers):
+        logger.addHandler(_WarningLine(logging.WARNING))
+        logger.setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager

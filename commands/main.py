@@ -6,7 +6,6 @@ pyarrow and the models are imported inside the command functions that need them.
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 
@@ -17,6 +16,7 @@ from typer.core import TyperGroup
 from vpt import __version__
 from vpt.errors import VptError
 from vpt.io.atomic import request_stop, stop_requested
+from vpt.commands import _ui
 from vpt.commands import eval as eval_command
 from vpt.commands import build_prefs, dpo, grpo_step, guide, sample_rollouts, schema, score, sft, train_reward, zoo
 
@@ -101,26 +101,11 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-class _WarningLine(logging.Handler):
-    """The library's warnings (``logging.getLogger("vpt...").warning``) as ``vpt: warning: ...`` lines on stderr,
-    whatever ``sys.stderr`` is at the time (tests swap it)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        typer.echo(f"vpt: warning: {record.getMessage()}", err=True)
-
-
-def _show_library_warnings() -> None:
-    logger = logging.getLogger("vpt")
-    if not any(isinstance(handler, _WarningLine) for handler in logger.handlers):
-        logger.addHandler(_WarningLine(logging.WARNING))
-        logger.setLevel(logging.WARNING)
-
-
 def main(argv: list[str] | None = None) -> None:
     handlers = {signal.SIGTERM: signal.signal(signal.SIGTERM, _terminate)}
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # an ignored Ctrl-C (nohup) stays ignored
         handlers[signal.SIGINT] = signal.signal(signal.SIGINT, _interrupt)
-    _show_library_warnings()
+    _ui.show_library_warnings()
     try:
         _run(argv)
     finally:
