@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vpt.errors import VptError
-from vpt.io.atomic import atomic_directory, claim_directory
+from vpt.io.atomic import atomic_directory, check_new_directory, claim_directory
 from vpt.train import checkpoint as ckpt
 from vpt.train.config import RESUME_LOCKED, TrainConfig
 from vpt.train.lora import is_peft_model
@@ -96,8 +96,6 @@ def check_run_directory(output_dir: str | os.PathLike, resume: bool | str | os.P
     """The harness's output directory must be new or one vpt created (:func:`vpt.io.atomic.claim_directory`), and
     a run already in it is continued only when ``resume`` asks for it. Cheap: commands call it before their long
     preparation."""
-    from vpt.io.atomic import check_new_directory
-
     out = check_new_directory(output_dir, "--out", owned_ok=True)
     if (resume is False or resume is None) and (ckpt.list_checkpoints(out) or (out / ckpt.METRICS_FILE).exists()):
         raise VptError(f"{out}: already holds a training run (checkpoints or {ckpt.METRICS_FILE}); resume it "
