@@ -10,28 +10,17 @@ def _name(param) -> str:
     return long_forms[0] if long_forms else param.human_readable_name.upper()
 
 
-def output_file(ctx, param, value):
-    """Callback of a table or file option: ``-`` (stdout) or a file vpt can write."""
-    if value is not None:
-        from vpt.io.atomic import check_output_file
+def _callback(check: str, **options):
+    def callback(ctx, param, value):
+        if value is not None:
+            from vpt.io import atomic
 
-        check_output_file(value, _name(param))
-    return value
+            getattr(atomic, check)(value, _name(param), **options)
+        return value
 
-
-def new_directory(ctx, param, value):
-    """Callback of an option naming a directory the command creates: it must not exist yet."""
-    if value is not None:
-        from vpt.io.atomic import check_new_directory
-
-        check_new_directory(value, _name(param))
-    return value
+    return callback
 
 
-def run_directory(ctx, param, value):
-    """Callback of a run directory: new, or one vpt created for an earlier run (to resume)."""
-    if value is not None:
-        from vpt.io.atomic import check_new_directory
-
-        check_new_directory(value, _name(param), owned_ok=True)
-    return value
+output_file = _callback("check_output_file")  # a table or file: - (stdout) or a file vpt can write
+new_directory = _callback("check_new_directory")  # a directory the command creates: it must not exist yet
+run_directory = _callback("check_new_directory", owned_ok=True)  # new, or one of vpt's for --resume

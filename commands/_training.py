@@ -15,8 +15,9 @@ POLICY = typer.Option(None, "--policy", help="Policy checkpoint to continue (wri
 INIT_LORA = typer.Option(None, "--init-lora", help="Start the new policy as this LoRA (no policy.json needed): a "
                                                    "peft adapter directory or a diffusers Wan LoRA (directory or "
                                                    ".safetensors file); needs --model.")
-OUT = typer.Option(..., "--out", "-o", callback=outputs.new_directory, help="Policy checkpoint directory to write (must not exist); checkpoints "
-                                            "to resume from go to OUT.run/ until the run ends.")
+OUT = typer.Option(..., "--out", "-o", callback=outputs.new_directory,
+                   help="Policy checkpoint directory to write (must not exist); checkpoints to resume from go to "
+                        "OUT.run/ until the run ends.")
 LR = typer.Option(1e-4, "--lr", help="Learning rate.")
 BATCH_SIZE = typer.Option(1, "--batch-size", help="Examples per micro-batch per process.")
 GRAD_ACCUM = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step.")

@@ -39,7 +39,8 @@ def build_prefs(
                                                                     "group_id, else prompt_id, else prompt)."),
     synthetic: Optional[str] = typer.Option(None, "--synthetic", help="Temporal negatives to make from each clip: "
                                                                       "reverse,shuffle,freeze."),
-    out_dir: Optional[str] = typer.Option(None, "--out-dir", callback=_outputs.new_directory, help="Where the synthetic negative mp4s go."),
+    out_dir: Optional[str] = typer.Option(None, "--out-dir", callback=_outputs.new_directory,
+                                          help="Directory to create for the synthetic negative mp4s."),
     window: int = typer.Option(4, "--window", help="Frames per shuffle window."),
     freeze_fraction: float = typer.Option(0.25, "--freeze-fraction", help="Share of the frames a freeze holds."),
     skip_symmetric: bool = typer.Option(False, "--skip-symmetric", help="No reversal of clips marked "
@@ -54,7 +55,8 @@ def build_prefs(
     seed: int = typer.Option(0, "--seed", help="Seed of the side balancing and of the synthetic negatives."),
     balance: bool = typer.Option(True, "--balance/--no-balance", help="Put the preferred video on side A or B by "
                                                                       "a seeded coin per pair."),
-    output: str = typer.Option("-", "--output", "-o", callback=_outputs.output_file, help="Output prefs table; - is stdout."),
+    output: str = typer.Option("-", "--output", "-o", callback=_outputs.output_file,
+                               help="Output prefs table; - is stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary."),
 ) -> None:
     """Build preference pairs (a prefs table) from one source.

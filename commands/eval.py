@@ -33,7 +33,8 @@ def rewardbench(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Directory the benchmark paths are relative to "
                                                                      "(default: the benchmark file's directory)."),
     mapping: List[str] = typer.Option([], "--map", help="Scores column for a dimension, e.g. VQ=brightness."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", callback=_outputs.output_file, help="Also write the rewardbench table here."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", callback=_outputs.output_file,
+                                         help="Also write the rewardbench table here."),
     batch_size: int = typer.Option(8, "--batch-size", help="Videos scored together (with --model)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -107,7 +108,8 @@ def gsb(
     bootstrap: int = typer.Option(10_000, "--bootstrap", help="Bootstrap replicates."),
     confidence: float = typer.Option(0.95, "--confidence", help="Coverage of the intervals."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", callback=_outputs.output_file, help="Also write the gsb table here."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", callback=_outputs.output_file,
+                                         help="Also write the gsb table here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print no text table."),
 ) -> None:
     """GSB human evaluation of a model against a baseline: WinRate, Preference and Margin with bootstrap intervals.

@@ -36,7 +36,8 @@ def grpo_step(
                                                             "one per reward model)."),
     reward: str = typer.Option("score", "--reward", help="Reward: a scores column or weighted columns, e.g. "
                                                          "vq=1,mq=1,ta=1 (curriculum order with --self-paced)."),
-    out: str = typer.Option(..., "--out", "-o", callback=_outputs.new_directory, help="Checkpoint directory to write (must not exist)."),
+    out: str = typer.Option(..., "--out", "-o", callback=_outputs.new_directory,
+                            help="Checkpoint directory to write (must not exist)."),
     aggregation: str = typer.Option("sum-then-normalise", "--aggregation", help="Several reward columns: "
                                     "sum-then-normalise or normalise-then-sum."),
     global_std: bool = typer.Option(False, "--global-std", help="Divide advantages by the std of all rewards, "

@@ -15,8 +15,8 @@ def guide(
     model: str = sampling.MODEL,
     reward: str = typer.Option(..., "--reward", help="Noisy-latent reward model (vpt train-reward --kind latent)."),
     prompts: str = sampling.PROMPTS,
-    out: str = typer.Option(..., "--out", "-o", callback=_outputs.new_directory, help="Directory to create (must not exist): videos.parquet and "
-                                                     "videos/*.mp4."),
+    out: str = typer.Option(..., "--out", "-o", callback=_outputs.new_directory,
+                            help="Directory to create (must not exist): videos.parquet and videos/*.mp4."),
     policy: Optional[str] = sampling.POLICY,
     weights: Optional[str] = typer.Option(None, "--weights", help="Dimension weights, e.g. vq=0.1,mq=0.1,ta=0.8 "
                                                                   "(unnamed dimensions weigh 0; default: 1 each)."),

@@ -25,7 +25,8 @@ def _window(text: str | None) -> tuple[int, int] | None:
 def sample_rollouts(
     model: str = sampling.MODEL,
     prompts: str = sampling.PROMPTS,
-    out: str = typer.Option(..., "--out", "-o", callback=_outputs.new_directory, help="Rollouts directory to create (must not exist)."),
+    out: str = typer.Option(..., "--out", "-o", callback=_outputs.new_directory,
+                            help="Rollouts directory to create (must not exist)."),
     policy: Optional[str] = sampling.POLICY,
     group_size: int = typer.Option(4, "--group-size", "-g", help="Samples per prompt (one GRPO group)."),
     steps: int = sampling.STEPS,

@@ -25,7 +25,8 @@ def score(
     device: str = typer.Option("auto", "--device", help="Device of learned reward models: auto (this process's GPU "
                                "when there is one), cpu, cuda, cuda:1."),
     raw: bool = typer.Option(False, "--raw", help="Also write VideoReward's raw head outputs (vq_raw, ...)."),
-    output: str = typer.Option("-", "--output", "-o", callback=_outputs.output_file, help="Output scores table; - is stdout."),
+    output: str = typer.Option("-", "--output", "-o", callback=_outputs.output_file,
+                               help="Output scores table; - is stdout."),
     batch_size: int = typer.Option(8, "--batch-size", help="Videos scored together."),
     workers: int = typer.Option(2, "--workers", help="Background decoding threads."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable video instead of a row with error."),

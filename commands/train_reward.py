@@ -29,8 +29,9 @@ def train_reward(
                                                               "checkpoint directory, ours or VideoAlign's, or a zoo "
                                                               "directory); latent: the Wan generator (pipeline or "
                                                               "zoo directory) whose first blocks it copies."),
-    out: str = typer.Option(..., "--out", "-o", callback=_outputs.run_directory, help="Run directory: checkpoints, metrics.jsonl and the trained "
-                                                     "model (vpt score --model OUT, or vpt guide --reward OUT)."),
+    out: str = typer.Option(..., "--out", "-o", callback=_outputs.run_directory,
+                            help="Run directory to create (or one of vpt's to --resume): checkpoints, metrics.jsonl "
+                                 "and the trained model (vpt score --model OUT, or vpt guide --reward OUT)."),
     loss: str = typer.Option("btt", "--loss", help="btt (Bradley-Terry with ties), bt (ties dropped) or, for "
                                                    "videoreward, reg (MSE to the *_mos_a/_b columns)."),
     theta: float = typer.Option(5.0, "--theta", help="Tie parameter of btt (> 1)."),
