@@ -12,9 +12,9 @@ memory; at 81 frames one clip's graph alone is ~80 GB and only the decoupled ste
 
 Modes, each in its own process so that nothing one leaves in the allocator reaches another's numbers:
 
-* ``sft``: :class:`vpt.train.flow.FlowMatchingTask` on B clips (B = ``--batch``, the size of one DPO branch);
+* ``sft``: :class:`vpt.stages.sft.FlowMatchingTask` on B clips (B = ``--batch``, the size of one DPO branch);
 * ``sft-2x``: the same on 2B clips, as many clips as a DPO step back-propagates (a reference row, no target);
-* ``dpo-joint``: :class:`vpt.train.flow.FlowDpoTask` with ``decoupled=False``: the reference (the transformer with
+* ``dpo-joint``: :class:`vpt.stages.dpo.FlowDpoTask` with ``decoupled=False``: the reference (the transformer with
   the adapter disabled, no grad) on both branches, then the policy on chosen+rejected (2B clips) and one backward,
   so both branches' graphs are alive together;
 * ``dpo-decoupled``: ``decoupled=True`` (TeleBoost), one branch's graph alive at a time. With one pair (B = 1, the
@@ -233,7 +233,8 @@ def _training_step(mode: str, args, policy, optimizer, batch, dtype):
     """One training step of ``mode`` (loss, backward, AdamW step, grads freed), as a function of no arguments."""
     import torch
 
-    from vpt.train.flow import DpoOptions, FlowDpoTask, FlowMatchingTask, Reference
+    from vpt.stages.dpo import DpoOptions, FlowDpoTask, Reference
+    from vpt.stages.sft import FlowMatchingTask
 
     if mode.startswith("sft"):
         task = FlowMatchingTask(dtype)
@@ -309,7 +310,7 @@ def run_paired(args) -> dict:
     of the machine), and the no-grad forwards that explain it."""
     import torch
 
-    from vpt.train.flow import branch_errors
+    from vpt.stages.dpo import branch_errors
 
     policy, optimizer, batch, dtype = _setup(args)
     joint = _training_step("dpo-joint", args, policy, optimizer, batch, dtype)

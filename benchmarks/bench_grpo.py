@@ -32,7 +32,7 @@ def run_mode(args) -> dict:
     from diffusers import WanTransformer3DModel
 
     from vpt.train import apply_lora
-    from vpt.train.grpo import GrpoLoss, GrpoOptions
+    from vpt.stages.grpo import GrpoLoss, GrpoOptions
     from vpt.train.policy import DEFAULT_LORA_TARGETS
 
     torch.manual_seed(0)

@@ -47,8 +47,8 @@ def main() -> None:
 
     from vpt.models.zoo import cached_tiny_zoo
     from vpt.rewards.heuristic import brightness
-    from vpt.train.grpo import GrpoOptions
-    from vpt.train.grpo_loop import LoopSettings, run_grpo_loop
+    from vpt.stages.grpo import GrpoOptions
+    from vpt.testing.grpo_loop import LoopSettings, run_grpo_loop
 
     zoo = args.zoo or cached_tiny_zoo()
     reward = noisy_brightness(args.noise, set(PROMPTS[: len(PROMPTS) // 2]))

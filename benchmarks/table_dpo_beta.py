@@ -47,7 +47,7 @@ def toy_world(root: Path, seed: int) -> tuple[Path, Path]:
 def held_out_latents(zoo, seed: int):
     """Latents and prompt embeddings of toy clips the runs never saw (another seed's stream)."""
     from vpt.toyworld import describe, toy_clips
-    from vpt.train.flow_eval import encode_clips
+    from vpt.testing.flow_eval import encode_clips
 
     clips = toy_clips(HELD_OUT, seed=10_000 + seed, frames=9, height=32, width=32)
     return encode_clips(zoo, np.stack([video for _, video in clips]), [describe(attrs) for attrs, _ in clips])
@@ -73,8 +73,10 @@ def run(args, work: Path) -> None:
     from vpt.models.zoo import cached_tiny_zoo
     from vpt.rewards.heuristic import brightness
     from vpt.train import TrainConfig
-    from vpt.train.flow import DpoOptions, NoiseOptions, run_dpo, run_sft
-    from vpt.train.flow_eval import HIGH_NOISE, LOW_NOISE, compare_samples, load_transformer, velocity_drift
+    from vpt.stages.dpo import DpoOptions, run_dpo
+    from vpt.stages.examples import NoiseOptions
+    from vpt.stages.sft import run_sft
+    from vpt.testing.flow_eval import HIGH_NOISE, LOW_NOISE, compare_samples, load_transformer, velocity_drift
     from vpt.train.policy import DEFAULT_LORA_TARGETS
 
     zoo = args.zoo or cached_tiny_zoo()

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from vpt.models.videoreward import load_videoreward
     from vpt.models.zoo import cached_tiny_zoo
     from vpt.train import TrainConfig
-    from vpt.train.videoreward import RewardTrainOptions, evaluate_pairs, read_preferences, split_pairs, \
+    from vpt.stages.reward import RewardTrainOptions, evaluate_pairs, read_preferences, split_pairs, \
         train_videoreward
 
     with tempfile.TemporaryDirectory(prefix="vpt-reward-losses-") as scratch:

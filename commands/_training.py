@@ -64,7 +64,7 @@ def stage_arguments(values: Mapping[str, Any]) -> dict[str, Any]:
     shared options above (a command passes its ``locals()``): generator, policy, output, harness configuration,
     noise, LoRA setup, clip size, cache, resume and quiet."""
     from vpt.train import TrainConfig
-    from vpt.train.flow import NoiseOptions
+    from vpt.stages.examples import NoiseOptions
     from vpt.train.policy import DEFAULT_LORA_TARGETS
 
     targets = values["lora_targets"]

@@ -63,7 +63,7 @@ def dpo(
     Example: vpt dpo --model zoo/ --prefs prefs.parquet --dim overall --beta 5000 --max-steps 200 -o dpo/
     """
     from vpt.train import finish_distributed
-    from vpt.train.flow import DpoOptions, run_dpo
+    from vpt.stages.dpo import DpoOptions, run_dpo
 
     options = DpoOptions(dimension=dimension, beta=beta, beta_schedule=beta_schedule, decoupled=decoupled,
                          reference=reference)

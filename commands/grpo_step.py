@@ -91,7 +91,7 @@ def grpo_step(
     from vpt.errors import VptError
     from vpt.rewards.expression import parse_reward
     from vpt.train import TrainConfig, finish_distributed
-    from vpt.train.grpo import GrpoOptions, grpo_step as run, load_step_inputs
+    from vpt.stages.grpo import GrpoOptions, grpo_step as run, load_step_inputs
     from vpt.train.policy import DEFAULT_LORA_TARGETS, check_start
 
     check_start(policy, init_lora, init, "--init")

@@ -62,7 +62,7 @@ def sft(
     Example: vpt sft --model zoo/ --data clips.parquet --rwr-from scores.parquet --rwr-beta 0.1 -o sft/
     """
     from vpt.train import finish_distributed
-    from vpt.train.flow import run_sft
+    from vpt.stages.sft import run_sft
 
     result = run_sft(data=data, prompts=prompts, weight_column=weight_column, rwr_scores=rwr_from,
                      rwr_reward=rwr_reward, rwr_beta=rwr_beta, **shared.stage_arguments(locals()))

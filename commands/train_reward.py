@@ -118,7 +118,7 @@ def train_reward(
     prefs = tables[0]
     from vpt.models.videoreward import load_videoreward
     from vpt.train import TrainConfig, finish_distributed
-    from vpt.train.videoreward import RewardTrainOptions, suggested_hyperparameters, train_videoreward
+    from vpt.stages.reward import RewardTrainOptions, suggested_hyperparameters, train_videoreward
 
     model = load_videoreward(model_path)
     defaults = suggested_hyperparameters(model)
@@ -157,8 +157,8 @@ def train_reward(
 
 def _train_latent(tables: list[str], given: dict) -> None:
     from vpt.train import TrainConfig, finish_distributed
-    from vpt.train.flow import NoiseOptions
-    from vpt.train.latent_reward import LatentRewardOptions, train_latent_reward
+    from vpt.stages.examples import NoiseOptions
+    from vpt.stages.latent_reward import LatentRewardOptions, train_latent_reward
 
     dims = None if given["dims"] is None else tuple(name.strip() for name in given["dims"].split(",") if name.strip())
     options = LatentRewardOptions(dimensions=dims, loss=given["loss"], theta=given["theta"], blocks=given["blocks"],

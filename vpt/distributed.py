@@ -99,3 +99,8 @@ def current_processes() -> Processes:
 
     state = PartialState(cpu=not torch.cuda.is_available())
     return Processes(rank=state.process_index, count=state.num_processes, _state=state)
+
+
+def unwrapped(model):
+    """The model a distributed wrapper holds (DDP keeps it in ``.module``), or ``model`` itself."""
+    return getattr(model, "module", model)

@@ -13,7 +13,7 @@ import pytest
 from vpt.io.tables import read_table, write_table
 from vpt.io.video import FrameSampling
 from vpt.algo.preference import A_WINS, B_WINS, TIE
-from vpt.train.videoreward import read_preferences
+from vpt.stages.reward import read_preferences
 
 
 @pytest.fixture(scope="module")

@@ -114,7 +114,7 @@ def test_resuming_a_finished_checkpoint_equals_training_straight_on(run_vpt, wor
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights(run_vpt, world, tiny_zoo, monkeypatch):
-    from vpt.train.flow import FlowDpoTask
+    from vpt.stages.dpo import FlowDpoTask
 
     common = ["--save-every", "2"]
     straight = dpo(run_vpt, tiny_zoo, world, "straight-2", *common, steps=4)

@@ -24,7 +24,7 @@ def guide_world(tiny_zoo, tmp_path_factory):
     gradient is not degenerate, and a prompts file."""
     from vpt.models.latent_reward import cut_generator, save_latent_reward
     from vpt.models.loading import load_wan_transformer, resolve_wan_directory
-    from vpt.train.encoded import EncodedCache
+    from vpt.encoding.cache import EncodedCache
 
     root = tmp_path_factory.mktemp("guide")
     wan = resolve_wan_directory(tiny_zoo)

@@ -191,7 +191,7 @@ def test_clip_latents_encode_encodes_the_mp4s(run_vpt, tiny_zoo, world, trained,
     """``--clip-latents encode`` uses no recorded latent: every clip is encoded from its mp4 into the cache, and the
     model trained on those latents differs from the one trained on the recorded ones."""
     from vpt.models.loading import resolve_wan_directory
-    from vpt.train.encoded import EncodedCache
+    from vpt.encoding.cache import EncodedCache
 
     out, cache = tmp_path / "encoded", tmp_path / "cache"
     result = train(run_vpt, tiny_zoo, world, out, "--clip-latents", "encode", cache=cache)
@@ -226,7 +226,7 @@ def test_recorded_latents_are_the_sampler_final_latents(world, tiny_zoo, tmp_pat
 
     from vpt.models.loading import resolve_wan_directory
     from vpt.rollouts.store import load_rollouts
-    from vpt.train.encoded import EncodedCache, clip_size, load_latent
+    from vpt.encoding.cache import EncodedCache, clip_size, load_latent
 
     cache = EncodedCache(world / "cache")
     vae_id = cache.component_identity(resolve_wan_directory(tiny_zoo) / "vae")

@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 import torch
 
-import vpt.train.encoded as encoded
+import vpt.encoding.cache as encoded
 from vpt.distributed import Processes
 from vpt.errors import VptError
 from vpt.io.video import read_frames, resize_frames, uniform_indices, write_video
 from vpt.models.loading import load_wan_pipeline, resolve_wan_directory
 from vpt.models.wan import decode_latents, encode_prompts, encode_videos
 from vpt.toyworld import toy_clips
-from vpt.train.encoded import EncodedCache, clip_size, entry_checksum, load_latent, load_prompt_embedding
+from vpt.encoding.cache import EncodedCache, clip_size, entry_checksum, load_latent, load_prompt_embedding
 
 SIZE = {"frames": 9, "height": 32, "width": 32}  # what the zoo's VAE was trained on
 
@@ -313,8 +313,8 @@ def test_damaged_entries_are_encoded_again_with_a_warning(damage, pipe, clips, t
         assert cache.encode_prompts(prompts, pipe, "text") == embeddings
     assert vae_calls[4:] == [(1, 3, 9, 32, 32)] and prompt_calls[4:] == [[prompts[1]]]  # only the damaged ones
     assert [(record.name, record.levelname, record.getMessage()) for record in caplog.records] == [
-        ("vpt.train.encoded", "WARNING", f"{latents[0]}: damaged cache entry ({reason}); encoding it again"),
-        ("vpt.train.encoded", "WARNING", f"{embeddings[1]}: damaged cache entry ({reason}); encoding it again")]
+        ("vpt.encoding.cache", "WARNING", f"{latents[0]}: damaged cache entry ({reason}); encoding it again"),
+        ("vpt.encoding.cache", "WARNING", f"{embeddings[1]}: damaged cache entry ({reason}); encoding it again")]
     for file, fresh in zip(latents, fresh_latents):
         assert torch.equal(load_latent(file), load_latent(fresh)) and file.read_bytes() == fresh.read_bytes()
     for file, fresh in zip(embeddings, fresh_embeddings):

@@ -1,7 +1,7 @@
 """SFT, Flow-RWR and Flow-DPO learn in the toy world (CPU, seeded): every run goes through ``vpt sft`` / ``vpt dpo``
 (toy clips as mp4, a videos manifest, a scores or prefs table, policy checkpoints), and every claim is a paired
 comparison — ODE samples of the trained policy and of its reference from the same prompts and initial noises,
-scored by brightness (:func:`vpt.train.flow_eval.compare_samples`). Seed 0 runs by default; seeds 1 and 2 are
+scored by brightness (:func:`vpt.testing.flow_eval.compare_samples`). Seed 0 runs by default; seeds 1 and 2 are
 marked slow and run the same assertions.
 
 Why DPO starts from an SFT policy and not from the tiny generator: the generator's transformer is random, so it is
@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from vpt.rewards.heuristic import brightness
-from vpt.train.flow_eval import PairedScores, compare_samples
+from vpt.testing.flow_eval import PairedScores, compare_samples
 
 CLIPS = 16
 PAIRS = 64

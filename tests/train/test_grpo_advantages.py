@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vpt.errors import VptError
-from vpt.train.grpo import GrpoOptions, GrpoState, compute_advantages, prior_means, rollout_rewards, trained_blocks
+from vpt.stages.grpo import GrpoOptions, GrpoState, compute_advantages, prior_means, rollout_rewards, trained_blocks
 
 GROUPS = ["g0", "g0", "g1", "g1"]
 PROMPTS = ["p0", "p0", "p1", "p1"]

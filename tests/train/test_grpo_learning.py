@@ -10,8 +10,8 @@ import pytest
 
 from vpt.rewards.heuristic import brightness, flicker
 from vpt.rollouts.sampling import derived_seed
-from vpt.train.grpo import GrpoOptions
-from vpt.train.grpo_loop import LoopSettings, run_grpo_loop
+from vpt.stages.grpo import GrpoOptions
+from vpt.testing.grpo_loop import LoopSettings, run_grpo_loop
 
 ITERATIONS = 30
 MARGIN = 0.03  # brightness in [0, 1]; the fixed-noise samples start near 0.55

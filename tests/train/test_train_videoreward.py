@@ -16,7 +16,7 @@ from vpt.io.tables import read_table, write_table
 from vpt.models.videoreward import load_videoreward
 from vpt.toyworld import toy_preferences, write_toy_videos
 from vpt.train import TrainConfig, read_metrics
-from vpt.train.videoreward import (RewardTrainOptions, VideoRewardTask, evaluate_pairs,
+from vpt.stages.reward import (RewardTrainOptions, VideoRewardTask, evaluate_pairs,
                                    read_preferences, split_pairs, train_videoreward)
 
 SIDE, FRAMES = 56, 8

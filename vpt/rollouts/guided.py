@@ -55,7 +55,7 @@ class GuidanceSettings:
 def check_reward_fits(reward_model, model_dir: Path, cache=None) -> None:
     """The reward model must read the latents of this generator's VAE and the embeddings of its text encoder:
     VptError naming the component that differs."""
-    from vpt.train.encoded import EncodedCache
+    from vpt.encoding.cache import EncodedCache
 
     store = cache or EncodedCache()
     for key, directories, what in (("vae_id", (model_dir / "vae",), "VAE (its latents)"),

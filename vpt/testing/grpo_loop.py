@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from vpt.rollouts.sampling import RolloutOptions
-from vpt.train.grpo import GrpoState, StepInputs, grpo_step
+from vpt.stages.grpo import GrpoState, StepInputs, grpo_step
 from vpt.train.policy import DEFAULT_LORA_TARGETS, new_policy
 
 RewardFn = Callable[[Sequence[dict], Sequence[np.ndarray]], "dict[str, np.ndarray]"]
@@ -57,8 +57,8 @@ class LoopResult:
 def evaluate(pipe, prompts: Sequence[str], samples: int, seed: int, score: Callable[[np.ndarray], float],
              settings: LoopSettings) -> float:
     """Mean ``score`` of ``samples`` deterministic (ODE) samples of every prompt from fixed initial noises
-    (:func:`vpt.train.flow_eval.sample_scores` with ``seed``)."""
-    from vpt.train.flow_eval import sample_scores
+    (:func:`vpt.testing.flow_eval.sample_scores` with ``seed``)."""
+    from vpt.testing.flow_eval import sample_scores
 
     return float(np.mean(sample_scores(pipe, prompts, samples, seed, score, settings.sampling)))
 
@@ -69,7 +69,7 @@ def run_grpo_loop(zoo: str | Path, prompts: Sequence[str], reward_fn: RewardFn, 
                   ) -> LoopResult:
     """``iterations`` GRPO iterations of a fresh LoRA policy on the generator ``zoo`` (a Wan or zoo directory).
 
-    ``options``: :class:`~vpt.train.grpo.GrpoOptions`. ``evaluation``: (prompts, samples, seed, score) measured
+    ``options``: :class:`~vpt.stages.grpo.GrpoOptions`. ``evaluation``: (prompts, samples, seed, score) measured
     before the first and after the last iteration (:func:`evaluate`). Seeded: the same arguments give the same run.
     """
     from vpt.distributed import Processes

@@ -31,6 +31,7 @@ from vpt.algo.curriculum import GatedCurriculum, softmax_curriculum_weights
 from vpt.algo.flow_sde import gaussian_log_prob, sde_step_mean_std, state_indices_of
 from vpt.algo.grpo import AGGREGATIONS, aggregate_rewards, clipped_surrogate, group_advantages, kl_to_reference
 from vpt.algo.vipo import advantage_map, per_position_log_prob
+from vpt.distributed import unwrapped
 from vpt.errors import VptError
 from vpt.models.wan import WanVelocity
 from vpt.train.policy import DEFAULT_LORA_TARGETS, metrics_rows, policy_source, publish_policy, save_policy
@@ -386,10 +387,6 @@ class RolloutSteps(torch.utils.data.Dataset):
         return block
 
 
-def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)  # DDP keeps the model in .module
-
-
 class GrpoLoss:
     """The harness's ``loss_fn``: clipped surrogate (+ CRT auxiliary term, + β·KL to the adapter-disabled
     reference) of one micro-batch of :class:`RolloutSteps` items. Tracks the extreme ratios of the iteration."""
@@ -434,7 +431,7 @@ class GrpoLoss:
             loss = loss + options.crt_weight * crt_loss
             metrics["crt_loss"] = crt_loss.detach()
         if options.kl_beta > 0:
-            policy = _unwrapped(model)
+            policy = unwrapped(model)
             with torch.no_grad(), policy.disable_adapter():
                 reference_mean, _ = self.step_mean_std(policy, batch)
             kl = kl_to_reference(mean, reference_mean, std.reshape(-1)).mean()

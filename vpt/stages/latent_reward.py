@@ -6,7 +6,7 @@ Data
     out of the loss, so a table of brightness pairs labelled only in ``vq`` and one of motion pairs labelled only
     in ``mq`` train one model together.
 Latents
-    Encoded once into the cache of :mod:`vpt.train.encoded`. A clip that is a sample of a rollouts directory trains
+    Encoded once into the cache of :mod:`vpt.encoding.cache`. A clip that is a sample of a rollouts directory trains
     on the final latent its sampler recorded (``--clip-latents auto``): the state guidance will see, where the VAE's
     encoding of the decoded, compressed video can lie elsewhere (far elsewhere for a weak VAE). ``encode`` always
     encodes the mp4.
@@ -38,7 +38,7 @@ import torch
 from vpt.algo.flow_matching import noised
 from vpt.algo.preference import A_WINS, B_WINS, LABEL_CODES, TIE, bradley_terry_loss, bradley_terry_ties_loss
 from vpt.errors import VptError
-from vpt.train.flow import EncodedExample, Example, Examples, LatentItems, NoiseOptions
+from vpt.stages.examples import EncodedExample, Example, Examples, LatentItems, NoiseOptions
 
 LABELLED_DIMENSIONS = ("vq", "mq", "ta", "overall")
 DEFAULT_DIMENSIONS = ("vq", "mq", "ta")
@@ -88,7 +88,7 @@ def pair_examples(tables: Sequence[str], dimensions: Sequence[str] | None) -> tu
     the labelled ones among vq, mq, ta), as examples with clips ``a`` / ``b`` and label codes; and the
     dimensions. Pairs without one are skipped and counted."""
     from vpt.io.tables import read_table
-    from vpt.train.flow import pair_clips
+    from vpt.stages.examples import pair_clips
 
     loaded = [(name, read_table(name, "prefs")) for name in tables]
     if dimensions is None:
@@ -220,9 +220,9 @@ def train_latent_reward(model: str | os.PathLike, prefs: Sequence[str], config, 
     from vpt.models.latent_reward import CONFIG_FILE, checked_blocks, cut_generator, save_latent_reward
     from vpt.models.loading import load_wan_pipeline, resolve_wan_directory
     from vpt.train import Trainer
-    from vpt.train.encoded import EncodedCache
+    from vpt.encoding.cache import EncodedCache
     from vpt.train.trainer import check_run_directory
-    from vpt.train.flow import check_clip_sizes, encode_examples
+    from vpt.stages.examples import check_clip_sizes, encode_examples
     from vpt.prefs.pairs import split_pairs
 
     out = Path(config.output_dir)

@@ -1,0 +1,145 @@
+"""The one run-and-publish path of every policy stage (``sft``, ``dpo``, ``grpo-step``): the harness trains in
+``OUT.run/`` (checkpoints to resume from), then the final policy checkpoint ``OUT`` is published in the layout of
+:mod:`vpt.train.policy` and the run directory removed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from vpt.errors import VptError
+
+RUN_SUFFIX = ".run"
+STAGE_FILE = "stage.json"
+
+
+@dataclass
+class StageResult:
+    """What :func:`train_stage` wrote and measured."""
+
+    checkpoint: Path
+    step: int
+    metrics: dict[str, float]
+
+
+def run_directory(out: Path) -> Path:
+    """Where a stage writing ``out`` keeps its harness checkpoints until it finishes: ``OUT.run``."""
+    return out.with_name(out.name + RUN_SUFFIX)
+
+
+def check_output(out: Path, resume: str | None) -> Path:
+    """``out`` must not exist; an unfinished run of it is continued only when asked, and ``resume`` must hold a
+    checkpoint. Returns the run directory."""
+    from vpt.io.atomic import check_new_directory, owns
+    from vpt.train.checkpoint import TRAINER_STATE, latest_checkpoint
+
+    check_new_directory(out, "--out")
+    run = run_directory(out)
+    if run.exists() and not owns(run):
+        raise VptError(f"{run}: exists and vpt did not create it (the checkpoints of --out {out} go there); move it "
+                       "away or choose another --out")
+    if resume is None and latest_checkpoint(run) is not None:
+        raise VptError(f"{run}: holds an unfinished run of {out}; continue it with --resume {run}, or remove it")
+    if resume is not None and not (Path(resume) / TRAINER_STATE).is_file() and latest_checkpoint(resume) is None:
+        raise VptError(f"{resume}: holds no checkpoint to resume from; give the OUT.run of an interrupted run, one "
+                       "of its checkpoint-N directories, or a finished checkpoint of this stage")
+    return run
+
+
+def _check_same_parent(resume: Path, record: Mapping[str, Any]) -> None:
+    """A resumed run must train the same stage of the same policy: its saved record names the generator, the
+    parent policy and the stage."""
+    from vpt.io.jsonfile import read_json_object
+    from vpt.train.policy import POLICY_FILE
+
+    for name in (STAGE_FILE, POLICY_FILE):
+        saved_file = (resume if (resume / name).is_file() else resume.parent) / name
+        if saved_file.is_file():
+            saved = read_json_object(saved_file, "the stage record", "resume from a checkpoint of this stage")
+            if saved.get("stage") != record.get("stage"):
+                raise VptError(f"{resume}: holds a run of the {saved.get('stage')} stage, not of "
+                               f"{record.get('stage')}; --resume continues a run of the same stage, --policy starts "
+                               "this stage from a finished checkpoint")
+            for key in ("model", "parent"):
+                if saved.get(key) != record.get(key):
+                    raise VptError(f"{resume}: was trained with {key} {saved.get(key)}, not {record.get(key)}; "
+                                   f"resume with the same --model and --policy")
+            return
+
+
+def train_stage(policy: torch.nn.Module, dataset: torch.utils.data.Dataset, loss_fn, config, out: Path, record: dict,
+                summary: Mapping[str, float], own_backward: bool = False, resume: str | None = None,
+                quiet: bool = False) -> StageResult:
+    """Train ``policy`` with the harness in ``OUT.run`` and publish the final policy checkpoint ``out``.
+
+    ``record`` (generator, parent, stage, options) becomes ``policy.json``; ``summary`` (example counts) heads
+    ``metrics.parquet``. ``resume``: the run directory of an interrupted run, one of its checkpoints, or a finished
+    policy checkpoint of the same stage to train on from (bit-identical to not stopping).
+    """
+    from vpt.distributed import current_processes
+    from vpt.io.atomic import claim_directory, remove_owned
+    from vpt.train import Trainer
+    from vpt.train.checkpoint import latest_checkpoint, load_peft, read_metrics
+    from vpt.train.policy import METRICS_TABLE, metrics_rows, publish_policy, save_policy
+
+    out = Path(out)
+    run = run_directory(out)  # run_dpo / run_sft checked the output before encoding (check_output)
+    if resume is not None:
+        _check_same_parent(Path(resume), record)
+    processes = current_processes()
+    if processes.is_main:
+        claim_directory(run, "--out")
+        (run / STAGE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    processes.wait()
+    try:
+        trainer = Trainer(policy, config.replace(output_dir=str(run)), dataset=dataset, loss_fn=loss_fn,
+                          save_model=save_policy, load_model=load_peft, own_backward=own_backward, quiet=quiet)
+        result = trainer.train(resume=resume if resume is not None else False)
+    except BaseException:
+        if processes.is_main and latest_checkpoint(run) is None:  # nothing to resume: leave no run behind
+            remove_owned(run)
+        raise
+    steps = read_metrics(result.metrics_file) if processes.is_main else []
+    if processes.is_main:
+        table = metrics_rows(1, summary, steps)
+        if result.resumed_from is not None and (result.resumed_from / METRICS_TABLE).is_file():
+            table = _earlier_steps(result.resumed_from / METRICS_TABLE, steps) + table
+        publish_policy(result.checkpoint, out, {**record, "step": result.step}, table)
+        remove_owned(run)
+    processes.wait()
+    last = {k: v for k, v in (steps[-1] if steps else {}).items() if k not in ("step", "epoch")}
+    return StageResult(checkpoint=out, step=result.step, metrics={**summary, **last})
+
+
+def _earlier_steps(table: Path, steps: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """The per-step rows of the finished checkpoint a run resumed from, before the steps this run logged: the
+    published metrics then cover the whole training, as if it had not stopped."""
+    from vpt.io.tables import read_table
+
+    first = min((int(row["step"]) for row in steps), default=None)
+    return [row for row in read_table(table, "metrics").to_pylist()
+            if row["step"] is not None and (first is None or row["step"] < first)]
+
+
+def stage_record(stage: str, source, data: str, options: Mapping[str, Any],
+                 command: Sequence[str] | None = None) -> dict:
+    """``policy.json`` of a stage's output: generator, parent policy (a checkpoint, an init LoRA or ``base``) and
+    the lineage behind it, stage, data, options and the command line that ran it (the model card shows it without
+    local paths)."""
+    return {"model": str(source.model), "parent": source.parent, **source.describe(), "stage": stage,
+            "data": str(Path(data).resolve()) if data != "-" else data, stage: dict(options),
+            **({"command": [str(token) for token in command]} if command else {})}
+
+
+def options_dict(*options) -> dict:
+    """Dataclass options as one JSON-ready dict."""
+    merged: dict = {}
+    for option in options:
+        merged.update(asdict(option))
+    return merged
+
+
