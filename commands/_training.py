@@ -1,4 +1,5 @@
-"""The options every flow-matching training stage shares (``vpt dpo``, ``vpt sft``): declared once, used by both."""
+"""The options every training command shares (``sft``, ``dpo``, ``grpo-step``, ``train-reward``), the one
+TrainConfig built from them, and the summary they print."""
 
 from __future__ import annotations
 
@@ -7,46 +8,88 @@ from typing import Any, Mapping
 import typer
 
 from vpt.commands import _outputs as outputs
+from vpt.commands._lists import comma_list
 
-MODEL = typer.Option(None, "--model", "-m", help="Generator: a Wan pipeline (or zoo) directory (default with "
-                                                 "--policy: the one the policy records).")
-POLICY = typer.Option(None, "--policy", help="Policy checkpoint to continue (written by sft, dpo or grpo-step); "
-                                             "default: a new LoRA on the generator.")
-INIT_LORA = typer.Option(None, "--init-lora", help="Start the new policy as this LoRA (no policy.json needed): a "
-                                                   "peft adapter directory or a diffusers Wan LoRA (directory or "
-                                                   ".safetensors file); needs --model.")
-OUT = typer.Option(..., "--out", "-o", callback=outputs.new_directory,
-                   help="Policy checkpoint directory to write (must not exist); checkpoints to resume from go to "
-                        "OUT.run/ until the run ends.")
-LR = typer.Option(1e-4, "--lr", help="Learning rate.")
-BATCH_SIZE = typer.Option(1, "--batch-size", help="Examples per micro-batch per process.")
-GRAD_ACCUM = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step.")
-MAX_STEPS = typer.Option(None, "--max-steps", help="Optimizer steps (with --epochs: whichever ends first).")
-EPOCHS = typer.Option(None, "--epochs", help="Epochs over the examples (default 1 without --max-steps).")
-WARMUP = typer.Option(0, "--warmup-steps", help="Linear warmup steps.")
-SCHEDULE = typer.Option("constant", "--lr-schedule", help="constant, cosine or linear.")
-WEIGHT_DECAY = typer.Option(0.0, "--weight-decay", help="AdamW weight decay.")
-MAX_GRAD_NORM = typer.Option(1.0, "--max-grad-norm", help="Gradient clipping (0: off).")
-MIXED_PRECISION = typer.Option("no", "--mixed-precision", help="no or bf16.")
-SAVE_EVERY = typer.Option(0, "--save-every", help="Checkpoint into OUT.run/ every N steps (0: only at the end).")
-LOG_EVERY = typer.Option(10, "--log-every", help="Metrics every N steps.")
-LORA_RANK = typer.Option(8, "--lora-rank", help="LoRA rank (new policy).")
-LORA_ALPHA = typer.Option(16.0, "--lora-alpha", help="LoRA alpha (new policy).")
-LORA_TARGETS = typer.Option(None, "--lora-targets", help="Comma-separated module names (new policy; default: "
-                                                         "attention, FFN and output projection).")
-TIMESTEPS = typer.Option("uniform", "--timesteps", help="Noise-level distribution: uniform or logit-normal.")
-LOGIT_MEAN = typer.Option(0.0, "--logit-mean", help="Mean of logit-normal noise levels.")
-LOGIT_STD = typer.Option(1.0, "--logit-std", help="Std of logit-normal noise levels.")
-SHIFT = typer.Option(1.0, "--shift", help="Flow shift applied to sampled noise levels.")
-FRAMES = typer.Option(None, "--frames", help="Resample every clip to N frames (1 + 4k) before encoding.")
-HEIGHT = typer.Option(None, "--height", help="Resize every clip to this height (multiple of 16).")
-WIDTH = typer.Option(None, "--width", help="Resize every clip to this width (multiple of 16).")
-CACHE = typer.Option(None, "--cache", help="Latent and prompt-embedding cache (default: $VPT_CACHE_DIR/encoded "
-                                           "or ~/.cache/vpt/encoded).")
-RESUME = typer.Option(None, "--resume", help="Continue an interrupted run (OUT.run or one of its checkpoints) or "
-                                             "train a finished checkpoint of this stage further.")
-SEED = typer.Option(0, "--seed", help="Seed of the data order, noise, noise levels and LoRA initialisation.")
-QUIET = typer.Option(False, "--quiet", "-q", help="No progress or summary.")
+_SAME = object()
+# option -> (default, help) of sft and dpo; grpo-step and train-reward take the ones they share, some with their own
+# default or help
+OPTIONS: dict[str, tuple[Any, str]] = {
+    "--model": (None, "Generator: a Wan pipeline (or zoo) directory (default with --policy: the one the policy "
+                      "records)."),
+    "--policy": (None, "Policy checkpoint to continue (written by sft, dpo or grpo-step); default: a new LoRA on the "
+                       "generator."),
+    "--init-lora": (None, "Start the new policy as this LoRA (no policy.json needed): a peft adapter directory or a "
+                          "diffusers Wan LoRA (directory or .safetensors file); needs --model."),
+    "--out": (..., "Policy checkpoint directory to write (must not exist); checkpoints to resume from go to OUT.run/ "
+                   "until the run ends."),
+    "--lr": (1e-4, "Learning rate."),
+    "--batch-size": (1, "Examples per micro-batch per process."),
+    "--grad-accum": (1, "Micro-batches per optimizer step."),
+    "--max-steps": (None, "Optimizer steps (with --epochs: whichever ends first)."),
+    "--epochs": (None, "Epochs over the examples (default 1 without --max-steps)."),
+    "--warmup-steps": (0, "Linear warmup steps."),
+    "--lr-schedule": ("constant", "constant, cosine or linear."),
+    "--weight-decay": (0.0, "AdamW weight decay."),
+    "--max-grad-norm": (1.0, "Gradient clipping (0: off)."),
+    "--mixed-precision": ("no", "no or bf16."),
+    "--save-every": (0, "Checkpoint into OUT.run/ every N steps (0: only at the end)."),
+    "--log-every": (10, "Metrics every N steps."),
+    "--lora-rank": (8, "LoRA rank (new policy)."),
+    "--lora-alpha": (16.0, "LoRA alpha (new policy)."),
+    "--lora-targets": (None, "Comma-separated module names (new policy; default: attention, FFN and output "
+                             "projection)."),
+    "--timesteps": ("uniform", "Noise-level distribution: uniform or logit-normal."),
+    "--logit-mean": (0.0, "Mean of logit-normal noise levels."),
+    "--logit-std": (1.0, "Std of logit-normal noise levels."),
+    "--shift": (1.0, "Flow shift applied to sampled noise levels."),
+    "--frames": (None, "Resample every clip to N frames (1 + 4k) before encoding."),
+    "--height": (None, "Resize every clip to this height (multiple of 16)."),
+    "--width": (None, "Resize every clip to this width (multiple of 16)."),
+    "--cache": (None, "Latent and prompt-embedding cache (default: $VPT_CACHE_DIR/encoded or ~/.cache/vpt/encoded)."),
+    "--resume": (None, "Continue an interrupted run (OUT.run or one of its checkpoint-N) or train a finished "
+                       "checkpoint of this stage further, as if it had not stopped."),
+    "--seed": (0, "Seed of the data order, noise, noise levels and LoRA initialisation."),
+    "--quiet": (False, "No progress or summary."),
+}
+SHORT = {"--model": "-m", "--out": "-o", "--quiet": "-q"}
+CALLBACKS = {"--out": outputs.new_directory}
+
+
+def option(name: str, default: Any = _SAME, help: str | None = None):
+    """The declaration of the shared training option ``name``; a command whose default or meaning differs gives its
+    own, so its help stays true."""
+    shared_default, shared_help = OPTIONS[name]
+    names = [name, SHORT[name]] if name in SHORT else [name]
+    return typer.Option(shared_default if default is _SAME else default, *names, callback=CALLBACKS.get(name),
+                        help=shared_help if help is None else help)
+
+
+# the TrainConfig field each shared option sets
+CONFIG_FIELDS = {"learning_rate": "learning_rate", "batch_size": "batch_size",
+                 "grad_accum": "gradient_accumulation_steps", "max_steps": "max_steps", "epochs": "epochs",
+                 "warmup_steps": "warmup_steps", "lr_schedule": "lr_schedule", "weight_decay": "weight_decay",
+                 "max_grad_norm": "max_grad_norm", "mixed_precision": "mixed_precision", "save_every": "save_every",
+                 "log_every": "log_every", "eval_every": "eval_every", "seed": "seed"}
+
+
+def train_config(values: Mapping[str, Any], default_epochs: int = 1, **fields):
+    """The harness's TrainConfig from the values of the training options a command declares (its ``locals()``):
+    each one it has sets its field, ``--epochs`` is ``default_epochs`` when neither it nor ``--max-steps`` is
+    given, and ``fields`` set what the command decides itself (output directory, a resolved learning rate)."""
+    from vpt.train import TrainConfig
+
+    given = {field: values[name] for name, field in CONFIG_FIELDS.items() if name in values}
+    if "epochs" in given and given["epochs"] is None and given.get("max_steps") is None:
+        given["epochs"] = default_epochs
+    return TrainConfig(**{**given, **fields})
+
+
+def policy_lora_targets(text: str | None) -> tuple[str, ...]:
+    """The transformer modules a new LoRA policy adapts: ``--lora-targets``, or attention, FFN and output
+    projection."""
+    from vpt.train.policy import DEFAULT_LORA_TARGETS
+
+    return DEFAULT_LORA_TARGETS if text is None else comma_list(text, "--lora-targets", "to_q,to_k,to_v")
 
 
 def resample_size(frames: int | None, height: int | None, width: int | None) -> tuple[int, int, int] | None:
@@ -60,30 +103,19 @@ def resample_size(frames: int | None, height: int | None, width: int | None) -> 
 
 
 def stage_arguments(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The keyword arguments every stage's library entry (``run_dpo``, ``run_sft``) takes, from the values of the
-    shared options above (a command passes its ``locals()``): generator, policy, output, harness configuration,
-    noise, LoRA setup, clip size, cache, resume and quiet."""
-    from vpt.train import TrainConfig
+    """The keyword arguments every flow-matching stage's library entry (``run_dpo``, ``run_sft``) takes, from the
+    values of the shared options (a command passes its ``locals()``): generator, policy, output, harness
+    configuration, noise, LoRA setup, clip size, cache, resume and quiet."""
     from vpt.stages.examples import NoiseOptions
-    from vpt.train.policy import DEFAULT_LORA_TARGETS
 
-    targets = values["lora_targets"]
-    config = TrainConfig(
-        learning_rate=values["learning_rate"], batch_size=values["batch_size"],
-        gradient_accumulation_steps=values["grad_accum"], max_steps=values["max_steps"],
-        epochs=values["epochs"] if values["epochs"] is not None or values["max_steps"] else 1,
-        warmup_steps=values["warmup_steps"], lr_schedule=values["lr_schedule"], weight_decay=values["weight_decay"],
-        max_grad_norm=values["max_grad_norm"], mixed_precision=values["mixed_precision"],
-        save_every=values["save_every"], log_every=values["log_every"], keep_last=2, seed=values["seed"])
     noise = NoiseOptions(timesteps=values["timesteps"], logit_mean=values["logit_mean"],
                          logit_std=values["logit_std"], shift=values["shift"], seed=values["seed"])
     return {"model": values["model"], "policy": values["policy"], "init_lora": values["init_lora"],
-            "command": command_line(values["context"]), "out": values["out"], "config": config,
-            "noise": noise, "lora_rank": values["lora_rank"], "lora_alpha": values["lora_alpha"],
-            "lora_targets": DEFAULT_LORA_TARGETS if targets is None else
-            tuple(t.strip() for t in targets.split(",") if t.strip()),
-            "size": resample_size(values["frames"], values["height"], values["width"]), "cache": values["cache"], "resume": values["resume"],
-            "quiet": values["quiet"]}
+            "command": command_line(values["context"]), "out": values["out"],
+            "config": train_config(values, keep_last=2), "noise": noise, "lora_rank": values["lora_rank"],
+            "lora_alpha": values["lora_alpha"], "lora_targets": policy_lora_targets(values["lora_targets"]),
+            "size": resample_size(values["frames"], values["height"], values["width"]), "cache": values["cache"],
+            "resume": values["resume"], "quiet": values["quiet"]}
 
 
 def command_line(context: typer.Context) -> list[str]:

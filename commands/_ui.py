@@ -65,3 +65,30 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[objec
     for row in rows:
         table.add_row(*(f"{cell:.4f}" if isinstance(cell, float) else str(cell) for cell in row))
     Console(stderr=True, soft_wrap=True).print(table)
+
+
+def videoreward_summary(result, out: str) -> None:
+    """``train-reward``'s held-out accuracies per dimension and the normalisation statistics stored with the
+    model."""
+    print_table(f"train-reward: {result.train.step} steps on {result.train_pairs} pairs; accuracy (%) on "
+                f"{_held_out(result.eval_pairs)}; model in {out}",
+                ["dim", "acc w/o ties", "acc w/ ties", "norm mean", "norm std"],
+                [[name, _percent(without), _percent(with_ties), *("" if value is None else value for value in stats)]
+                 for name, without, with_ties, *stats in result.evaluation.accuracy_rows()])
+
+
+def latent_reward_summary(result, sigmas, out: str) -> None:
+    """``train-reward --kind latent``'s held-out accuracies per dimension at each evaluation noise level."""
+    recorded = f", {result.recorded_clips} clips from recorded latents" if result.recorded_clips else ""
+    print_table(f"train-reward --kind latent: {result.step} steps on {result.train_pairs} pairs{recorded}; accuracy "
+                f"(%) on {_held_out(result.eval_pairs)}; model in {out}",
+                ["dim", *(f"σ={sigma:g}" for sigma in sigmas), "mean"],
+                [[name, *map(_percent, accuracies)] for name, *accuracies in result.accuracy_rows(sigmas)])
+
+
+def _held_out(pairs: int) -> str:
+    return f"{pairs} held-out pairs" if pairs else "no held-out pairs: training pairs"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from vpt.commands import _outputs, _ui
+from vpt.commands._lists import comma_list
 
 SHOWN_PROBLEMS = 5
 
@@ -70,8 +70,7 @@ def build_prefs(
     """
     from vpt.errors import VptError
     from vpt.io.tables import write_table
-    from vpt.prefs.pairs import balance as balanced
-    from vpt.prefs.pairs import table_paths
+    from vpt.prefs.pairs import as_written
 
     sources = [name for name, given in (("--from-annotations", from_annotations), ("--from-scores", from_scores),
                                         ("--synthetic", synthetic)) if given]
@@ -85,11 +84,7 @@ def build_prefs(
     else:
         rows, summary = _synthetic_pairs(synthetic, videos, out_dir, window, freeze_fraction, skip_symmetric,
                                          symmetric_column, reencode_source, crf, workers, seed, quiet)
-    written = table_paths(None if output == "-" else Path(output).parent)
-    for row in rows:
-        row["path_a"], row["path_b"] = written(row["path_a"]), written(row["path_b"])
-    if balance:
-        rows = balanced(rows, seed)
+    rows = as_written(rows, None if output == "-" else output, seed, balance)
     write_table(rows, output, "prefs")
     if not quiet:
         typer.echo(f"build-prefs: {len(rows)} pairs {summary}", err=True)
@@ -118,7 +113,7 @@ def _annotation_pairs(source, data_dir, check_files, skip_invalid, quiet):
 def _score_pairs(score_sources, videos, reward, min_gap, top_k, group_by, label):
     from vpt.prefs.from_scores import pairs_from_tables
 
-    names = [name.strip() for value in score_sources for name in value.split(",") if name.strip()]
+    names = comma_list(score_sources, "--from-scores", "brightness.parquet,motion.parquet")
     built = pairs_from_tables(names, videos, reward, min_gap=min_gap, top_k=top_k, group_by=group_by, label=label)
     left_out = f"; left out: {_counts(built.skipped)}" if built.skipped else ""
     return built.rows, f"from {built.groups} groups (by {built.group_by}){left_out}"
@@ -132,7 +127,7 @@ def _synthetic_pairs(kinds, videos, out_dir, window, freeze_fraction, skip_symme
     if videos is None or out_dir is None:
         raise VptError("--synthetic needs --videos TABLE (the good clips) and --out-dir DIR (where the negative "
                        "clips are written)")
-    names = tuple(name.strip() for name in kinds.split(",") if name.strip())
+    names = comma_list(kinds, "--synthetic", "reverse,shuffle,freeze")
     with _ui.progress(None, "negatives (clips)", quiet) as advance:
         made = synthetic_prefs(videos, out_dir, names, skip_symmetric=skip_symmetric,
                                symmetric_column=symmetric_column, seed=seed, window=window,

@@ -12,19 +12,6 @@ from vpt.commands import _outputs, _ui
 app = typer.Typer(help="Compute evaluation metrics (reward-bench accuracy, ...).", no_args_is_help=True)
 
 
-def _column_map(pairs: list[str]) -> dict[str, str]:
-    from vpt.errors import VptError
-    from vpt.metrics.rewardbench import DIMENSIONS
-
-    columns = dict(DIMENSIONS)
-    for pair in pairs:
-        dimension, _, column = pair.partition("=")
-        if dimension not in DIMENSIONS or not column:
-            raise VptError(f"--map {pair}: expected DIM=COLUMN with DIM one of {', '.join(DIMENSIONS)}")
-        columns[dimension] = column
-    return columns
-
-
 @app.command("rewardbench")
 def rewardbench(
     bench: str = typer.Argument(..., help="Benchmark pairs: path_A,path_B,prompt,VQ,MQ,TA[,Overall] (CSV or Parquet)."),
@@ -45,16 +32,15 @@ def rewardbench(
     from vpt.errors import VptError
     from vpt.io.manifest import ScoreIndex, pair_videos
     from vpt.io.tables import read_table, source_directory, write_table
-    from vpt.metrics.rewardbench import benchmark_rows
+    from vpt.metrics.rewardbench import benchmark_table, score_columns
 
     if (scores is None) == (model is None):
         raise VptError("give exactly one of --scores TABLE or --model NAME")
     table = read_table(bench, "annotations")
     base = data_dir if data_dir is not None else source_directory(bench)
-    columns = _column_map(mapping)
-    pairs = table.to_pylist()
+    columns = score_columns(mapping)
     if scores is not None:
-        index, source = ScoreIndex(read_table(scores, "scores").to_pylist(), scores), scores
+        index = ScoreIndex(read_table(scores, "scores").to_pylist(), scores)
     else:
         from vpt.rewards.engine import score_videos
         from vpt.rewards.registry import load_reward_model
@@ -64,20 +50,8 @@ def rewardbench(
         with _ui.progress(len(items), "scoring", quiet) as advance:
             rows = [row for batch in score_videos(items, [load_reward_model(model)], batch_size,
                                                   on_progress=advance) for row in batch]
-        index, source = ScoreIndex(rows, model), model
-    scored = [(index.find(pair["path_A"], pair["prompt"], base, f"{bench} row {number}"),
-               index.find(pair["path_B"], pair["prompt"], base, f"{bench} row {number}"))
-              for number, pair in enumerate(pairs, start=1)]
-    labels, margins = {}, {}
-    for dimension, column in columns.items():
-        if dimension not in table.column_names:
-            continue
-        if scored and column not in scored[0][0]:
-            raise VptError(f"{source}: has no column '{column}' for {dimension}; choose one with "
-                           f"--map {dimension}=COLUMN")
-        labels[dimension] = [pair[dimension] for pair in pairs]
-        margins[dimension] = [a[column] - b[column] for a, b in scored]
-    rows = benchmark_rows(labels, margins, {d: columns[d] for d in labels})
+        index = ScoreIndex(rows, model)
+    rows = benchmark_table(bench, table, index, base, columns)
     if output is not None:
         write_table(rows, output, "rewardbench")
     header = ["dimension", "column", "acc w/ ties", "tie eps", "acc w/o ties", "pairs", "ties"]
@@ -119,8 +93,8 @@ def gsb(
     Judgements of one prompt are not independent: --cluster-by prompt_id resamples whole prompts.
     """
     from vpt.errors import VptError
-    from vpt.io.tables import write_table
-    from vpt.metrics.gsb import gsb_row
+    from vpt.io.tables import read_table, write_table
+    from vpt.metrics.gsb import counts_by_aspect, gsb_row, judgement_counts_by_aspect
 
     direct = {"good": good, "same": same, "bad": bad}
     from_options = any(value is not None for value in direct.values())
@@ -136,9 +110,9 @@ def gsb(
         raise VptError(f"--confidence {confidence}: give a coverage strictly between 0 and 1, e.g. 0.95")
 
     if counts is not None:
-        groups = _counts_table(counts)
+        groups = counts_by_aspect(read_table(counts, "gsb_counts"), counts)
     elif judgements is not None:
-        groups = _judgements_table(judgements, cluster_by)
+        groups = judgement_counts_by_aspect(read_table(judgements, "gsb_judgements"), judgements, cluster_by)
     else:
         missing = [f"--{name}" for name, value in direct.items() if value is None]
         if missing:
@@ -159,49 +133,6 @@ def gsb(
                 for r in rows]
         # With -o -, stdout carries the Parquet table.
         typer.echo(_ui.aligned([header, *body]), err=output == "-")
-
-
-def _counts_table(source: str) -> dict[str, list[int]]:
-    """aspect -> [G, S, B] from a gsb_counts table."""
-    from vpt.errors import VptError
-    from vpt.io.tables import read_table
-
-    groups = {}
-    for number, row in enumerate(read_table(source, "gsb_counts").to_pylist(), start=1):
-        for column in ("good", "same", "bad"):
-            if row[column] < 0:
-                raise VptError(f"{source}: row {number}: column '{column}' is {row[column]}; counts must be 0 or more")
-        if row["aspect"] in groups:
-            raise VptError(f"{source}: row {number}: aspect '{row['aspect']}' appears twice; give one row per aspect")
-        groups[row["aspect"]] = [row["good"], row["same"], row["bad"]]
-    return groups
-
-
-def _judgements_table(source: str, cluster_by: str | None) -> dict:
-    """aspect -> counts [3], or per-cluster counts [K, 3] with ``cluster_by``, from a gsb_judgements table."""
-    from vpt.errors import VptError
-    from vpt.io.tables import read_table
-    from vpt.metrics.gsb import count_judgements, parse_judgements
-
-    table = read_table(source, "gsb_judgements")
-    if cluster_by is not None and cluster_by not in table.column_names:
-        raise VptError(f"{source}: has no column '{cluster_by}' to cluster by; its columns are "
-                       f"{', '.join(table.column_names)}")
-    try:
-        codes = parse_judgements(table.column("judgement").to_pylist())
-    except ValueError as error:
-        raise VptError(f"{source}: {error}") from None
-    aspects = (table.column("aspect").to_pylist() if "aspect" in table.column_names
-               else ["overall"] * table.num_rows)
-    clusters = table.column(cluster_by).to_pylist() if cluster_by is not None else None
-    if clusters is not None and None in clusters:
-        raise VptError(f"{source}: row {clusters.index(None) + 1}: column '{cluster_by}' is empty; "
-                       f"every judgement needs a cluster")
-    members: dict[str, list[int]] = {}
-    for index, name in enumerate(aspects):
-        members.setdefault(name, []).append(index)
-    return {name: count_judgements(codes[rows], None if clusters is None else [clusters[i] for i in rows])
-            for name, rows in members.items()}
 
 
 def _interval(low: float | None, high: float | None) -> str:

@@ -6,18 +6,9 @@ from typing import List, Optional
 
 import typer
 
-from vpt.commands import _outputs, _training, _ui
-
-
-def _floats(text: str | None, option: str) -> tuple[float, ...]:
-    from vpt.errors import VptError
-
-    if not text:
-        return ()
-    try:
-        return tuple(float(part) for part in text.split(","))
-    except ValueError:
-        raise VptError(f"{option} {text}: expected comma-separated numbers, e.g. 0.75,0.75,0.75") from None
+from vpt.commands import _training as shared
+from vpt.commands import _ui
+from vpt.commands._lists import comma_floats
 
 
 def grpo_step(
@@ -36,8 +27,7 @@ def grpo_step(
                                                             "one per reward model)."),
     reward: str = typer.Option("score", "--reward", help="Reward: a scores column or weighted columns, e.g. "
                                                          "vq=1,mq=1,ta=1 (curriculum order with --self-paced)."),
-    out: str = typer.Option(..., "--out", "-o", callback=_outputs.new_directory,
-                            help="Checkpoint directory to write (must not exist)."),
+    out: str = shared.option("--out"),
     aggregation: str = typer.Option("sum-then-normalise", "--aggregation", help="Several reward columns: "
                                     "sum-then-normalise or normalise-then-sum."),
     global_std: bool = typer.Option(False, "--global-std", help="Divide advantages by the std of all rewards, "
@@ -63,36 +53,42 @@ def grpo_step(
                                                                    "gated (3 columns, EMA state)."),
     curriculum_thresholds: Optional[str] = typer.Option(None, "--curriculum-thresholds", help="Competence "
                                                         "threshold per column (default 0.75 each)."),
-    learning_rate: float = typer.Option(1e-4, "--lr", help="Learning rate (constant, after warmup)."),
-    warmup_steps: int = typer.Option(0, "--warmup-steps", help="Linear warmup over the first optimizer steps of "
-                                                               "the run."),
-    weight_decay: float = typer.Option(0.0, "--weight-decay", help="AdamW weight decay."),
+    learning_rate: float = shared.option("--lr", help="Learning rate (constant, after warmup)."),
+    warmup_steps: int = shared.option("--warmup-steps", help="Linear warmup over the first optimizer steps of "
+                                                             "the run."),
+    weight_decay: float = shared.option("--weight-decay"),
     steps_per_iteration: int = typer.Option(1, "--steps-per-iteration", help="Optimizer steps per iteration "
                                                                              "(the items are split evenly)."),
-    max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Gradient clipping (0: off)."),
-    lora_rank: int = typer.Option(8, "--lora-rank", help="LoRA rank (with --init)."),
-    lora_alpha: float = typer.Option(16.0, "--lora-alpha", help="LoRA alpha (with --init)."),
-    lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="Comma-separated module names (with "
-                                               "--init; default: attention, FFN and output projection)."),
-    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no or bf16."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the data order and the timestep subsets."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary."),
+    max_grad_norm: float = shared.option("--max-grad-norm"),
+    save_every: int = shared.option("--save-every"),
+    resume: Optional[str] = shared.option("--resume"),
+    lora_rank: int = shared.option("--lora-rank", help="LoRA rank (with --init)."),
+    lora_alpha: float = shared.option("--lora-alpha", help="LoRA alpha (with --init)."),
+    lora_targets: Optional[str] = shared.option("--lora-targets", help="Comma-separated module names (with "
+                                                "--init; default: attention, FFN and output projection)."),
+    mixed_precision: str = shared.option("--mixed-precision"),
+    seed: int = shared.option("--seed", help="Seed of the data order and the timestep subsets."),
+    quiet: bool = shared.option("--quiet"),
 ) -> None:
     """Update the LoRA policy on scored rollouts: one GRPO iteration (with optional BPGO, ViPO, self-paced).
 
     Micro-batches are the sampler's batches (sample-rollouts --batch-size) at one recorded step, so the
     recomputed log-probs match the stored ones exactly. A Makefile loop of sample-rollouts -> score -> grpo-step
-    is an RL run; each step's checkpoint holds the
-    adapter (peft and diffusers layouts), optimizer, schedule, RNG and curriculum state, and metrics.parquet.
+    is an RL run; each step's checkpoint holds the adapter (peft and diffusers layouts), optimizer, schedule, RNG
+    and curriculum state, and metrics.parquet. With --save-every N the iteration checkpoints into OUT.run/, and
+    --resume OUT.run continues it after an interruption as if it had not stopped.
 
     Example: vpt grpo-step --init zoo/ --rollouts r0/ --scores r0.scores.parquet --reward brightness -o p1/
     """
+    from pathlib import Path
+
     from vpt.distributed import current_processes
     from vpt.errors import VptError
     from vpt.rewards.expression import parse_reward
-    from vpt.train import TrainConfig, finish_distributed
     from vpt.stages.grpo import GrpoOptions, grpo_step as run, load_step_inputs
-    from vpt.train.policy import DEFAULT_LORA_TARGETS, check_start
+    from vpt.train import finish_distributed
+    from vpt.train.policy import check_start
+    from vpt.train.run import check_output
 
     check_start(policy, init_lora, init, "--init")
     if (policy is None) == (init is None):
@@ -101,20 +97,20 @@ def grpo_step(
         raise VptError("--prior is BPGO's prior; add --bpgo")
     if curriculum not in ("softmax", "gated"):
         raise VptError(f"--curriculum {curriculum}: choose softmax or gated")
+    thresholds = () if curriculum_thresholds is None else comma_floats(curriculum_thresholds,
+                                                                        "--curriculum-thresholds", "0.75,0.75,0.75")
     options = GrpoOptions(
         reward=parse_reward(reward), aggregation=aggregation, global_std=global_std, advantage_clip=advantage_clip,
         clip_range=clip_range, kl_beta=kl_beta, timestep_fraction=timestep_fraction, bpgo=bpgo, ras=ras,
         ras_alpha=ras_alpha, crt=crt, crt_weight=crt_weight, vipo=vipo, vipo_blur=vipo_blur,
-        self_paced=curriculum if self_paced else "off",
-        curriculum_thresholds=_floats(curriculum_thresholds, "--curriculum-thresholds"), seed=seed)
-    config = TrainConfig(learning_rate=learning_rate, warmup_steps=warmup_steps, weight_decay=weight_decay,
-                         epochs=1, max_grad_norm=max_grad_norm, mixed_precision=mixed_precision, seed=seed)
-    targets = DEFAULT_LORA_TARGETS if lora_targets is None else [t.strip() for t in lora_targets.split(",")
-                                                                  if t.strip()]
+        self_paced=curriculum if self_paced else "off", curriculum_thresholds=thresholds, seed=seed)
+    config = shared.train_config(locals(), epochs=1)
+    targets = shared.policy_lora_targets(lora_targets)
+    check_output(Path(out), resume)
     inputs = load_step_inputs(policy=policy, init=init, model=model, rollouts=rollouts, scores=scores, prior=prior,
                               options=options, vipo_model=vipo_model, lora_rank=lora_rank, lora_alpha=lora_alpha,
-                              lora_targets=targets, init_lora=init_lora, command=_training.command_line(context))
-    result = run(inputs, options, out, config, steps_per_iteration=steps_per_iteration, quiet=quiet)
+                              lora_targets=targets, init_lora=init_lora, command=shared.command_line(context))
+    result = run(inputs, options, out, config, steps_per_iteration=steps_per_iteration, resume=resume, quiet=quiet)
     if not quiet and current_processes().is_main:
         _ui.print_table(f"grpo-step iteration {result.iteration}", ["metric", "value"],
                         [[name, f"{value:.6g}"] for name, value in result.metrics.items()])

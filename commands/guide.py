@@ -52,45 +52,37 @@ def guide(
     """
     from pathlib import Path
 
-    import torch
-
     from vpt.distributed import current_processes
-    from vpt.errors import VptError
     from vpt.io.tables import read_prompts
     from vpt.models.latent_reward import load_latent_reward
-    from vpt.models.loading import load_policy, load_wan_pipeline, resolve_wan_directory
+    from vpt.models.loading import resolve_wan_directory
     from vpt.rewards.expression import parse_reward
+    from vpt.rollouts.generator import open_generator, placement
     from vpt.rollouts.guided import GuidanceSettings, check_reward_fits, guide_videos
     from vpt.rollouts.run import prompt_items
     from vpt.rollouts.sampling import RolloutOptions
 
-    if dtype not in ("float32", "bfloat16"):
-        raise VptError(f"--dtype {dtype}: choose float32 or bfloat16")
     processes = current_processes()
+    target, weights_dtype = placement(device, dtype, processes)
     items = prompt_items(read_prompts(prompts).to_pylist(), prompts)
     options = RolloutOptions(group_size=samples, steps=steps, noise_level=noise_level, guidance=guidance,
                              frames=frames, height=height, width=width, fps=fps, seed=seed,
                              negative_prompt=negative_prompt, shift=shift, batch_size=batch_size)
     options.check(group_option="--samples")
-    target = processes.resolve_device(device)
-    reward_model = load_latent_reward(reward, dtype=getattr(torch, dtype), device=target)
+    reward_model = load_latent_reward(reward, dtype=weights_dtype, device=target)
     chosen = ({name: 1.0 for name in reward_model.dimensions} if weights is None
               else _weights(weights, parse_reward))
     settings = GuidanceSettings(weights=chosen, scale=scale, reward_path=str(Path(reward).resolve()))
     settings.check(reward_model.dimensions)
-    model_dir = resolve_wan_directory(model)
-    check_reward_fits(reward_model, model_dir)
-    pipe = load_wan_pipeline(model_dir, dtype=getattr(torch, dtype), device=target)
-    policy_id = "base"
-    if policy is not None:
-        pipe.transformer, policy_id = load_policy(pipe.transformer, policy)
+    check_reward_fits(reward_model, resolve_wan_directory(model))  # before the generator is loaded
+    generator = open_generator(model, policy, target, weights_dtype)
     for parameter in reward_model.parameters():
         parameter.requires_grad_(False)  # guidance differentiates the input only
     mine = len(processes.shard(range(len(items))))
     total = mine * steps * -(-samples // (batch_size or samples))
     with _ui.progress(total, "guiding", quiet or not processes.is_main) as advance:
-        summary = guide_videos(pipe, items, options, reward_model, settings, out, processes, policy_id=policy_id,
-                               model_id=str(model_dir.resolve()), on_step=advance)
+        summary = guide_videos(generator.pipe, items, options, reward_model, settings, out, processes,
+                               policy_id=generator.policy_id, model_id=generator.model_id, on_step=advance)
     if not quiet and processes.is_main:
         typer.echo(f"guide: {summary.videos} videos of {summary.prompts} prompts (scale {scale:g}, weights "
                    f"{settings.describe(reward_model.dimensions)}) in {out}", err=True)

@@ -59,34 +59,26 @@ def sample_rollouts(
     Example: vpt sample-rollouts -m zoo/ --prompts prompts.txt -g 8 --steps 10 --frames 9 --height 32 --width 32
     -o rollouts/
     """
-    import torch
-
     from vpt.distributed import current_processes
-    from vpt.errors import VptError
     from vpt.io.tables import read_prompts
-    from vpt.models.loading import load_policy, load_wan_pipeline, resolve_wan_directory
+    from vpt.rollouts.generator import open_generator, placement
     from vpt.rollouts.run import prompt_items, sample_rollouts as run
     from vpt.rollouts.sampling import RolloutOptions
 
-    if dtype not in ("float32", "bfloat16"):
-        raise VptError(f"--dtype {dtype}: choose float32 or bfloat16")
     processes = current_processes()
+    target, weights_dtype = placement(device, dtype, processes)
     items = prompt_items(read_prompts(prompts).to_pylist(), prompts)
     options = RolloutOptions(group_size=group_size, steps=steps, noise_level=noise_level, guidance=guidance,
                              frames=frames, height=height, width=width, fps=fps, seed=seed, same_noise=same_noise,
                              sde_window=_window(sde_window), negative_prompt=negative_prompt, shift=shift,
                              batch_size=batch_size)
     options.check()
-    target = processes.resolve_device(device)
-    pipe = load_wan_pipeline(model, dtype=getattr(torch, dtype), device=target)
-    policy_id = "base"
-    if policy is not None:
-        pipe.transformer, policy_id = load_policy(pipe.transformer, policy)
+    generator = open_generator(model, policy, target, weights_dtype)
     mine = len(processes.shard(range(len(items))))
     total = mine * steps * -(-group_size // (batch_size or group_size))
     with _ui.progress(total, "sampling", quiet or not processes.is_main) as advance:
-        summary = run(pipe, items, options, out, processes, policy_id=policy_id,
-                      model_id=str(resolve_wan_directory(model).resolve()), on_step=advance)
+        summary = run(generator.pipe, items, options, out, processes, policy_id=generator.policy_id,
+                      model_id=generator.model_id, on_step=advance)
     if not quiet and processes.is_main:
         typer.echo(f"sample-rollouts: {summary.videos} videos of {summary.prompts} prompts "
                    f"({group_size} per prompt, {len(options.sde_steps())} recorded steps each) in {out}", err=True)

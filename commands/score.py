@@ -7,6 +7,7 @@ from typing import List, Optional
 import typer
 
 from vpt.commands import _outputs, _ui
+from vpt.commands._lists import comma_list
 
 
 def score(
@@ -29,7 +30,8 @@ def score(
                                help="Output scores table; - is stdout."),
     batch_size: int = typer.Option(8, "--batch-size", help="Videos scored together."),
     workers: int = typer.Option(2, "--workers", help="Background decoding threads."),
-    strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable video instead of a row with error."),
+    strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable video instead of a row with "
+                                                        "error."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Score videos with reward models into a scores table.
@@ -45,7 +47,7 @@ def score(
     from vpt.rewards.engine import ScoreSummary, output_columns, score_videos
     from vpt.rewards.registry import load_reward_model
 
-    names = [name.strip() for value in models for name in value.split(",") if name.strip()]
+    names = comma_list(models, "--model", "brightness,motion")
     processes = current_processes()
     reward_models = [load_reward_model(name, model_dir, device, batch_size, raw) for name in names]
     columns = output_columns(reward_models)

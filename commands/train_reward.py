@@ -9,6 +9,7 @@ import typer
 
 from vpt.commands import _training as shared
 from vpt.commands import _outputs, _ui
+from vpt.commands._lists import comma_list
 
 KINDS = ("videoreward", "latent")
 VIDEOREWARD_ONLY = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "min_pixels", "max_pixels")
@@ -35,24 +36,23 @@ def train_reward(
     loss: str = typer.Option("btt", "--loss", help="btt (Bradley-Terry with ties), bt (ties dropped) or, for "
                                                    "videoreward, reg (MSE to the *_mos_a/_b columns)."),
     theta: float = typer.Option(5.0, "--theta", help="Tie parameter of btt (> 1)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: videoreward 2e-6 as VideoAlign, "
-                                                          "1e-3 for tiny models; latent 1e-4)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Pairs per micro-batch per process."),
-    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps (default: 2 epochs)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs over the training pairs (with --max-steps: "
-                                                                "whichever ends first)."),
+    learning_rate: Optional[float] = shared.option("--lr", None, help="Learning rate (default: videoreward 2e-6 as "
+                                                                    "VideoAlign, 1e-3 for tiny models; latent 1e-4)."),
+    batch_size: int = shared.option("--batch-size", 8, help="Pairs per micro-batch per process."),
+    grad_accum: int = shared.option("--grad-accum"),
+    max_steps: Optional[int] = shared.option("--max-steps", help="Optimizer steps (default: 2 epochs)."),
+    epochs: Optional[int] = shared.option("--epochs", help="Epochs over the training pairs (with --max-steps: "
+                                                         "whichever ends first)."),
     eval_fraction: float = typer.Option(0.1, "--eval-fraction", help="Share of pairs held out (seeded split)."),
     eval_every: int = typer.Option(100, "--eval-every", help="Held-out accuracy every N steps (0: at the end)."),
-    save_every: int = typer.Option(200, "--save-every", help="Checkpoint every N steps (0: at the end)."),
-    log_every: int = typer.Option(10, "--log-every", help="Training metrics to metrics.jsonl every N steps."),
-    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="LoRA rank on the language model (default: "
-                                                                      "64); 0 = no adapter."),
-    lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", help="LoRA alpha (default: 2 x rank)."),
+    save_every: int = shared.option("--save-every", 200, help="Checkpoint every N steps (0: at the end)."),
+    log_every: int = shared.option("--log-every", help="Training metrics to metrics.jsonl every N steps."),
+    lora_rank: Optional[int] = shared.option("--lora-rank", None, help="LoRA rank on the language model (default: "
+                                                                       "64); 0 = no adapter."),
+    lora_alpha: Optional[float] = shared.option("--lora-alpha", None, help="LoRA alpha (default: 2 x rank)."),
     lora_dropout: float = typer.Option(0.05, "--lora-dropout", help="LoRA dropout."),
-    lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="Comma-separated language-model "
-                                                                            "Linears (e.g. q_proj,v_proj) "
-                                                                            "(default: all)."),
+    lora_targets: Optional[str] = shared.option("--lora-targets", help="Comma-separated language-model Linears "
+                                                                   "(e.g. q_proj,v_proj) (default: all)."),
     frames: Optional[int] = typer.Option(None, "--frames", help="videoreward: decode N uniformly spaced frames per "
                                                                 "video instead of the model's ~2 fps rule; latent: "
                                                                 "resample every clip to N frames (with --height, "
@@ -68,18 +68,20 @@ def train_reward(
     clip_latents: str = typer.Option("auto", "--clip-latents", help="latent: auto (a rollouts sample trains on "
                                                                     "the final latent its sampler recorded) or "
                                                                     "encode (always encode the mp4)."),
-    timesteps: str = shared.TIMESTEPS,
-    logit_mean: float = shared.LOGIT_MEAN,
-    logit_std: float = shared.LOGIT_STD,
-    shift: float = shared.SHIFT,
-    height: Optional[int] = shared.HEIGHT,
-    width: Optional[int] = shared.WIDTH,
-    cache: Optional[str] = shared.CACHE,
-    max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Gradient clipping (0: off)."),
-    mixed_precision: str = typer.Option("no", "--mixed-precision", help="no or bf16."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split, the adapter initialisation and the data order."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the newest checkpoint in --out."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress or summary."),
+    timesteps: str = shared.option("--timesteps"),
+    logit_mean: float = shared.option("--logit-mean"),
+    logit_std: float = shared.option("--logit-std"),
+    shift: float = shared.option("--shift"),
+    height: Optional[int] = shared.option("--height"),
+    width: Optional[int] = shared.option("--width"),
+    cache: Optional[str] = shared.option("--cache"),
+    max_grad_norm: float = shared.option("--max-grad-norm"),
+    mixed_precision: str = shared.option("--mixed-precision"),
+    seed: int = shared.option("--seed", help="Seed of the split, the adapter initialisation and the data order."),
+    resume: Optional[str] = shared.option("--resume", help="Continue the run of an --out directory (or one of its "
+                                                         "checkpoint-N), or train a finished run further, as if "
+                                                         "it had not stopped."),
+    quiet: bool = shared.option("--quiet"),
 ) -> None:
     """Train a reward model on preference pairs.
 
@@ -91,106 +93,55 @@ def train_reward(
     column; both clips of a pair get the same noise and noise level. Latents and prompt embeddings are encoded
     once (cached). Held-out accuracy is reported at noise levels 0.2, 0.5 and 0.8.
 
-    Runs plainly or under `accelerate launch`; --resume continues the newest checkpoint in --out.
+    Runs plainly or under `accelerate launch`; --resume OUT continues an interrupted run in OUT.
 
     Examples:
       vpt train-reward prefs.parquet --model zoo/ --out runs/reward --max-steps 500
       vpt train-reward --kind latent --model zoo/ --data prefs.parquet --out runs/latent-rm --max-steps 800
     """
+    from vpt.distributed import current_processes
     from vpt.errors import VptError
+    from vpt.stages.reward import check_run
+    from vpt.train import finish_distributed
 
     if kind not in KINDS:
         raise VptError(f"--kind {kind}: choose {' or '.join(KINDS)}")
     tables = ([prefs] if prefs is not None else []) + list(data or [])
     if not tables:
         raise VptError("no prefs table: give it as the argument or with --data")
-    given = locals()
     wrong = [name for name in (VIDEOREWARD_ONLY if kind == "latent" else LATENT_ONLY)
              if context.get_parameter_source(name).name not in ("DEFAULT", "DEFAULT_MAP")]
     if wrong:
         raise VptError(f"--{wrong[0].replace('_', '-')} applies to --kind "
                        f"{'videoreward' if kind == 'latent' else 'latent'}; leave it out with --kind {kind}")
-    if kind == "latent":
-        _train_latent(tables, given)
-        return
-    if len(tables) > 1:
+    if kind == "videoreward" and len(tables) > 1:
         raise VptError("--kind videoreward trains on one prefs table; merge the tables into one")
-    prefs = tables[0]
-    from vpt.models.videoreward import load_videoreward
-    from vpt.train import TrainConfig, finish_distributed
-    from vpt.stages.reward import RewardTrainOptions, suggested_hyperparameters, train_videoreward
+    check_run(out, resume)
+    if kind == "latent":
+        from vpt.stages.examples import NoiseOptions
+        from vpt.stages.latent_reward import LEARNING_RATE, LatentRewardOptions, train_latent_reward
 
-    model = load_videoreward(model_path)
-    defaults = suggested_hyperparameters(model)
-    rank = defaults["lora_rank"] if lora_rank is None else lora_rank
-    alpha = (2.0 * rank if lora_rank is not None else defaults["lora_alpha"]) if lora_alpha is None else lora_alpha
-    targets = None
-    if lora_targets is not None:
-        targets = tuple(name.strip() for name in lora_targets.split(",") if name.strip())
-    options = RewardTrainOptions(loss=loss, theta=theta, eval_fraction=eval_fraction, frames=frames,
-                                 min_pixels=min_pixels, max_pixels=max_pixels, lora_rank=rank,
-                                 lora_alpha=alpha if rank else defaults["lora_alpha"], lora_dropout=lora_dropout,
-                                 lora_targets=targets)
-    config = TrainConfig(output_dir=out, seed=seed, learning_rate=defaults["learning_rate"] if lr is None else lr,
-                         batch_size=batch_size, gradient_accumulation_steps=grad_accum, max_steps=max_steps,
-                         epochs=2 if max_steps is None and epochs is None else epochs, eval_every=eval_every,
-                         save_every=save_every, log_every=log_every, max_grad_norm=max_grad_norm,
-                         mixed_precision=mixed_precision)
-    result = train_videoreward(model, prefs, config, options, resume=resume, quiet=quiet)
-    if result.evaluation is not None and not quiet:
-        metrics = result.evaluation.metrics
-        rows = []
-        for index, dimension in enumerate(("vq", "mq", "ta", "overall")):
-            if f"{dimension}_accuracy" not in metrics and f"{dimension}_accuracy_with_ties" not in metrics:
-                continue
-            stats = ([result.evaluation.norm_mean[index], result.evaluation.norm_std[index]] if index < 3
-                     else ["", ""])
-            accuracies = [metrics.get(f"{dimension}_accuracy{kind}") for kind in ("", "_with_ties")]
-            rows.append([dimension, *("-" if value is None else f"{value:.1f}" for value in accuracies), *stats])
-        held = (f"{result.eval_pairs} held-out pairs" if result.eval_pairs
-                else "no held-out pairs: training pairs")
-        _ui.print_table(f"train-reward: {result.train.step} steps on {result.train_pairs} pairs; accuracy (%) on "
-                        f"{held}; model in {out}",
-                        ["dim", "acc w/o ties", "acc w/ ties", "norm mean", "norm std"], rows)
+        options = LatentRewardOptions(dimensions=None if dims is None else comma_list(dims, "--dims", "vq,mq"),
+                                      loss=loss, theta=theta, blocks=blocks, head_channels=head_channels,
+                                      eval_fraction=eval_fraction, clip_latents=clip_latents)
+        noise = NoiseOptions(timesteps=timesteps, logit_mean=logit_mean, logit_std=logit_std, shift=shift, seed=seed)
+        config = shared.train_config(locals(), default_epochs=2, output_dir=out,
+                                     learning_rate=LEARNING_RATE if learning_rate is None else learning_rate)
+        result = train_latent_reward(model_path, tables, config, options, noise,
+                                     shared.resample_size(frames, height, width), cache, resume=resume, quiet=quiet)
+        if not quiet and current_processes().is_main:
+            _ui.latent_reward_summary(result, options.eval_sigmas, out)
+    else:
+        from vpt.stages.reward import start_videoreward, train_videoreward
+
+        start = start_videoreward(model_path, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                  lora_targets=None if lora_targets is None else
+                                  comma_list(lora_targets, "--lora-targets", "q_proj,v_proj"),
+                                  loss=loss, theta=theta, eval_fraction=eval_fraction, frames=frames,
+                                  min_pixels=min_pixels, max_pixels=max_pixels)
+        config = shared.train_config(locals(), default_epochs=2, output_dir=out,
+                                     learning_rate=start.learning_rate if learning_rate is None else learning_rate)
+        result = train_videoreward(start.model, tables[0], config, start.options, resume=resume, quiet=quiet)
+        if result.evaluation is not None and not quiet:
+            _ui.videoreward_summary(result, out)
     finish_distributed()
-
-
-def _train_latent(tables: list[str], given: dict) -> None:
-    from vpt.train import TrainConfig, finish_distributed
-    from vpt.stages.examples import NoiseOptions
-    from vpt.stages.latent_reward import LatentRewardOptions, train_latent_reward
-
-    dims = None if given["dims"] is None else tuple(name.strip() for name in given["dims"].split(",") if name.strip())
-    options = LatentRewardOptions(dimensions=dims, loss=given["loss"], theta=given["theta"], blocks=given["blocks"],
-                                  head_channels=given["head_channels"], eval_fraction=given["eval_fraction"],
-                                  clip_latents=given["clip_latents"])
-    noise = NoiseOptions(timesteps=given["timesteps"], logit_mean=given["logit_mean"],
-                         logit_std=given["logit_std"], shift=given["shift"], seed=given["seed"])
-    max_steps, epochs = given["max_steps"], given["epochs"]
-    config = TrainConfig(output_dir=given["out"], seed=given["seed"],
-                         learning_rate=1e-4 if given["lr"] is None else given["lr"], batch_size=given["batch_size"],
-                         gradient_accumulation_steps=given["grad_accum"], max_steps=max_steps,
-                         epochs=2 if max_steps is None and epochs is None else epochs,
-                         eval_every=given["eval_every"], save_every=given["save_every"],
-                         log_every=given["log_every"], max_grad_norm=given["max_grad_norm"],
-                         mixed_precision=given["mixed_precision"])
-    size = shared.resample_size(given["frames"], given["height"], given["width"])
-    result = train_latent_reward(given["model_path"], tables, config, options, noise, size,
-                                 given["cache"], resume=given["resume"], quiet=given["quiet"])
-    from vpt.distributed import current_processes
-
-    if not given["quiet"] and current_processes().is_main:
-        sigmas = options.eval_sigmas
-        rows = [[dimension, *(_percent(result.accuracy.get(f"{dimension}_accuracy@{sigma:g}")) for sigma in sigmas),
-                 _percent(result.accuracy.get(f"{dimension}_accuracy"))] for dimension in result.dimensions]
-        held = (f"{result.eval_pairs} held-out pairs" if result.eval_pairs
-                else "no held-out pairs: training pairs")
-        recorded = f", {result.recorded_clips} clips from recorded latents" if result.recorded_clips else ""
-        _ui.print_table(f"train-reward --kind latent: {result.step} steps on {result.train_pairs} pairs{recorded}; "
-                        f"accuracy (%) on {held}; model in {given['out']}",
-                        ["dim", *(f"σ={sigma:g}" for sigma in sigmas), "mean"], rows)
-    finish_distributed()
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"

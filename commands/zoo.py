@@ -64,11 +64,13 @@ def tiny(
     wan = index["components"]["wan"]
     figures = wan["vae_training"]
     say(f"tiny zoo v{index['zoo_version']} (seed {index['seed']}) -> {out}")
-    say(f"  wan pipeline: {out / wan['path']}  (latent channels {wan['latent_channels']}, shift {wan['scheduler']['shift']})")
+    say(f"  wan pipeline: {out / wan['path']}  (latent channels {wan['latent_channels']}, "
+        f"shift {wan['scheduler']['shift']})")
     say(
         f"  vae: {figures['steps']} training steps, recon MSE {figures['recon_mse']:.4f} "
         f"(untrained {figures['recon_mse_untrained']:.4f}, pixels {figures['recon_pixel_range']}); "
-        f"decoded brightness spread {figures['brightness_spread']:.4f} (untrained {figures['brightness_spread_untrained']:.5f})"
+        f"decoded brightness spread {figures['brightness_spread']:.4f} "
+        f"(untrained {figures['brightness_spread_untrained']:.5f})"
     )
 
 
@@ -94,4 +96,5 @@ def toy_videos(
     with atomic_directory(out, replace=replace) as temporary:
         manifest = out / write_toy_videos(temporary, n=n, seed=seed, frames=frames, height=height, width=width,
                                           fps=fps).relative_to(temporary)
-    typer.echo(f"wrote {n} toy clips ({frames} frames, {height}x{width}, {fps:g} fps) and the manifest {manifest}", err=True)
+    typer.echo(f"wrote {n} toy clips ({frames} frames, {height}x{width}, {fps:g} fps) and the manifest {manifest}",
+               err=True)

@@ -49,7 +49,7 @@ def test_resume_and_refusing_a_used_directory(run_vpt, world, tiny_zoo, tmp_path
     again = run_vpt(args)
     assert again.exit_code == 2
     assert again.stderr.startswith(f"vpt: error: {out}: already holds a training run") and again.stderr.count("\n") == 1
-    resumed = run_vpt([*args, "--resume", "--max-steps", "2"])
+    resumed = run_vpt([*args, "--resume", out, "--max-steps", "2"])
     assert resumed.exit_code == 0, resumed.stderr
     assert json.loads((out / "reward_training.json").read_text())["steps"] == 2
 

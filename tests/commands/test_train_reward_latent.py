@@ -177,7 +177,7 @@ def test_same_seed_same_model_and_resume_is_exact(run_vpt, tiny_zoo, world, trai
     assert refused.stderr == (f"vpt: error: {out}: already holds a training run (checkpoints or metrics.jsonl); "
                               "resume it (--resume), or choose a new output directory\n")
     assert json.loads((out / "reward_training.json").read_text())["steps"] == 3  # left as it was
-    resumed = train(run_vpt, tiny_zoo, world, out, "--resume")
+    resumed = train(run_vpt, tiny_zoo, world, out, "--resume", out)
     assert resumed.exit_code == 0, resumed.stderr
     assert json.loads((out / "reward_training.json").read_text())["steps"] == 6
     assert_same_weights(reference, out)
@@ -225,34 +225,34 @@ def test_recorded_latents_are_the_sampler_final_latents(world, tiny_zoo, tmp_pat
     import pyarrow.parquet as pq
 
     from vpt.models.loading import resolve_wan_directory
-    from vpt.rollouts.store import load_rollouts
+    from vpt.rollouts.store import cache_recorded_latents, load_rollouts
     from vpt.encoding.cache import EncodedCache, clip_size, load_latent
 
     cache = EncodedCache(world / "cache")
     vae_id = cache.component_identity(resolve_wan_directory(tiny_zoo) / "vae")
     rollouts = load_rollouts(world / "rollouts")
     files = [world / "rollouts" / row["path"] for row in rollouts.rows]
-    found = cache.recorded_latents(files, vae_id)
+    found = cache_recorded_latents(cache, files, vae_id)
     assert list(found) == files
     for row, file in zip(rollouts.rows, files):
         latent = load_latent(found[file])
         assert latent.dtype == torch.float32 and torch.equal(latent, rollouts.final_latent(row))
         assert clip_size(found[file]) == (9, 32, 32)
     assert len(set(found.values())) == 16
-    assert cache.recorded_latents(files, vae_id, (9, 32, 32)) == found
-    assert cache.recorded_latents(files, vae_id, (5, 32, 32)) == {}
-    assert cache.recorded_latents(files, "0" * 16) == {}
+    assert cache_recorded_latents(cache, files, vae_id, (9, 32, 32)) == found
+    assert cache_recorded_latents(cache, files, vae_id, (5, 32, 32)) == {}
+    assert cache_recorded_latents(cache, files, "0" * 16) == {}
 
     copied = tmp_path / "clip.mp4"
     shutil.copyfile(files[0], copied)
-    assert cache.recorded_latents([copied], vae_id) == {}
+    assert cache_recorded_latents(cache, [copied], vae_id) == {}
 
     older = tmp_path / "older"
     shutil.copytree(world / "rollouts", older)
     table = pq.read_table(older / "rollouts.parquet")
     stripped = table.drop_columns(["final_latents_key"])
     pq.write_table(stripped.replace_schema_metadata(table.schema.metadata), older / "rollouts.parquet")
-    assert cache.recorded_latents([older / row["path"] for row in rollouts.rows], vae_id) == {}
+    assert cache_recorded_latents(cache, [older / row["path"] for row in rollouts.rows], vae_id) == {}
 
 
 def invalid_prefs(world: Path, tmp_path: Path) -> Path:

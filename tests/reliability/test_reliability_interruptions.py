@@ -132,8 +132,7 @@ def test_grpo_step(world, run_vpt, tmp_path, signum):
                 "brightness", "--steps-per-iteration", "3", "--lr", "1e-3", "-q", "-o", out]
 
     out = tmp_path / "policy"
-    interrupt_when(start(args(out)), lambda: any((p / ".run" / OWNER_FILE).is_file()
-                                                 for p in hidden(tmp_path, out.name)), signum)
+    interrupt_when(start(args(out)), lambda: (tmp_path / "policy.run" / OWNER_FILE).is_file(), signum)
     assert_no_partial_output(out, signum)
     assert run_vpt(args(out)).exit_code == 0
     assert run_vpt(args(tmp_path / "again")).exit_code == 0
@@ -154,7 +153,7 @@ def test_train_reward_resumes_bit_identical(world, run_vpt, small_prefs_world, t
     out = tmp_path / "out"
     interrupt_when(start(args(out)), checkpoint(out, 2), signum)
     assert not (out / "vpt_videoreward.json").exists()  # the model was not published
-    resumed = run_vpt([*args(out), "--resume"])
+    resumed = run_vpt([*args(out), "--resume", out])
     assert resumed.exit_code == 0, resumed.stderr
     for name in ("head.safetensors", "non_lora.safetensors"):
         assert (out / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name

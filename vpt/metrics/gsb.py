@@ -1,4 +1,4 @@
-"""GSB human evaluation: Good / Same / Bad judgements of a model X against a baseline (SPEC §GSB).
+"""GSB human evaluation: Good / Same / Bad judgements of a model X against a baseline, as in BPGO's human study.
 
 With G, S, B the number of judgements where X is better, the same, or worse, and N = G + S + B:
 
@@ -18,6 +18,8 @@ from __future__ import annotations
 from typing import Hashable, Sequence
 
 import numpy as np
+
+from vpt.errors import VptError
 
 METRICS = ("win_rate", "preference", "margin")
 ACCEPTED_LABELS = ("G", "S", "B", "good", "same", "bad")
@@ -110,6 +112,43 @@ def count_judgements(codes: np.ndarray, clusters: Sequence[Hashable] | None = No
     counts = np.zeros((len(index), 3), np.int64)
     np.add.at(counts, (rows, codes), 1)
     return counts
+
+
+def counts_by_aspect(table, source: str) -> dict[str, list[int]]:
+    """Aspect -> [G, S, B] of a ``gsb_counts`` table read from ``source``: counts of 0 or more, one row per
+    aspect."""
+    groups = {}
+    for number, row in enumerate(table.to_pylist(), start=1):
+        for column in ("good", "same", "bad"):
+            if row[column] < 0:
+                raise VptError(f"{source}: row {number}: column '{column}' is {row[column]}; counts must be 0 or more")
+        if row["aspect"] in groups:
+            raise VptError(f"{source}: row {number}: aspect '{row['aspect']}' appears twice; give one row per aspect")
+        groups[row["aspect"]] = [row["good"], row["same"], row["bad"]]
+    return groups
+
+
+def judgement_counts_by_aspect(table, source: str, cluster_by: str | None) -> dict[str, np.ndarray]:
+    """Aspect (``overall`` without an aspect column) -> counts [3] of a ``gsb_judgements`` table read from
+    ``source``, or per-cluster counts [K, 3] with ``cluster_by``, a column every judgement has a value in."""
+    if cluster_by is not None and cluster_by not in table.column_names:
+        raise VptError(f"{source}: has no column '{cluster_by}' to cluster by; its columns are "
+                       f"{', '.join(table.column_names)}")
+    try:
+        codes = parse_judgements(table.column("judgement").to_pylist())
+    except ValueError as error:
+        raise VptError(f"{source}: {error}") from None
+    aspects = (table.column("aspect").to_pylist() if "aspect" in table.column_names
+               else ["overall"] * table.num_rows)
+    clusters = table.column(cluster_by).to_pylist() if cluster_by is not None else None
+    if clusters is not None and None in clusters:
+        raise VptError(f"{source}: row {clusters.index(None) + 1}: column '{cluster_by}' is empty; "
+                       f"every judgement needs a cluster")
+    members: dict[str, list[int]] = {}
+    for index, name in enumerate(aspects):
+        members.setdefault(name, []).append(index)
+    return {name: count_judgements(codes[rows], None if clusters is None else [clusters[i] for i in rows])
+            for name, rows in members.items()}
 
 
 def gsb_row(aspect: str, counts: np.ndarray, replicates: int, confidence: float, seed: int) -> dict:

@@ -1,4 +1,4 @@
-"""Reward-bench accuracy (VideoAlign Table 2; SPEC §Reward-bench accuracy).
+"""Reward-bench accuracy: VideoAlign's Table 2 (Liu et al. 2025, "Improving Video Generation with Human Feedback").
 
 ``m = s_A - s_B`` per pair, human label ``h`` in {A wins (1), B wins (-1), tie (0)}; other labels are left out.
 
@@ -10,8 +10,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
+
+from vpt.errors import VptError
 
 
 def accuracy_without_ties(margins: np.ndarray, labels: np.ndarray) -> float:
@@ -83,6 +87,38 @@ def benchmark_rows(
             "ties": int(np.sum(codes == 0)),
         })
     return rows
+
+
+def score_columns(mapping: Sequence[str]) -> dict[str, str]:
+    """Benchmark dimension -> the scores column its margins come from: ``vq, mq, ta, overall`` unless ``mapping``
+    (``--map DIM=COLUMN`` values) says otherwise."""
+    columns = dict(DIMENSIONS)
+    for pair in mapping:
+        dimension, _, column = pair.partition("=")
+        if dimension not in DIMENSIONS or not column:
+            raise VptError(f"--map {pair}: expected DIM=COLUMN with DIM one of {', '.join(DIMENSIONS)}")
+        columns[dimension] = column
+    return columns
+
+
+def benchmark_table(bench: str, table, scores, base: Path, columns: Mapping[str, str]) -> list[dict]:
+    """Rows of the ``rewardbench`` table for the annotated pairs of ``bench`` (its ``annotations`` table): every
+    dimension the table labels is judged by the margins s_A - s_B of its scores column (``columns``). ``scores``: a
+    :class:`vpt.io.manifest.ScoreIndex` of the pairs' videos, whose paths are relative to ``base``."""
+    pairs = table.to_pylist()
+    scored = [(scores.find(pair["path_A"], pair["prompt"], base, f"{bench} row {number}"),
+               scores.find(pair["path_B"], pair["prompt"], base, f"{bench} row {number}"))
+              for number, pair in enumerate(pairs, start=1)]
+    labels, margins = {}, {}
+    for dimension, column in columns.items():
+        if dimension not in table.column_names:
+            continue
+        if scored and column not in scored[0][0]:
+            raise VptError(f"{scores.source}: has no column '{column}' for {dimension}; choose one with "
+                           f"--map {dimension}=COLUMN")
+        labels[dimension] = [pair[dimension] for pair in pairs]
+        margins[dimension] = [a[column] - b[column] for a, b in scored]
+    return benchmark_rows(labels, margins, {dimension: columns[dimension] for dimension in labels})
 
 
 def pair_accuracies(margins: np.ndarray, labels: np.ndarray, name: str) -> dict[str, float]:

@@ -84,6 +84,14 @@ def table_paths(relative_to: Path | None) -> Callable[[str | os.PathLike], str]:
     return lambda path: convert(os.fspath(path))
 
 
+def as_written(rows: list[dict], output: str | os.PathLike | None, seed: int, balanced: bool = True) -> list[dict]:
+    """``rows`` as the prefs table ``output`` (None: standard output) holds them: video paths as
+    :func:`table_paths` writes them and, when ``balanced``, each pair's sides swapped by its seeded coin."""
+    written = table_paths(None if output is None else Path(output).parent)
+    rows = [{**row, "path_a": written(row["path_a"]), "path_b": written(row["path_b"])} for row in rows]
+    return balance(rows, seed) if balanced else rows
+
+
 def split_pairs(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(training pair indices, held-out pair indices), both sorted; ``round(count * fraction)`` pairs (at least one
     when ``fraction`` > 0) are held out, chosen by ``seed`` alone."""

@@ -19,8 +19,9 @@ Metrics
     evaluation rows carry ``eval/{dim}_accuracy`` (mean over the evaluation noise levels) and
     ``eval/{dim}_accuracy@σ`` per level on the held-out pairs, with noise fixed per pair.
 Output (the run directory, as ``train-reward`` for VideoReward)
-    ``checkpoint-*/`` and ``metrics.jsonl`` of the harness (``resume=True`` continues), then the model
-    (:mod:`vpt.models.latent_reward`) and ``reward_training.json`` (split, options, final accuracies).
+    ``checkpoint-*/`` and ``metrics.jsonl`` of the harness (what resumes: :func:`vpt.stages.reward.check_run`),
+    then the model (:mod:`vpt.models.latent_reward`) and ``reward_training.json`` (split, options, final
+    accuracies).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ DEFAULT_DIMENSIONS = ("vq", "mq", "ta")
 LOSSES = ("btt", "bt")
 CLIP_LATENTS = ("auto", "encode")
 SUMMARY_FILE = "reward_training.json"
+LEARNING_RATE = 1e-4  # the default: the copied blocks and the new head train together
 
 
 @dataclass
@@ -209,24 +211,31 @@ class LatentRewardResult:
     recorded_clips: int  # clips whose sampler-recorded latent was used
     accuracy: dict[str, float] = field(default_factory=dict)  # final held-out (or training) accuracies
 
+    def accuracy_rows(self, sigmas: Sequence[float]) -> list[tuple]:
+        """``(dimension, accuracy at each of sigmas, mean)`` per dimension, percent; None where undefined."""
+        return [(dimension, *(self.accuracy.get(f"{dimension}_accuracy@{sigma:g}") for sigma in sigmas),
+                 self.accuracy.get(f"{dimension}_accuracy")) for dimension in self.dimensions]
+
 
 def train_latent_reward(model: str | os.PathLike, prefs: Sequence[str], config, options: LatentRewardOptions,
                         noise: NoiseOptions, size: tuple[int, int, int] | None = None, cache: str | None = None,
-                        resume: bool = False, quiet: bool = False) -> LatentRewardResult:
+                        resume: str | os.PathLike | None = None, quiet: bool = False) -> LatentRewardResult:
     """Cut a reward model from the generator at ``model`` and train it on the pairs of ``prefs``; write
-    checkpoints, metrics and the final model into ``config.output_dir``. See the module docstring."""
+    checkpoints, metrics and the final model into ``config.output_dir``. See the module docstring. ``resume``
+    continues where that run stopped (see :func:`vpt.stages.reward.check_run`), bit-identical to not stopping."""
     from vpt.distributed import current_processes
     from vpt.io.atomic import atomic_path, publish_into
     from vpt.models.latent_reward import CONFIG_FILE, checked_blocks, cut_generator, save_latent_reward
     from vpt.models.loading import load_wan_pipeline, resolve_wan_directory
     from vpt.train import Trainer
     from vpt.encoding.cache import EncodedCache
-    from vpt.train.trainer import check_run_directory
+    from vpt.rollouts.store import cache_recorded_latents
+    from vpt.stages.reward import check_run
     from vpt.stages.examples import check_clip_sizes, encode_examples
     from vpt.prefs.pairs import split_pairs
 
     out = Path(config.output_dir)
-    check_run_directory(out, resume)  # before the clips are encoded
+    check_run(out, resume)  # before the clips are encoded
     examples, dimensions = pair_examples(prefs, options.dimensions)
     if size is None:
         check_clip_sizes(examples.examples)
@@ -239,7 +248,7 @@ def train_latent_reward(model: str | os.PathLike, prefs: Sequence[str], config, 
     known = {}
     if options.clip_latents == "auto":
         files = sorted({file for example in examples.examples for file in example.clips.values()})
-        known = store.recorded_latents(files, vae_id, size, processes=current_processes())
+        known = cache_recorded_latents(store, files, vae_id, size, processes=current_processes())
     encoded = encode_examples(examples.examples, pipe, generator, store, size, quiet, known=known)
     info = {"generator": str(generator.resolve()), "vae_id": vae_id, "text_encoder_id": text_id}
     reward_model = cut_generator(pipe.transformer, options.blocks, dimensions, options.head_channels, config.seed,

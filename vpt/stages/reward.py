@@ -28,11 +28,12 @@ Metrics (``metrics.jsonl`` of the harness)
     the table has ``overall`` labels, ``overall`` (sum of the dimensions z-normalised on the held-out videos).
 
 Output (``config.output_dir``)
-    The harness's ``checkpoint-*/`` and ``metrics.jsonl`` (resume with ``resume=True``), and at the end the trained
-    model in our VideoReward layout (:func:`vpt.models.videoreward.save_videoreward`; ``load_videoreward(OUT)`` and
-    ``vpt score --model OUT`` read it) with normalisation statistics measured on the held-out split's videos (mean
-    and std of each raw dimension over the distinct (video, prompt) pairs), plus ``reward_training.json`` (split,
-    options, final accuracies, statistics). A merged base is stored inside (``OUT/base``).
+    The harness's ``checkpoint-*/`` and ``metrics.jsonl`` (:func:`check_run` says what resumes), and at the end
+    the trained model in our VideoReward layout (:func:`vpt.models.videoreward_checkpoint.save_videoreward`;
+    ``load_videoreward(OUT)`` and ``vpt score --model OUT`` read it) with normalisation statistics measured on the
+    held-out split's videos (mean and std of each raw dimension over the distinct (video, prompt) pairs), plus
+    ``reward_training.json`` (split, options, final accuracies, statistics). A merged base is stored inside
+    (``OUT/base``).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ from vpt.io.atomic import atomic_path
 from vpt.io.video import FrameSampling
 from vpt.prefs.pairs import split_pairs
 from vpt.metrics.rewardbench import pair_accuracies
-from vpt.models.videoreward import DIMENSIONS, VideoRewardModel, save_videoreward, videoalign_lora_targets
+from vpt.models.videoreward import DIMENSIONS, VideoRewardModel, videoalign_lora_targets
+from vpt.models.videoreward_checkpoint import save_videoreward
 from vpt.train.config import TrainConfig
 from vpt.train.lora import freeze, mark_trainable, train_embedding_rows
 from vpt.train.trainer import Trainer, TrainResult, check_run_directory
@@ -69,11 +71,14 @@ __all__ = [
     "PreferenceData",
     "RewardTrainOptions",
     "RewardTrainResult",
+    "VideoRewardStart",
     "VideoRewardTask",
+    "check_run",
     "evaluate_pairs",
     "prepare_model",
     "read_preferences",
     "split_pairs",
+    "start_videoreward",
     "suggested_hyperparameters",
     "train_videoreward",
 ]
@@ -155,6 +160,56 @@ def suggested_hyperparameters(model: VideoRewardModel) -> dict:
     if hidden <= TINY_HIDDEN:
         return {"learning_rate": 1e-3, "lora_rank": 64, "lora_alpha": 128.0, "tiny": True}
     return {"learning_rate": 2e-6, "lora_rank": 64, "lora_alpha": 128.0, "tiny": False}
+
+
+@dataclass
+class VideoRewardStart:
+    """The VideoReward to train, the task options and the learning rate its size calls for."""
+
+    model: VideoRewardModel
+    options: RewardTrainOptions
+    learning_rate: float
+
+
+def start_videoreward(model_path: str | os.PathLike, *, lora_rank: int | None = None,
+                      lora_alpha: float | None = None, lora_dropout: float = 0.05,
+                      lora_targets: Sequence[str] | None = None, loss: str = "btt", theta: float = 5.0,
+                      eval_fraction: float = 0.1, frames: int | None = None, min_pixels: int | None = None,
+                      max_pixels: int | None = None) -> VideoRewardStart:
+    """Load the VideoReward at ``model_path`` (ours, VideoAlign's or a zoo's) and settle what depends on it: a LoRA
+    rank or alpha of None takes :func:`suggested_hyperparameters`, except that a given rank without an alpha gets
+    alpha = 2 x rank; the learning rate is the suggested one."""
+    from vpt.models.videoreward_checkpoint import load_videoreward
+
+    model = load_videoreward(model_path)
+    defaults = suggested_hyperparameters(model)
+    rank = defaults["lora_rank"] if lora_rank is None else lora_rank
+    alpha = (2.0 * rank if lora_rank is not None else defaults["lora_alpha"]) if lora_alpha is None else lora_alpha
+    options = RewardTrainOptions(loss=loss, theta=theta, eval_fraction=eval_fraction, frames=frames,
+                                 min_pixels=min_pixels, max_pixels=max_pixels, lora_rank=rank,
+                                 lora_alpha=alpha if rank else defaults["lora_alpha"], lora_dropout=lora_dropout,
+                                 lora_targets=lora_targets)
+    return VideoRewardStart(model=model, options=options, learning_rate=defaults["learning_rate"])
+
+
+def check_run(out: str | os.PathLike, resume: str | os.PathLike | None) -> None:
+    """Before any work, for both kinds of reward model: ``out`` is a new run directory, or one of vpt's whose run
+    ``resume`` continues; ``resume`` is the run directory of an interrupted or finished run (its newest
+    checkpoint), or one of its ``checkpoint-N``."""
+    from vpt.train.checkpoint import METRICS_FILE, TRAINER_STATE, latest_checkpoint, list_checkpoints
+
+    check_run_directory(out, resume)
+    if resume is None:
+        return
+    source = Path(resume)
+    if not (source / TRAINER_STATE).is_file() and latest_checkpoint(source) is None:
+        raise VptError(f"{resume}: holds no checkpoint to resume from; give the --out directory of an interrupted "
+                       "run, one of its checkpoint-N directories, or a finished run of train-reward")
+    out = Path(out)
+    holds_run = out.is_dir() and (list_checkpoints(out) or (out / METRICS_FILE).exists())
+    if holds_run and out.resolve() not in (source.resolve(), source.resolve().parent):
+        raise VptError(f"{out}: holds a training run of its own; continue {resume} into a new --out, or resume "
+                       f"{out} with --resume {out}")
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -321,6 +376,18 @@ class PairEvaluation:
     norm_std: tuple[float, float, float]
     videos: int  # distinct (video, prompt) pairs scored
 
+    def accuracy_rows(self) -> list[tuple]:
+        """``(dimension, accuracy without ties, with ties, norm mean, norm std)`` of vq, mq, ta and overall, those
+        with an accuracy; None where undefined (overall has no statistics of its own)."""
+        rows = []
+        for index, dimension in enumerate((*DIMENSIONS, "overall")):
+            accuracies = [self.metrics.get(f"{dimension}_accuracy{kind}") for kind in ("", "_with_ties")]
+            if accuracies != [None, None]:
+                own = index < len(DIMENSIONS)
+                rows.append((dimension, *accuracies, *((self.norm_mean[index], self.norm_std[index]) if own
+                                                       else (None, None))))
+        return rows
+
 
 def evaluate_pairs(model: VideoRewardModel, data: PreferenceData, indices: Sequence[int] | np.ndarray,
                    batch_size: int = 8) -> PairEvaluation:
@@ -442,7 +509,7 @@ def _save_final(model: VideoRewardModel, out: Path) -> None:
     """Write the model in our layout into ``out`` beside the run's checkpoints (``vpt_videoreward.json``, what
     marks a VideoReward directory, moved in last)."""
     from vpt.io.atomic import publish_into
-    from vpt.models.videoreward import CONFIG_FILE
+    from vpt.models.videoreward_checkpoint import CONFIG_FILE
 
     publish_into(out, lambda directory: save_videoreward(model, directory), CONFIG_FILE)
     if model.has_lora:
@@ -450,16 +517,17 @@ def _save_final(model: VideoRewardModel, out: Path) -> None:
 
 
 def train_videoreward(model: VideoRewardModel, prefs: str | os.PathLike, config: TrainConfig,
-                      options: RewardTrainOptions = RewardTrainOptions(), resume: bool | str | os.PathLike = False,
+                      options: RewardTrainOptions = RewardTrainOptions(), resume: str | os.PathLike | None = None,
                       quiet: bool = False) -> RewardTrainResult:
     """Train ``model`` (in place) on the pairs of ``prefs``; write checkpoints, metrics and the final model (with
     held-out normalisation statistics) to ``config.output_dir``. See the module docstring.
 
-    The held-out split and the new adapter's initialisation follow ``config.seed``; ``resume`` continues the newest
-    checkpoint (``True``) or a given one and ends bit-identical to an uninterrupted run (same hardware).
+    The held-out split and the new adapter's initialisation follow ``config.seed``; ``resume`` (see
+    :func:`check_run`) continues where that run stopped and ends bit-identical to an uninterrupted run (same
+    hardware).
     """
     out = Path(config.output_dir)
-    check_run_directory(out, resume)  # before the videos are decoded
+    check_run(out, resume)  # before the videos are decoded
     began = time.perf_counter()
     changes = {}
     if options.frames is not None:

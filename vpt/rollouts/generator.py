@@ -1,0 +1,48 @@
+"""The generator a sampling command samples with (``sample-rollouts``, ``guide``): the Wan pipeline on this process's
+device in the chosen dtype, with the LoRA policy applied, and the ids a rollouts or videos table records of it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vpt.errors import VptError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Generator:
+    """An opened generator: ``pipe`` (a diffusers ``WanPipeline``, eval mode), the pipeline ``directory``,
+    ``policy_id`` (``base``, or the LoRA's path and adapter digest) and ``model_id`` (the directory, resolved)."""
+
+    pipe: Any
+    directory: Path
+    policy_id: str
+    model_id: str
+
+
+def placement(device: str, dtype: str, processes) -> tuple[str, torch.dtype]:
+    """The device (``auto``: this process's GPU when there is one) and weights dtype that ``--device`` and
+    ``--dtype`` name; VptError naming the option for anything else."""
+    if dtype not in DTYPES:
+        raise VptError(f"--dtype {dtype}: choose {' or '.join(DTYPES)}")
+    return processes.resolve_device(device), DTYPES[dtype]
+
+
+def open_generator(model: str | os.PathLike, policy: str | os.PathLike | None, device: str,
+                   dtype: torch.dtype) -> Generator:
+    """Load the Wan pipeline ``model`` (a pipeline or zoo directory) on ``device`` in ``dtype``, with the LoRA
+    ``policy`` (a policy checkpoint of any stage, or any peft or diffusers Wan LoRA) on its transformer."""
+    from vpt.models.loading import load_policy, load_wan_pipeline, resolve_wan_directory
+
+    directory = resolve_wan_directory(model)
+    pipe = load_wan_pipeline(directory, dtype=dtype, device=device)
+    policy_id = "base"
+    if policy is not None:
+        pipe.transformer, policy_id = load_policy(pipe.transformer, policy)
+    return Generator(pipe=pipe, directory=directory, policy_id=policy_id, model_id=str(directory.resolve()))
