@@ -199,6 +199,7 @@ def _setup(args):
     import torch
     from diffusers import WanTransformer3DModel
 
+    from vpt.stages.dpo import PairBatch
     from vpt.train import apply_lora
     from vpt.train.policy import DEFAULT_LORA_TARGETS
 
@@ -218,7 +219,7 @@ def _setup(args):
     chosen, rejected, noise = (torch.randn(shape, generator=generator).to(device) for _ in range(3))
     embeds = torch.randn(args.batch, args.text_length, args.text_dim, generator=generator).to(device, dtype)
     sigma = torch.linspace(0.3, 0.9, args.batch).to(device)
-    batch = {"chosen": chosen, "rejected": rejected, "noise": noise, "sigma": sigma, "embeds": embeds}
+    batch = PairBatch(chosen=chosen, rejected=rejected, noise=noise, sigma=sigma, embeds=embeds)
     return policy, optimizer, batch, dtype
 
 
@@ -234,17 +235,16 @@ def _training_step(mode: str, args, policy, optimizer, batch, dtype):
     import torch
 
     from vpt.stages.dpo import DpoOptions, FlowDpoTask, Reference
-    from vpt.stages.sft import FlowMatchingTask
+    from vpt.stages.sft import ClipBatch, FlowMatchingTask
 
     if mode.startswith("sft"):
         task = FlowMatchingTask(dtype)
         if mode == "sft":
-            clips = {"latent": batch["chosen"], "noise": batch["noise"], "sigma": batch["sigma"],
-                     "embeds": batch["embeds"]}
+            clips = ClipBatch(latent=batch.chosen, noise=batch.noise, sigma=batch.sigma, embeds=batch.embeds)
         else:
-            clips = {"latent": torch.cat([batch["chosen"], batch["rejected"]]),
-                     "noise": batch["noise"].repeat(2, 1, 1, 1, 1), "sigma": batch["sigma"].repeat(2),
-                     "embeds": batch["embeds"].repeat(2, 1, 1)}
+            clips = ClipBatch(latent=torch.cat([batch.chosen, batch.rejected]),
+                              noise=batch.noise.repeat(2, 1, 1, 1, 1), sigma=batch.sigma.repeat(2),
+                              embeds=batch.embeds.repeat(2, 1, 1))
 
         def loss_and_backward():
             loss, _ = task(policy, clips)
@@ -315,12 +315,12 @@ def run_paired(args) -> dict:
     policy, optimizer, batch, dtype = _setup(args)
     joint = _training_step("dpo-joint", args, policy, optimizer, batch, dtype)
     decoupled = _training_step("dpo-decoupled", args, policy, optimizer, batch, dtype)
-    noise, sigma, embeds = batch["noise"], batch["sigma"], batch["embeds"]
+    noise, sigma, embeds = batch.noise, batch.sigma, batch.embeds
 
     def forward(clips: int):
         def run():
             with torch.no_grad():
-                branch_errors(policy, batch["rejected"].repeat(clips, 1, 1, 1, 1), noise.repeat(clips, 1, 1, 1, 1),
+                branch_errors(policy, batch.rejected.repeat(clips, 1, 1, 1, 1), noise.repeat(clips, 1, 1, 1, 1),
                               sigma.repeat(clips), embeds.repeat(clips, 1, 1), dtype)
             _synchronize(args.device)
         return run

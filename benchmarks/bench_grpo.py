@@ -31,8 +31,8 @@ def run_mode(args) -> dict:
     import torch
     from diffusers import WanTransformer3DModel
 
+    from vpt.stages.grpo import GrpoLoss, GrpoOptions, RolloutBatch
     from vpt.train import apply_lora
-    from vpt.stages.grpo import GrpoLoss, GrpoOptions
     from vpt.train.policy import DEFAULT_LORA_TARGETS
 
     torch.manual_seed(0)
@@ -50,9 +50,9 @@ def run_mode(args) -> dict:
     grpo = GrpoLoss(GrpoOptions(reward={"r": 1.0}, kl_beta=0.04), noise_level=0.7, guidance=1.0,
                     dtype=torch.float32)
     sigma = torch.full((args.batch,), 0.8, device=device)
-    batch = {"x": x, "x_next": x * 0.9, "sigma": sigma, "sigma_next": sigma - 0.1, "first_next": sigma + 0.1,
-             "old_log_prob": torch.zeros(args.batch, device=device),
-             "advantage": torch.linspace(-1, 1, args.batch, device=device), "embeds": embeds}
+    batch = RolloutBatch(x=x, x_next=x * 0.9, sigma=sigma, sigma_next=sigma - 0.1, first_next=sigma + 0.1,
+                         old_log_prob=torch.zeros(args.batch, device=device),
+                         advantage=torch.linspace(-1, 1, args.batch, device=device), embeds=embeds)
 
     def grpo_step():
         loss, _ = grpo(policy, batch)

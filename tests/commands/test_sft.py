@@ -43,10 +43,10 @@ def sft(run_vpt, zoo, root, out, *extra, steps=2):
 @pytest.fixture
 def recorded(monkeypatch):
     """(clip id, weight) of every item the loader reads, and the weights reaching the flow-matching loss, in order."""
-    from vpt.train import flow
+    from vpt.stages import examples, sft
 
     items, losses = [], []
-    read_item, loss = flow.LatentItems.__getitem__, flow.flow_matching_loss
+    read_item, loss = examples.LatentItems.__getitem__, sft.flow_matching_loss
 
     def recorded_item(self, index):
         item = read_item(self, index)
@@ -57,8 +57,8 @@ def recorded(monkeypatch):
         losses.extend(weights.tolist())
         return loss(prediction, target, weights)
 
-    monkeypatch.setattr(flow.LatentItems, "__getitem__", recorded_item)
-    monkeypatch.setattr(flow, "flow_matching_loss", recorded_loss)
+    monkeypatch.setattr(examples.LatentItems, "__getitem__", recorded_item)
+    monkeypatch.setattr(sft, "flow_matching_loss", recorded_loss)
     return items, losses
 
 

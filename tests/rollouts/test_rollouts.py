@@ -17,7 +17,8 @@ from vpt.errors import VptError
 from vpt.models.loading import load_policy, load_wan_pipeline
 from vpt.models.wan import WanVelocity, encode_prompts
 from vpt.rollouts.sampling import RolloutOptions, sample_group
-from vpt.rollouts.store import file_digest, load_rollouts
+from vpt.io.digest import file_digest
+from vpt.rollouts.store import load_rollouts
 
 SMALL = ["--frames", "9", "--height", "32", "--width", "32", "--steps", "4", "-g", "3", "--guidance", "3", "-q"]
 PROMPTS = "a red ball bouncing\na blue cube on green grass\n"

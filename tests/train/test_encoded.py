@@ -423,7 +423,7 @@ def test_loaders_refuse_an_entry_changed_after_the_check(pipe, clips, tmp_path):
 
 
 def test_damaged_recorded_latents_are_copied_again(run_vpt, tiny_zoo, tmp_path, caplog):
-    from vpt.rollouts.store import load_rollouts
+    from vpt.rollouts.store import cache_recorded_latents, load_rollouts
 
     (tmp_path / "prompts.txt").write_text("a red square moving slowly to the left\n")
     sampled = run_vpt(["sample-rollouts", "-m", tiny_zoo, "--prompts", tmp_path / "prompts.txt", "--steps", "2",
@@ -434,11 +434,11 @@ def test_damaged_recorded_latents_are_copied_again(run_vpt, tiny_zoo, tmp_path, 
     vae_id = cache.component_identity(resolve_wan_directory(tiny_zoo) / "vae")
     rollouts = load_rollouts(tmp_path / "rollouts")
     paths = [tmp_path / "rollouts" / row["path"] for row in rollouts.rows]
-    found = cache.recorded_latents(paths, vae_id)
+    found = cache_recorded_latents(cache, paths, vae_id)
     assert list(found) == paths and len(set(found.values())) == 2
     flip_data(found[paths[1]])
     with caplog.at_level(logging.WARNING, logger="vpt"):
-        assert cache.recorded_latents(paths, vae_id) == found
+        assert cache_recorded_latents(cache, paths, vae_id) == found
     assert [record.getMessage() for record in caplog.records] == [
         f"{found[paths[1]]}: damaged cache entry (checksum mismatch); copying it again from {tmp_path / 'rollouts'}"]
     for row, path in zip(rollouts.rows, paths):

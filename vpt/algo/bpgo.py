@@ -1,4 +1,4 @@
-"""BPGO: Bayesian prior-guided GRPO (TeleBoost Stage II, "what to trust"; SPEC §BPGO).
+"""BPGO: Bayesian prior-guided GRPO (TeleBoost, arXiv 2602.07595, Stage II "what to trust"; BPGO, arXiv 2511.18919).
 
 A per-prompt prior reward ``p`` (e.g. the SFT policy's mean reward on that prompt) says what the group should beat.
 

@@ -1,4 +1,4 @@
-"""Self-paced GRPO (TeleBoost Stage II, "when to learn"; SPEC §Self-paced GRPO): weights over reward dimensions
+"""Self-paced GRPO (TeleBoost, arXiv 2602.07595, Stage II "when to learn"): weights over reward dimensions
 ordered visual -> motion -> semantic that move along that order as the policy becomes competent.
 
 - Published (v4) softmax form: ``g_j = σ(mean_j − τ_j) + β·(H(r_j) − H(r_{j+1}))`` (``H(r_{J+1}) = 0``),

@@ -1,4 +1,4 @@
-"""Flow-DPO (SPEC §Flow-DPO; Diffusion-DPO, Wallace et al. 2023; VideoAlign's Flow-DPO; TeleBoost's
+"""Flow-DPO (VideoAlign, arXiv 2501.13918, Eq. 6; Diffusion-DPO, Wallace et al. 2023; VideoAlign's Flow-DPO; TeleBoost's
 gradient-decoupled DPO).
 
 A preference pair shares the noise level σ and the noise ε; the chosen clip (w) and the rejected clip (l) give

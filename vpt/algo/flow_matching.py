@@ -1,4 +1,5 @@
-"""Flow-matching training losses (SPEC §Flow matching, §Flow-DPO "Flow-RWR" and "SFT"; Lipman et al. 2023, SD3).
+"""Flow-matching training losses (Lipman et al. 2023; SD3; Flow-RWR and SFT as VideoAlign, arXiv 2501.13918,
+compares them).
 
 Wan convention: ``x_σ = (1 − σ)·x0 + σ·ε`` with σ = 1 pure noise, and the model predicts the velocity
 ``v = ε − x0`` at timestep ``σ·1000``. The training loss is

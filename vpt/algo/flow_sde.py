@@ -1,4 +1,4 @@
-"""Flow-matching sampling with per-step log-probabilities (SPEC §Flow matching, §SDE sampler; Flow-GRPO eq. 9-10).
+"""Flow-matching sampling with per-step log-probabilities (Flow-GRPO, arXiv 2505.05470, Eq. 9-10).
 
 Wan convention: ``x_σ = (1 − σ)·x0 + σ·ε`` with σ = 1 pure noise, the model predicts the velocity ``v = ε − x0``,
 and sampling walks a decreasing schedule ``σ_0 = 1 > σ_1 > … > σ_N = 0``. One step σ → σ' (``dt = σ' − σ < 0``):

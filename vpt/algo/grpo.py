@@ -1,5 +1,6 @@
-"""GRPO for flow models (SPEC §GRPO; Flow-GRPO eq. 4-8, DanceGRPO): group-relative advantages, the clipped
-surrogate over per-step policy ratios, the KL to the reference policy, and multi-reward aggregation.
+"""GRPO for flow models (Flow-GRPO, arXiv 2505.05470, Eq. 4-8; DanceGRPO, arXiv 2505.07818): group-relative
+advantages, the clipped surrogate over per-step policy ratios, the KL to the reference policy, and multi-reward
+aggregation.
 
 - Advantage of sample i in group g: ``A_i = clip((r_i − mean_g) / (std + ε), −c_A, c_A)`` with ``std`` the group's
   (population) standard deviation, or one global std over every sample. A group whose rewards are all equal (or a

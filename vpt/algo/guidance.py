@@ -1,4 +1,4 @@
-"""Flow-NRG: inference-time reward guidance of a flow-matching sampler (VideoAlign eq. 11; SPEC §Flow-NRG).
+"""Flow-NRG: inference-time reward guidance of a flow-matching sampler (VideoAlign, arXiv 2501.13918, Eq. 11).
 
 The optimum of the KL-regularised reward objective tilts the generator's marginals by ``exp(r/β)``, which adds
 ``∇_x r / β`` to the score ``s(x_σ) = −E[ε | x_σ] / σ``. With ``x_σ = (1 − σ)·x0 + σ·ε`` and ``v = ε − x0`` the

@@ -1,4 +1,4 @@
-"""Preference losses for reward models (VideoAlign §3; SPEC §Preference losses).
+"""Preference losses for reward models (VideoAlign, arXiv 2501.13918, §3).
 
 Labels per pair and dimension are integers: ``A_WINS`` (1), ``B_WINS`` (-1), ``TIE`` (0), ``INVALID`` (-2, masked).
 With ``d = r_a - r_b`` (scores of A and B):

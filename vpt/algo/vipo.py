@@ -1,4 +1,4 @@
-"""ViPO: dense, spatio-temporal advantages from frozen DINOv2 features (SPEC §ViPO; TeleBoost Stage II).
+"""ViPO: dense, spatio-temporal advantages from frozen DINOv2 features (TeleBoost, arXiv 2602.07595, Stage II).
 
 A video's scalar GRPO advantage ``A`` is spread over the latent positions ``p = (t, y, x)`` by a saliency map
 ``M ∈ [0, 1]`` built from frozen DINOv2 patch features of its decoded frames (:func:`advantage_map`):

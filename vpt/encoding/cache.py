@@ -1,4 +1,5 @@
-"""Clean video latents and prompt embeddings for training on videos (``vpt dpo``, ``vpt sft``): encoded once, cached.
+"""Clean video latents and prompt embeddings, encoded once and cached: the training stages read clips through it
+(``sft``, ``dpo``, ``train-reward --kind latent``) and guided sampling its prompt embeddings.
 
 Layout under the cache root (``$VPT_CACHE_DIR/encoded``, else ``~/.cache/vpt/encoded``)::
 
@@ -13,8 +14,8 @@ Every entry's metadata also holds ``vpt.checksum``: ``{"sha256": ...}`` of its c
 ``{"metadata": {<its other metadata, as stored>}, "tensors": {<name>: [<dtype>, <shape>]}}`` (sorted keys, compact)
 followed by each tensor's raw bytes in name order (:func:`entry_checksum`). The metadata keys are sorted in the
 header, so the same content gives the same bytes. Whenever the cache decides whether an entry is there
-(:meth:`EncodedCache.encode_videos`, :meth:`~EncodedCache.encode_prompts`, :meth:`~EncodedCache.recorded_latents`)
-it reads and verifies it: an unreadable entry, one whose checksum does not match or one without a checksum (written
+(:meth:`EncodedCache.encode_videos`, :meth:`~EncodedCache.encode_prompts`,
+:func:`vpt.rollouts.store.cache_recorded_latents`) it reads and verifies it: an unreadable entry, one whose checksum does not match or one without a checksum (written
 by an older vpt) is written again, with a warning naming it. The loaders (:func:`load_latent`,
 :func:`load_prompt_embedding`, :func:`clip_size`) verify too: an entry damaged since then is a one-line
 :class:`VptError`.
@@ -40,10 +41,11 @@ import torch
 
 from vpt.distributed import Processes
 from vpt.errors import VideoReadError, VptError
+from vpt.encoding.embeddings import EMBEDS_METADATA, PROMPT_KEY, restore_padding, trim_padding
 from vpt.io.atomic import atomic_path
+from vpt.io.digest import file_digest
 from vpt.io.tensors import canonicalize_header
 from vpt.models.wan import MAX_SEQUENCE_LENGTH
-from vpt.rollouts.store import EMBEDS_METADATA, PROMPT_KEY, file_digest, trim_padding
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +65,8 @@ def encoded_cache_root() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "vpt") / "encoded"
 
 
-def _sha256(text: str) -> str:
+def content_key(text: str) -> str:
+    """The sha256 hex digest of ``text``: entry names derive from it."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -79,7 +82,7 @@ def entry_checksum(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -
     return digest.hexdigest()
 
 
-def _save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict) -> None:
+def save_entry(tensors: dict[str, torch.Tensor], path: Path, metadata: dict) -> None:
     """Write an entry atomically, with its checksum and the header's metadata keys sorted (the same bytes for the
     same content)."""
     from safetensors.torch import save_file
@@ -171,12 +174,10 @@ def clip_size(file: str | os.PathLike) -> tuple[int, int, int]:
 def load_prompt_embedding(file: str | os.PathLike) -> torch.Tensor:
     """A prompt's text embeddings [L, D], padded and typed as :func:`vpt.models.wan.encode_prompts` returned them."""
     layout, trimmed = _read(file, EMBEDS_METADATA, PROMPT_KEY)
-    padded = torch.zeros((max(int(layout["padded_length"]), len(trimmed)), trimmed.shape[1]), dtype=trimmed.dtype)
-    padded[: len(trimmed)] = trimmed
-    return padded.to(getattr(torch, layout["dtype"]))
+    return restore_padding(trimmed, layout["padded_length"], getattr(torch, layout["dtype"]))
 
 
-def _needs_writing(target: Path, problem: str, again: str) -> bool:
+def needs_writing(target: Path, problem: str, again: str) -> bool:
     """Whether this process writes ``target``, found missing or damaged (``problem``) when every process checked: a
     damaged one is written again with a warning; a missing one unless another run wrote it meanwhile."""
     if problem != MISSING:
@@ -232,7 +233,7 @@ class EncodedCache:
                                f"vae/, text_encoder/ or tokenizer/")
             listed += [(f"{position}/{path.relative_to(directory).as_posix()}", path) for path in files]
         digests = self._file_digests([path for _, path in listed])
-        return _sha256("".join(f"{name}\t{digest}\n" for (name, _), digest in zip(listed, digests)))[:16]
+        return content_key("".join(f"{name}\t{digest}\n" for (name, _), digest in zip(listed, digests)))[:16]
 
     def _read_digests(self) -> dict:
         try:
@@ -293,7 +294,7 @@ class EncodedCache:
         for path in map(Path, paths):
             if path not in digests:
                 digests[path] = _video_sha256(path)
-            target = directory / f"{_sha256(digests[path] + '|' + settings)[:32]}.safetensors"
+            target = directory / f"{content_key(digests[path] + '|' + settings)[:32]}.safetensors"
             targets.append(target)
             source.setdefault(target, path)
         # every process checks every entry, and the clip of every missing or damaged one, before any writes: they
@@ -305,7 +306,7 @@ class EncodedCache:
         processes.wait()
         # shard over all entries, not the missing ones: every process must agree on who encodes what
         for target in processes.shard(list(source)):
-            if target in missing and _needs_writing(target, missing[target][0], "encoding it again"):
+            if target in missing and needs_writing(target, missing[target][0], "encoding it again"):
                 self._encode_clip(source[target], missing[target][1], pipe, size, target)
                 if on_progress is not None:
                     on_progress(1)
@@ -340,55 +341,7 @@ class EncodedCache:
                 pixels = resize_frames(read_frames(path, uniform_indices(frames, size[0])), size[1], size[2])
         latents = encode_videos(pipe, pixels[None])[0]
         shape = dict(zip(("frames", "height", "width"), map(int, pixels.shape[:3])))
-        _save({LATENTS_KEY: latents}, target, {CLIP_METADATA: shape})
-
-    def recorded_latents(self, paths: Sequence[str | os.PathLike], vae_id: str,
-                         size: tuple[int, int, int] | None = None,
-                         processes: Processes | None = None) -> dict[Path, Path]:
-        """Cache files for the clips among ``paths`` that are samples of a rollouts directory (``OUT/videos/X.mp4``
-        listed in ``OUT/rollouts.parquet``) whose final latent the sampler recorded, with the VAE ``vae_id``, at
-        ``size`` (None: any): the exact latent the video was decoded from, instead of the VAE's encoding of the
-        decoded, compressed video. Other clips are left out (encode them). Entries are verified and written as in
-        :meth:`encode_videos` (a damaged one again, with a warning), shared out among ``processes``."""
-        from vpt.rollouts.store import load_rollouts, rollouts_directory_of
-
-        processes = processes or Processes()
-        found: dict[Path, Path] = {}
-        source: dict[Path, tuple] = {}
-        loaded: dict[Path, object] = {}
-        vae_ids: dict[str, str | None] = {}
-        for path in map(Path, paths):
-            directory = rollouts_directory_of(path)
-            if directory is None:
-                continue
-            if directory not in loaded:
-                loaded[directory] = load_rollouts(directory, verify=False)
-            rollouts = loaded[directory]
-            row = rollouts.row_of_video(path)
-            if row is None or row.get("final_latents_key") is None:
-                continue
-            if size is not None and (row["frames"], row["height"], row["width"]) != tuple(size):
-                continue
-            generator = row["model_id"]
-            if generator not in vae_ids:
-                vae = Path(generator) / "vae"
-                vae_ids[generator] = self.component_identity(vae) if vae.is_dir() else None
-            if vae_ids[generator] != vae_id:
-                continue
-            key = _sha256(rollouts.checksums[row["latents_shard"]]["sha256"] + "|" + row["final_latents_key"])[:32]
-            target = self.root / "latents" / vae_id / f"recorded-{key}.safetensors"
-            source.setdefault(target, (rollouts, row, directory))
-            found[path] = target
-        # as in encode_videos: every process checks every entry before any writes, then writes its share
-        missing = {target: problem for target in source if (problem := entry_problem(target)) is not None}
-        processes.wait()
-        for target in processes.shard(list(source)):
-            rollouts, row, directory = source[target]
-            if target in missing and _needs_writing(target, missing[target], f"copying it again from {directory}"):
-                _save({LATENTS_KEY: rollouts.final_latent(row).float()}, target,
-                      {CLIP_METADATA: {"frames": row["frames"], "height": row["height"], "width": row["width"]}})
-        processes.wait()
-        return found
+        save_entry({LATENTS_KEY: latents}, target, {CLIP_METADATA: shape})
 
     # -----------------------------------------------------------------------------------------------------------------
     # Prompts
@@ -411,15 +364,15 @@ class EncodedCache:
                                "text_dtype": str(pipe.text_encoder.dtype), "dtype": str(pipe.transformer.dtype)},
                               sort_keys=True)
         directory = self.root / "prompts" / text_id
-        targets = [directory / f"{_sha256(settings + '|' + prompt)[:32]}.safetensors" for prompt in prompts]
+        targets = [directory / f"{content_key(settings + '|' + prompt)[:32]}.safetensors" for prompt in prompts]
         source = dict(zip(targets, prompts))
         # as in encode_videos: every process checks every entry before any writes, then encodes its share
         missing = {target: problem for target in source if (problem := entry_problem(target)) is not None}
         processes.wait()
         for target in processes.shard(list(source)):
-            if target in missing and _needs_writing(target, missing[target], "encoding it again"):
+            if target in missing and needs_writing(target, missing[target], "encoding it again"):
                 embeds, _ = encode_prompts(pipe, [source[target]], max_sequence_length=max_sequence_length)
                 layout = {"padded_length": embeds.shape[1], "dtype": str(embeds.dtype).removeprefix("torch.")}
-                _save({PROMPT_KEY: trim_padding(embeds[0].float())}, target, {EMBEDS_METADATA: layout})
+                save_entry({PROMPT_KEY: trim_padding(embeds[0].float())}, target, {EMBEDS_METADATA: layout})
         processes.wait()
         return targets

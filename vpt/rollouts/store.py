@@ -16,24 +16,27 @@ sibling directory renamed to ``OUT`` at the end: a killed run leaves no partial 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
+from vpt.algo.flow_sde import state_indices_of
+from vpt.distributed import Processes
+from vpt.encoding.cache import (CLIP_METADATA, LATENTS_KEY, EncodedCache, content_key, entry_problem, needs_writing,
+                                save_entry)
+from vpt.encoding.embeddings import EMBEDS_METADATA, NEGATIVE_KEY, PROMPT_KEY, restore_padding, trim_padding
 from vpt.errors import VptError
 from vpt.io.atomic import atomic_path
-from vpt.algo.flow_sde import state_indices_of
+from vpt.io.digest import file_digest
 from vpt.rollouts.sampling import GroupRollout
 
 TABLE_FILE = "rollouts.parquet"
 CHECKSUMS_FILE = "shards.json"
 VIDEOS_DIR, LATENTS_DIR, EMBEDS_DIR = "videos", "latents", "embeds"
-PROMPT_KEY, NEGATIVE_KEY = "prompt", "negative"
-EMBEDS_METADATA = "vpt.embeds"
 _AGAIN = "sample the rollouts again"
 
 
@@ -47,12 +50,6 @@ def _save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as temporary:
         save_file({key: value.contiguous() for key, value in tensors.items()}, str(temporary), metadata=metadata)
-
-
-def trim_padding(embeds: torch.Tensor) -> torch.Tensor:
-    """[L, D] without its trailing all-zero rows (the pipeline's padding)."""
-    nonzero = torch.nonzero(embeds.abs().sum(dim=1)).flatten()
-    return embeds[: int(nonzero[-1]) + 1] if len(nonzero) else embeds[:0]
 
 
 def write_embeddings(directory: Path, stem: str, prompt_embeds: torch.Tensor,
@@ -99,14 +96,6 @@ def write_group(directory: Path, group: GroupRollout, prompt: str, group_id: str
             "embeds_key": PROMPT_KEY, "negative_embeds_key": negative_key, **common,
         })
     return rows
-
-
-def file_digest(path: Path) -> dict:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def write_checksums(directory: Path) -> None:
@@ -171,10 +160,7 @@ class RolloutSet:
         tensors = self._tensors(row["embeds_shard"])
 
         def padded(key: str) -> torch.Tensor:
-            trimmed = tensors[key]
-            out = torch.zeros((1, max(length, len(trimmed)), trimmed.shape[1]), dtype=trimmed.dtype)
-            out[0, : len(trimmed)] = trimmed
-            return out.to(dtype)
+            return restore_padding(tensors[key], length, dtype)[None]
 
         negative = row.get("negative_embeds_key")
         return padded(row["embeds_key"]), None if negative is None else padded(negative)
@@ -239,3 +225,50 @@ def load_rollouts(directory: str | os.PathLike, verify: bool = True) -> RolloutS
                 raise VptError(f"{directory / row['latents_shard']}: {states} states for {len(row['recorded_steps'])} "
                                f"recorded steps (row {number}); {_AGAIN}")
     return loaded
+
+
+def cache_recorded_latents(cache: EncodedCache, paths: Sequence[str | os.PathLike], vae_id: str,
+                           size: tuple[int, int, int] | None = None,
+                           processes: Processes | None = None) -> dict[Path, Path]:
+    """Entries of ``cache`` for the clips among ``paths`` that are samples of a rollouts directory
+    (``OUT/videos/X.mp4`` listed in ``OUT/rollouts.parquet``) whose final latent the sampler recorded, with the VAE
+    ``vae_id``, at ``size`` (None: any): the exact latent the video was decoded from, instead of the VAE's encoding of the
+    decoded, compressed video. Other clips are left out (encode them). Entries are verified and written as in
+    :meth:`EncodedCache.encode_videos` (a damaged one again, with a warning), shared out among ``processes``."""
+    processes = processes or Processes()
+    found: dict[Path, Path] = {}
+    source: dict[Path, tuple] = {}
+    loaded: dict[Path, object] = {}
+    vae_ids: dict[str, str | None] = {}
+    for path in map(Path, paths):
+        directory = rollouts_directory_of(path)
+        if directory is None:
+            continue
+        if directory not in loaded:
+            loaded[directory] = load_rollouts(directory, verify=False)
+        rollouts = loaded[directory]
+        row = rollouts.row_of_video(path)
+        if row is None or row.get("final_latents_key") is None:
+            continue
+        if size is not None and (row["frames"], row["height"], row["width"]) != tuple(size):
+            continue
+        generator = row["model_id"]
+        if generator not in vae_ids:
+            vae = Path(generator) / "vae"
+            vae_ids[generator] = cache.component_identity(vae) if vae.is_dir() else None
+        if vae_ids[generator] != vae_id:
+            continue
+        key = content_key(rollouts.checksums[row["latents_shard"]]["sha256"] + "|" + row["final_latents_key"])[:32]
+        target = cache.root / "latents" / vae_id / f"recorded-{key}.safetensors"
+        source.setdefault(target, (rollouts, row, directory))
+        found[path] = target
+    # as in encode_videos: every process checks every entry before any writes, then writes its share
+    missing = {target: problem for target in source if (problem := entry_problem(target)) is not None}
+    processes.wait()
+    for target in processes.shard(list(source)):
+        rollouts, row, directory = source[target]
+        if target in missing and needs_writing(target, missing[target], f"copying it again from {directory}"):
+            save_entry({LATENTS_KEY: rollouts.final_latent(row).float()}, target,
+                       {CLIP_METADATA: {"frames": row["frames"], "height": row["height"], "width": row["width"]}})
+    processes.wait()
+    return found

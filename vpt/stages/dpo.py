@@ -5,11 +5,11 @@ the reference, the loss, the run.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -19,7 +19,8 @@ from vpt.distributed import unwrapped
 from vpt.errors import VptError
 from vpt.models.wan import WanVelocity
 from vpt.stages.examples import Example, Examples, LatentItems, NoiseOptions, lora_record, pair_clips, prepare
-from vpt.train.run import StageResult, check_output, options_dict, stage_record, train_stage
+from vpt.train.batch import TensorBatch
+from vpt.train.run import StageResult, StageTask, check_output, options_dict, stage_record, train_stage
 
 DIMENSIONS = ("overall", "vq", "mq", "ta")
 REFERENCES = ("policy", "base")
@@ -44,7 +45,6 @@ class DpoOptions:
             raise VptError(f"--beta must be a positive number, got {self.beta}")
         if self.reference not in REFERENCES:
             raise VptError(f"--reference {self.reference}: choose one of {', '.join(REFERENCES)}")
-
 
 
 def dpo_examples(prefs: str, dimension: str) -> Examples:
@@ -80,14 +80,12 @@ def dpo_examples(prefs: str, dimension: str) -> Examples:
                                "skipped_invalid": float(invalid)})
 
 
-
 def branch_errors(model, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor, embeds: torch.Tensor,
                   dtype: torch.dtype) -> torch.Tensor:
     """Per-sample velocity errors ``[B]`` of ``model`` on clean latents ``x0 [B, C, F, h, w]`` noised to ``sigma
     [B]`` with ``noise``: mean over elements of (v_θ(x_σ, σ) − (ε − x0))²."""
     velocity = WanVelocity(model, embeds, None, 1.0, dtype)(noised(x0, noise, sigma), 0, sigma)
     return velocity_errors(velocity, velocity_target(x0, noise))
-
 
 
 class Reference:
@@ -119,6 +117,17 @@ class Reference:
                     params[name].copy_(weight)
 
 
+@dataclass
+class PairBatch(TensorBatch):
+    """B labelled pairs; both clips of a pair are noised with one draw and one σ."""
+
+    chosen: torch.Tensor  # [B, C, F, h, w] clean latents of the preferred clips
+    rejected: torch.Tensor  # [B, C, F, h, w]
+    noise: torch.Tensor  # [B, C, F, h, w] shared by both branches
+    sigma: torch.Tensor  # [B]
+    embeds: torch.Tensor  # [B, L, D] prompt embeddings
+
+
 class FlowDpoTask:
     """The harness's ``loss_fn`` of Flow-DPO (``own_backward``): reference errors without grad, then the joint loss
     backward once, or the gradient-decoupled step (one backward pass per branch: only one branch's graph alive)."""
@@ -126,11 +135,11 @@ class FlowDpoTask:
     def __init__(self, options: DpoOptions, reference: Reference, dtype: torch.dtype):
         self.options, self.reference, self.dtype = options, reference, dtype
 
-    def __call__(self, model, batch: Mapping[str, torch.Tensor],
+    def __call__(self, model, batch: PairBatch,
                  backward: Callable[[torch.Tensor], None]) -> tuple[torch.Tensor, dict[str, Any]]:
         options = self.options
-        chosen, rejected, noise, sigma = batch["chosen"], batch["rejected"], batch["noise"], batch["sigma"]
-        embeds = batch["embeds"]
+        chosen, rejected, noise, sigma, embeds = batch.chosen, batch.rejected, batch.noise, batch.sigma, batch.embeds
+        branches = {"chosen": chosen, "rejected": rejected}
         beta = dpo_beta(options.beta, sigma, options.beta_schedule)
         # the reference runs in the batch layout of the policy passes it is compared with: an error depends on its
         # batch-mates at float rounding (~1e-7), which beta/2 (thousands) would turn into a non-zero implicit reward
@@ -138,7 +147,7 @@ class FlowDpoTask:
         with self.reference.active(model) as reference:
             if options.decoupled:
                 reference_chosen, reference_rejected = (
-                    branch_errors(reference, batch[branch], noise, sigma, embeds, self.dtype)
+                    branch_errors(reference, branches[branch], noise, sigma, embeds, self.dtype)
                     for branch in ("chosen", "rejected"))
             else:
                 reference_chosen, reference_rejected = branch_errors(
@@ -148,11 +157,11 @@ class FlowDpoTask:
             def policy_errors(branch: str) -> torch.Tensor:
                 # without grad, skip DDP's forward bookkeeping: no backward follows this call
                 runner = model if torch.is_grad_enabled() else unwrapped(model)
-                return branch_errors(runner, batch[branch], noise, sigma, embeds, self.dtype)
+                return branch_errors(runner, branches[branch], noise, sigma, embeds, self.dtype)
 
             def local_errors(branch: str) -> torch.Tensor:
                 # with grad but outside DDP: its gradient is taken with autograd.grad and synchronised later
-                return branch_errors(unwrapped(model), batch[branch], noise, sigma, embeds, self.dtype)
+                return branch_errors(unwrapped(model), branches[branch], noise, sigma, embeds, self.dtype)
 
             trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
             loss, stats = decoupled_dpo_backward(policy_errors, reference_chosen, reference_rejected, beta, backward,
@@ -171,7 +180,6 @@ class FlowDpoTask:
         return loss, metrics
 
 
-
 def run_dpo(*, model: str | None, policy: str | None, prefs: str, out: str | os.PathLike, options: DpoOptions,
             noise: NoiseOptions, config, lora_targets: Sequence[str], lora_rank: int = 8, lora_alpha: float = 16.0,
             size: tuple[int, int, int] | None = None, cache: str | None = None, resume: str | None = None,
@@ -186,10 +194,9 @@ def run_dpo(*, model: str | None, policy: str | None, prefs: str, out: str | os.
     # the starting policy is the reference: a parent's or an init LoRA's adapter as it starts, swapped in
     reference = Reference(trainable, parent_weights=options.reference == "policy" and source.adapter)
     task = FlowDpoTask(options, reference, next(trainable.parameters()).dtype)
-    setup = "parent" if source.init_lora is not None else lora_record(lora, source)
-    record = stage_record("dpo", source, prefs, {**options_dict(options, noise), "lora": setup, "size": size},
-                          command)
-    return train_stage(trainable, LatentItems(encoded, noise), task, config, Path(out), record,
-                       examples.counts, own_backward=True, resume=resume, quiet=quiet)
+    record = stage_record("dpo", source, prefs,
+                          {**options_dict(options, noise), "lora": lora_record(lora, source), "size": size}, command)
+    return train_stage(trainable, StageTask(LatentItems(encoded, noise), task, PairBatch.collate, own_backward=True),
+                       config, Path(out), record, examples.counts, resume=resume, quiet=quiet)
 
 

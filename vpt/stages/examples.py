@@ -217,5 +217,8 @@ def prepare(examples: Examples, model: str | None, policy: str | None, size, cac
 
 
 def lora_record(lora: Mapping[str, Any], source) -> dict | str:
-    """The new adapter's setup, or where a continued adapter came from (its own config is in the checkpoint)."""
-    return "parent" if source.checkpoint is not None else {**lora, "targets": list(lora["targets"])}
+    """The new adapter's setup, or ``parent`` when the adapter is a parent checkpoint's or an init LoRA's (its own
+    config is in the checkpoint)."""
+    if source.checkpoint is not None or source.init_lora is not None:
+        return "parent"
+    return {**lora, "targets": list(lora["targets"])}

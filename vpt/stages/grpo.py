@@ -1,26 +1,29 @@
-"""One GRPO policy iteration over recorded rollouts, on the shared harness (SPEC §GRPO, §BPGO, §ViPO, §Self-paced).
+"""``vpt grpo-step``: one GRPO iteration of a LoRA policy over recorded rollouts, read top to bottom.
 
-``grpo_step`` reads what ``sample-rollouts`` recorded (the states every stochastic step starts and ends at, and the
-sampling policy's log-probs) and the videos' scores, and updates the LoRA policy:
+Flow-GRPO (Liu et al. 2025, arXiv 2505.05470) with BPGO (arXiv 2511.18919), ViPO and the self-paced curriculum as
+options. ``sample-rollouts`` recorded the states every stochastic step starts and ends at and the sampling policy's
+log-probs; ``score`` scored the videos. The sections below:
 
-1. **Rewards → advantages** (:func:`compute_advantages`): the reward expression's columns are combined (fixed
-   weights, or the self-paced curriculum's weights), turned into group-relative advantages, then BPGO scales each
-   group by its reliability weight (RAS) and CRT replaces the reward or adds an auxiliary term. BPGO's per-prompt
-   prior comes from the reference policy's scores, or from a running mean kept in the checkpoint.
-2. **Micro-batches**: one per (sampling batch of a group, recorded step) — the batches the sampler ran, so the
-   first ratios are exactly 1 — over every recorded step, or a seeded subset with a timestep fraction < 1.
-3. **Loss** (:class:`GrpoLoss`) per micro-batch: the policy's velocity at the recorded state gives the step's mean,
-   the recorded next state its log-prob; the clipped surrogate (per sample, or per latent position with ViPO's
+1. **Setup** (:func:`load_step_inputs`): the policy (a checkpoint of any stage, or a new LoRA), the rollouts (checked
+   to be this policy's own) and the reward columns, all checked before the step starts.
+2. **Rewards → advantages** (:func:`compute_advantages`): the reward expression's columns are combined (fixed
+   weights, or the self-paced curriculum's weights), turned into group-relative advantages (Flow-GRPO Eq. 3), then
+   BPGO scales each group by its reliability weight (RAS) and CRT replaces the reward or adds an auxiliary term.
+   BPGO's per-prompt prior comes from the reference policy's scores, or from a running mean kept in the checkpoint.
+3. **Micro-batches** (:class:`RolloutSteps` of :class:`RolloutBatch`): one per (sampling batch of a group, recorded
+   step) — the batches the sampler ran, so the first ratios are exactly 1 — over every recorded step, or a seeded
+   subset with a timestep fraction < 1.
+4. **Loss** (:class:`GrpoLoss`): the policy's velocity at the recorded state gives the step's mean, the recorded
+   next state its log-prob; the clipped surrogate (Flow-GRPO Eq. 4; per sample, or per latent position with ViPO's
    advantage maps) plus β·KL to the reference — the same transformer with the adapter disabled, never a copy.
-4. The harness does the rest (accumulation, clipping, checkpoint, exact continuation from the previous iteration's
-   optimizer, schedule and RNG state via its warm start).
+5. **Train and publish** (:func:`grpo_step`): the harness's one run-and-publish path (accumulation, clipping,
+   checkpoints in ``OUT.run/``, exact continuation from the previous iteration's optimizer, schedule and RNG state).
 """
 
 from __future__ import annotations
 
 import math
-import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -34,7 +37,9 @@ from vpt.algo.vipo import advantage_map, per_position_log_prob
 from vpt.distributed import unwrapped
 from vpt.errors import VptError
 from vpt.models.wan import WanVelocity
-from vpt.train.policy import DEFAULT_LORA_TARGETS, metrics_rows, policy_source, publish_policy, save_policy
+from vpt.train.batch import TensorBatch
+from vpt.train.policy import DEFAULT_LORA_TARGETS, policy_source
+from vpt.train.run import StageTask, check_output, train_stage
 
 CRT_MODES = ("off", "replace", "auxiliary")
 RAS_FORMS = ("sigmoid", "bayesian")
@@ -132,7 +137,107 @@ class GrpoState:
         self.curriculum = state.get("curriculum")
 
 
-# ------------------------------------------------------------------------------------------------ rewards
+# ------------------------------------------------------------------------------ setup: the policy, rollouts and rewards
+@dataclass
+class StepInputs:
+    """Everything one iteration reads, loaded and checked (see :func:`load_step_inputs`)."""
+
+    policy: torch.nn.Module  # the peft-wrapped transformer, adapter trainable
+    rollouts: Any  # vpt.rollouts.store.RolloutSet
+    rewards: dict[str, torch.Tensor]
+    state: GrpoState
+    policy_info: dict
+    warm_start: Path | None = None
+    reference_priors: dict[str, dict[str, float]] | None = None
+    prior_source: str = "--prior"
+    dinov2: torch.nn.Module | None = None
+
+
+def check_rollouts(rollouts, source: str, model_id: str, policy_digest: str | None) -> None:
+    """The rollouts can train this policy: sampled from this generator by this policy (``policy_digest`` None:
+    the base generator), with recorded SDE steps and groups of two or more."""
+    rows = rollouts.rows
+    if not rows:
+        raise VptError(f"{source}: holds no rollouts; sample some with sample-rollouts")
+    for number, row in enumerate(rows, start=1):
+        if row["model_id"] != model_id:
+            raise VptError(f"{source}: row {number}: sampled from the generator {row['model_id']}, not {model_id}; "
+                           "train on rollouts of the policy's own generator")
+        sampled_by = row["policy_id"]
+        digest = None if sampled_by == "base" else sampled_by.rpartition("#")[2]
+        if digest != policy_digest:
+            expected = "the base generator (--init)" if policy_digest is None else f"the policy #{policy_digest}"
+            raise VptError(f"{source}: row {number}: sampled by {sampled_by}, not by {expected}; GRPO trains the "
+                           "policy that sampled the rollouts (sample-rollouts --policy with this checkpoint)")
+        if not row["recorded_steps"]:
+            raise VptError(f"{source}: row {number}: no recorded SDE steps (sampled with --noise-level 0?); sample "
+                           "with a noise level > 0")
+    settings = {(row["noise_level"], row["guidance"]) for row in rows}
+    if len(settings) > 1:
+        raise VptError(f"{source}: mixes noise levels / guidance scales {sorted(settings)}; sample one iteration's "
+                       "rollouts with one setting")
+    sizes: dict[str, int] = {}
+    for row in rows:
+        sizes[row["group_id"]] = sizes.get(row["group_id"], 0) + 1
+    small = sorted(group for group, size in sizes.items() if size < 2)
+    if small:
+        raise VptError(f"{source}: group {small[0]!r} has 1 sample ({len(small)} such groups); GRPO compares "
+                       "samples of one prompt, sample with --group-size 2 or more")
+
+
+def load_step_inputs(*, policy: str | None, init: str | None, model: str | None, rollouts: str,
+                     scores: Sequence[str], prior: str | None, options: GrpoOptions, vipo_model: str | None = None,
+                     lora_rank: int = 8, lora_alpha: float = 16.0,
+                     lora_targets: Sequence[str] = DEFAULT_LORA_TARGETS, device: str | None = None,
+                     init_lora: str | None = None, command: Sequence[str] | None = None) -> StepInputs:
+    """Read and check everything :func:`grpo_step` needs: tables first (cheap, most errors), then the models.
+
+    ``policy``: a checkpoint of any stage (continue it; GRPO's own state carries over from a grpo-step one) — or
+    ``init``: a Wan / zoo directory (start a LoRA policy with ``lora_rank`` / ``lora_alpha`` / ``lora_targets``, or
+    as the LoRA ``init_lora``, peft or diffusers layout, whose rollouts ``sample-rollouts --policy INIT_LORA``
+    recorded). ``model`` overrides the generator a policy records. ``command``: the command line, for the record
+    and the model card.
+    """
+    from vpt.io.tables import read_table
+    from vpt.io.tensors import load_torch
+    from vpt.models.loading import load_dinov2
+    from vpt.rollouts.store import load_rollouts
+    from vpt.train.checkpoint import TRAINER_STATE
+
+    source = (policy_source(model, policy, init_lora) if policy is not None else
+              policy_source(init, None, init_lora, generator_option="--init"))
+    wan = source.model
+    rollout_set = load_rollouts(rollouts)
+    check_rollouts(rollout_set, rollouts, str(wan), source.digest)
+    columns = list(options.reward)
+    tables = [(name, read_table(name, "scores").to_pylist()) for name in scores]
+    rewards = rollout_rewards(rollout_set.rows, tables, columns, rollouts)
+    reference = None if prior is None else prior_means(read_table(prior, "scores").to_pylist(), columns, prior)
+
+    dinov2 = None
+    if options.vipo:
+        features = vipo_model or (wan.parent if (wan.parent / "zoo.json").is_file() else None)
+        if features is None:
+            raise VptError("--vipo needs DINOv2 features: pass --vipo-model DIR (a transformers DINOv2 directory)")
+        dinov2 = load_dinov2(features)
+    trainable = source.open(lora_targets, lora_rank, lora_alpha, options.seed, device)
+    state = GrpoState()
+    warm_start = None
+    checkpoint = source.checkpoint
+    # another stage's optimizer moments and counters do not carry into GRPO: a new stage starts them afresh
+    if checkpoint is not None and source.stage == "grpo":
+        if (checkpoint / "extra_state.pt").is_file():
+            state.load_state_dict(load_torch(checkpoint / "extra_state.pt"))
+        warm_start = checkpoint if (checkpoint / TRAINER_STATE).is_file() else None
+    return StepInputs(policy=trainable, rollouts=rollout_set, rewards=rewards, state=state,
+                      policy_info={"model": str(wan), "parent": source.parent, **source.describe(),
+                                   "rollouts": str(Path(rollouts).resolve()),
+                                   **({"command": [str(token) for token in command]} if command else {})},
+                      warm_start=warm_start, reference_priors=reference, prior_source=prior or "--prior",
+                      dinov2=dinov2)
+
+
+# ------------------------------------------------------------------------------------------ data: rewards -> advantages
 def rollout_rewards(rows: Sequence[dict], tables: Sequence[tuple[str, Sequence[dict]]],
                     columns: Sequence[str], rollouts_source: str) -> dict[str, torch.Tensor]:
     """Reward columns ``name -> float64 [N]`` in rollout-row order, each taken from the one scores table that has
@@ -306,7 +411,7 @@ def _fold_running_priors(columns, matrix, prompt_ids, state: GrpoState, momentum
                                    for c, m in zip(columns, means)}
 
 
-# ------------------------------------------------------------------------------------------------ items
+# -------------------------------------------------------------------------------- data: micro-batches of recorded steps
 Block = tuple[tuple[int, ...], int]
 """(row indices of one sampling batch of a group, recorded-step position k): one micro-batch."""
 
@@ -337,6 +442,32 @@ def trained_blocks(rows: Sequence[dict], fraction: float, seed: int, iteration: 
         chunks = [tuple(members[i:i + size]) for i in range(0, len(members), size)]
         blocks.extend((chunk, k) for k in chosen for chunk in chunks)
     return blocks
+
+
+@dataclass
+class RolloutBatch(TensorBatch):
+    """b samples of one sampling batch at one recorded SDE step (or several such blocks, concatenated)."""
+
+    x: torch.Tensor  # [b, C, F, h, w] the state the step started at
+    x_next: torch.Tensor  # [b, C, F, h, w] the state the sampler moved to
+    sigma: torch.Tensor  # [b] σ of the step
+    sigma_next: torch.Tensor  # [b] σ after it
+    first_next: torch.Tensor  # [b] σ after the schedule's first step (flow_grpo's noise scale)
+    old_log_prob: torch.Tensor  # [b] the sampling policy's log-prob of x_next
+    advantage: torch.Tensor  # [b]
+    embeds: torch.Tensor  # [b, L, D] prompt embeddings
+    negative: torch.Tensor | None = None  # [b, L, D] negative-prompt embeddings, with guidance
+    auxiliary: torch.Tensor | None = None  # [b] CRT's auxiliary advantages (--crt auxiliary)
+    advantage_map: torch.Tensor | None = None  # [b, F, h, w] ViPO's map
+    old_log_prob_map: torch.Tensor | None = None  # [b, F, h, w] ViPO: the sampling policy's per-position log-probs
+
+    @classmethod
+    def concatenate(cls, blocks: Sequence["RolloutBatch"]) -> "RolloutBatch":
+        """Blocks to one micro-batch (one block keeps the sampling batch as it was)."""
+        if len(blocks) == 1:
+            return blocks[0]
+        return cls(**{field.name: None if getattr(blocks[0], field.name) is None else
+                      torch.cat([getattr(block, field.name) for block in blocks]) for field in fields(cls)})
 
 
 class RolloutSteps(torch.utils.data.Dataset):
@@ -375,18 +506,31 @@ class RolloutSteps(torch.utils.data.Dataset):
         if self.auxiliary is not None:
             item["auxiliary"] = self.auxiliary[r]
         if self.maps is not None:
-            item["map"] = self.maps[r]
+            item["advantage_map"] = self.maps[r]
         return item
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, index: int) -> "RolloutBatch":
         members, k = self.blocks[index]
-        samples = [self._sample(r, k) for r in members]
-        block = {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
+        block = RolloutBatch.collate([self._sample(r, k) for r in members])
         if self.old_maps is not None:
-            block["old_log_prob_map"] = self.old_maps[index]
+            block.old_log_prob_map = self.old_maps[index]
         return block
 
 
+def vipo_maps(rollouts, dinov2, blur_sigma: float) -> list[torch.Tensor]:
+    """ViPO's advantage map ``[F, h, w]`` (latent size) of every rollout, from DINOv2 features of its video."""
+    from vpt.io.video import read_frames
+    from vpt.models.dinov2 import dinov2_patch_features
+
+    maps = []
+    for row in rollouts.rows:
+        latent = rollouts.states(row).shape[-3:]
+        features = dinov2_patch_features(dinov2, read_frames(rollouts.directory / row["path"]))
+        maps.append(advantage_map(features, tuple(latent), blur_sigma=blur_sigma).float())
+    return maps
+
+
+# ------------------------------------------------------------------------------------------------ the loss
 class GrpoLoss:
     """The harness's ``loss_fn``: clipped surrogate (+ CRT auxiliary term, + β·KL to the adapter-disabled
     reference) of one micro-batch of :class:`RolloutSteps` items. Tracks the extreme ratios of the iteration."""
@@ -395,34 +539,33 @@ class GrpoLoss:
         self.options, self.noise_level, self.guidance, self.dtype = options, float(noise_level), guidance, dtype
         self.ratio_min, self.ratio_max = math.inf, -math.inf
 
-    def step_mean_std(self, model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def step_mean_std(self, model, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean ``[B, C, F, h, w]`` and std ``[B, 1, 1, 1, 1]`` of the recorded step under ``model``."""
-        x = batch["x"]
+        x = batch.x
         per_sample = (-1,) + (1,) * (x.dim() - 1)
-        sigma, sigma_next, first_next = (batch[name].reshape(per_sample)
-                                         for name in ("sigma", "sigma_next", "first_next"))
-        velocity = WanVelocity(model, batch["embeds"], batch.get("negative"), self.guidance, self.dtype)(
-            x, 0, batch["sigma"])
+        sigma, sigma_next, first_next = (value.reshape(per_sample)
+                                         for value in (batch.sigma, batch.sigma_next, batch.first_next))
+        velocity = WanVelocity(model, batch.embeds, batch.negative, self.guidance, self.dtype)(x, 0, batch.sigma)
         return sde_step_mean_std(x, velocity.float(), sigma, sigma_next, self.noise_level, first_next)
 
-    def log_prob_maps(self, model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def log_prob_maps(self, model, batch: RolloutBatch) -> torch.Tensor:
         """Per-latent-position log-probs ``[B, F, h, w]`` of the recorded steps (ViPO's dense ratio)."""
         mean, std = self.step_mean_std(model, batch)
-        return per_position_log_prob(batch["x_next"], mean, std)
+        return per_position_log_prob(batch.x_next, mean, std)
 
-    def __call__(self, model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+    def __call__(self, model, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, Any]]:
         options = self.options
         mean, std = self.step_mean_std(model, batch)
         if options.vipo:
-            log_prob = per_position_log_prob(batch["x_next"], mean, std)
-            old = batch["old_log_prob_map"]
-            scale = batch["map"]
-            advantage = batch["advantage"].reshape(-1, 1, 1, 1) * scale
-            auxiliary = None if "auxiliary" not in batch else batch["auxiliary"].reshape(-1, 1, 1, 1) * scale
+            log_prob = per_position_log_prob(batch.x_next, mean, std)
+            old = batch.old_log_prob_map
+            scale = batch.advantage_map
+            advantage = batch.advantage.reshape(-1, 1, 1, 1) * scale
+            auxiliary = None if batch.auxiliary is None else batch.auxiliary.reshape(-1, 1, 1, 1) * scale
         else:
-            log_prob = gaussian_log_prob(batch["x_next"], mean, std)
-            old = batch["old_log_prob"]
-            advantage, auxiliary = batch["advantage"], batch.get("auxiliary")
+            log_prob = gaussian_log_prob(batch.x_next, mean, std)
+            old = batch.old_log_prob
+            advantage, auxiliary = batch.advantage, batch.auxiliary
         loss, stats = clipped_surrogate(log_prob, old, advantage, options.clip_range)
         metrics: dict[str, Any] = {"policy_loss": loss.detach(), "clip_fraction": stats.clip_fraction,
                                    "ratio_mean": stats.ratio_mean}
@@ -441,27 +584,6 @@ class GrpoLoss:
         return loss, metrics
 
 
-def collate(blocks: Sequence[dict]) -> dict[str, torch.Tensor]:
-    """Blocks to one micro-batch (one block keeps the sampling batch as it was)."""
-    if len(blocks) == 1:
-        return blocks[0]
-    return {key: torch.cat([block[key] for block in blocks]) for key in blocks[0]}
-
-
-# ------------------------------------------------------------------------------------------------ ViPO maps
-def vipo_maps(rollouts, dinov2, blur_sigma: float) -> list[torch.Tensor]:
-    """ViPO's advantage map ``[F, h, w]`` (latent size) of every rollout, from DINOv2 features of its video."""
-    from vpt.io.video import read_frames
-    from vpt.models.dinov2 import dinov2_patch_features
-
-    maps = []
-    for row in rollouts.rows:
-        latent = rollouts.states(row).shape[-3:]
-        features = dinov2_patch_features(dinov2, read_frames(rollouts.directory / row["path"]))
-        maps.append(advantage_map(features, tuple(latent), blur_sigma=blur_sigma).float())
-    return maps
-
-
 def old_log_prob_maps(loss: GrpoLoss, policy: torch.nn.Module, dataset: RolloutSteps) -> list[torch.Tensor]:
     """The sampling policy's per-position log-probs ``[b, F, h, w]`` of every block (the policy at this iteration's
     start, which sampled the rollouts: the id check made sure of that); the rollouts store only their means."""
@@ -469,105 +591,7 @@ def old_log_prob_maps(loss: GrpoLoss, policy: torch.nn.Module, dataset: RolloutS
         return [loss.log_prob_maps(policy, dataset[index]).clone() for index in range(len(dataset))]
 
 
-# ------------------------------------------------------------------------------------------------ the step
-@dataclass
-class StepInputs:
-    """Everything one iteration reads, loaded and checked (see :func:`load_step_inputs`)."""
-
-    policy: torch.nn.Module  # the peft-wrapped transformer, adapter trainable
-    rollouts: Any  # vpt.rollouts.store.RolloutSet
-    rewards: dict[str, torch.Tensor]
-    state: GrpoState
-    policy_info: dict
-    warm_start: Path | None = None
-    reference_priors: dict[str, dict[str, float]] | None = None
-    prior_source: str = "--prior"
-    dinov2: torch.nn.Module | None = None
-
-
-def check_rollouts(rollouts, source: str, model_id: str, policy_digest: str | None) -> None:
-    """The rollouts can train this policy: sampled from this generator by this policy (``policy_digest`` None:
-    the base generator), with recorded SDE steps and groups of two or more."""
-    rows = rollouts.rows
-    if not rows:
-        raise VptError(f"{source}: holds no rollouts; sample some with sample-rollouts")
-    for number, row in enumerate(rows, start=1):
-        if row["model_id"] != model_id:
-            raise VptError(f"{source}: row {number}: sampled from the generator {row['model_id']}, not {model_id}; "
-                           "train on rollouts of the policy's own generator")
-        sampled_by = row["policy_id"]
-        digest = None if sampled_by == "base" else sampled_by.rpartition("#")[2]
-        if digest != policy_digest:
-            expected = "the base generator (--init)" if policy_digest is None else f"the policy #{policy_digest}"
-            raise VptError(f"{source}: row {number}: sampled by {sampled_by}, not by {expected}; GRPO trains the "
-                           "policy that sampled the rollouts (sample-rollouts --policy with this checkpoint)")
-        if not row["recorded_steps"]:
-            raise VptError(f"{source}: row {number}: no recorded SDE steps (sampled with --noise-level 0?); sample "
-                           "with a noise level > 0")
-    settings = {(row["noise_level"], row["guidance"]) for row in rows}
-    if len(settings) > 1:
-        raise VptError(f"{source}: mixes noise levels / guidance scales {sorted(settings)}; sample one iteration's "
-                       "rollouts with one setting")
-    sizes: dict[str, int] = {}
-    for row in rows:
-        sizes[row["group_id"]] = sizes.get(row["group_id"], 0) + 1
-    small = sorted(group for group, size in sizes.items() if size < 2)
-    if small:
-        raise VptError(f"{source}: group {small[0]!r} has 1 sample ({len(small)} such groups); GRPO compares "
-                       "samples of one prompt, sample with --group-size 2 or more")
-
-
-def load_step_inputs(*, policy: str | None, init: str | None, model: str | None, rollouts: str,
-                     scores: Sequence[str], prior: str | None, options: GrpoOptions, vipo_model: str | None = None,
-                     lora_rank: int = 8, lora_alpha: float = 16.0,
-                     lora_targets: Sequence[str] = DEFAULT_LORA_TARGETS, device: str | None = None,
-                     init_lora: str | None = None, command: Sequence[str] | None = None) -> StepInputs:
-    """Read and check everything :func:`grpo_step` needs: tables first (cheap, most errors), then the models.
-
-    ``policy``: a checkpoint of any stage (continue it; GRPO's own state carries over from a grpo-step one) — or
-    ``init``: a Wan / zoo directory (start a LoRA policy with ``lora_rank`` / ``lora_alpha`` / ``lora_targets``, or
-    as the LoRA ``init_lora``, peft or diffusers layout, whose rollouts ``sample-rollouts --policy INIT_LORA``
-    recorded). ``model`` overrides the generator a policy records. ``command``: the command line, for the record
-    and the model card.
-    """
-    from vpt.io.tables import read_table
-    from vpt.models.loading import load_dinov2
-    from vpt.rollouts.store import load_rollouts
-    from vpt.train.checkpoint import TRAINER_STATE, load_torch
-
-    source = (policy_source(model, policy, init_lora) if policy is not None else
-              policy_source(init, None, init_lora, generator_option="--init"))
-    wan = source.model
-    rollout_set = load_rollouts(rollouts)
-    check_rollouts(rollout_set, rollouts, str(wan), source.digest)
-    columns = list(options.reward)
-    tables = [(name, read_table(name, "scores").to_pylist()) for name in scores]
-    rewards = rollout_rewards(rollout_set.rows, tables, columns, rollouts)
-    reference = None if prior is None else prior_means(read_table(prior, "scores").to_pylist(), columns, prior)
-
-    dinov2 = None
-    if options.vipo:
-        features = vipo_model or (wan.parent if (wan.parent / "zoo.json").is_file() else None)
-        if features is None:
-            raise VptError("--vipo needs DINOv2 features: pass --vipo-model DIR (a transformers DINOv2 directory)")
-        dinov2 = load_dinov2(features)
-    trainable = source.open(lora_targets, lora_rank, lora_alpha, options.seed, device)
-    state = GrpoState()
-    warm_start = None
-    checkpoint = source.checkpoint
-    # another stage's optimizer moments and counters do not carry into GRPO: a new stage starts them afresh
-    if checkpoint is not None and source.stage == "grpo":
-        if (checkpoint / "extra_state.pt").is_file():
-            state.load_state_dict(load_torch(checkpoint / "extra_state.pt"))
-        warm_start = checkpoint if (checkpoint / TRAINER_STATE).is_file() else None
-    return StepInputs(policy=trainable, rollouts=rollout_set, rewards=rewards, state=state,
-                      policy_info={"model": str(wan), "parent": source.parent, **source.describe(),
-                                   "rollouts": str(Path(rollouts).resolve()),
-                                   **({"command": [str(token) for token in command]} if command else {})},
-                      warm_start=warm_start, reference_priors=reference, prior_source=prior or "--prior",
-                      dinov2=dinov2)
-
-
+# ------------------------------------------------------------------------------------------------ train and publish
 @dataclass
 class GrpoResult:
     """What :func:`grpo_step` wrote and measured."""
@@ -581,22 +605,23 @@ class GrpoResult:
 
 
 def grpo_step(inputs: StepInputs, options: GrpoOptions, out: str | Path, config, steps_per_iteration: int = 1,
-              quiet: bool = False) -> GrpoResult:
-    """Run one iteration and write the next policy checkpoint to ``out`` (atomically; it must not exist).
+              quiet: bool = False, resume: str | None = None) -> GrpoResult:
+    """Run one iteration and publish the next policy checkpoint ``out`` (it must not exist) through the harness's
+    run-and-publish path (:func:`vpt.train.run.train_stage`: checkpoints in ``OUT.run/``, ``resume`` continues an
+    interrupted iteration from one of them).
 
-    ``config``: the harness's :class:`~vpt.train.TrainConfig` for the optimizer, clipping and precision; its
-    output directory, data seed, micro-batches (one :data:`Block` each) and accumulation are set here, so that
-    ``steps_per_iteration`` optimizer steps consume every block once. ``inputs.state`` is updated and saved with the checkpoint.
+    ``config``: the harness's :class:`~vpt.train.TrainConfig` for the optimizer, clipping, precision and
+    ``save_every``; its data seed, micro-batches (one :data:`Block` each) and accumulation are set here, so that
+    ``steps_per_iteration`` optimizer steps consume every block once. ``inputs.state`` is updated and saved with
+    every checkpoint.
     """
     from vpt.distributed import current_processes
-    from vpt.io.atomic import check_new_directory, temporary_sibling
     from vpt.rollouts.sampling import derived_seed
-    from vpt.train import Trainer
-    from vpt.train.checkpoint import load_peft, read_metrics
 
     if steps_per_iteration < 1:
         raise VptError(f"--steps-per-iteration must be at least 1, got {steps_per_iteration}")
-    out = check_new_directory(out, "--out")
+    out = Path(out)
+    check_output(out, resume)
     rollouts, state, policy = inputs.rollouts, inputs.state, inputs.policy
     rows = rollouts.rows
     state.iteration += 1
@@ -610,34 +635,22 @@ def grpo_step(inputs: StepInputs, options: GrpoOptions, out: str | Path, config,
     if options.vipo:
         dataset.old_maps = old_log_prob_maps(loss, policy, dataset)
 
-    processes = current_processes()
-    micro_batches = math.ceil(len(blocks) / processes.count)
-    scratch = Path(processes.share(str(temporary_sibling(out)) if processes.is_main else None))
-    run = scratch / ".run"
-    config = config.replace(output_dir=str(run), seed=derived_seed(options.seed, state.iteration) % 2**31,
-                            batch_size=1, gradient_accumulation_steps=math.ceil(micro_batches / steps_per_iteration),
-                            epochs=1, max_steps=None, lr_schedule="constant", save_every=0, log_every=1,
-                            eval_every=0, keep_last=1, shuffle=True)
-    try:
-        trainer = Trainer(policy, config, dataset=dataset, loss_fn=loss, collate_fn=collate, save_model=save_policy,
-                          load_model=load_peft, extra_state=state, quiet=quiet)
-        result = trainer.train(warm_start=inputs.warm_start)
-        ratio_range = (loss.ratio_min, loss.ratio_max)
-        summary = {**advantages.metrics, "items": float(dataset.pairs), "ratio_min": ratio_range[0],
-                   "ratio_max": ratio_range[1]}
-        steps = read_metrics(result.metrics_file) if processes.is_main else []
-        if processes.is_main:
-            info = {**inputs.policy_info, "stage": "grpo", "iteration": state.iteration, "step": result.step,
-                    "grpo": _jsonable(options)}
-            publish_policy(result.checkpoint, out, info, metrics_rows(state.iteration, summary, steps))
-        processes.wait()
-    finally:
-        if processes.is_main:
-            shutil.rmtree(scratch, ignore_errors=True)
-    last = steps[-1] if steps else {}
+    micro_batches = math.ceil(len(blocks) / current_processes().count)
+    config = config.replace(seed=derived_seed(options.seed, state.iteration) % 2**31, batch_size=1,
+                            gradient_accumulation_steps=math.ceil(micro_batches / steps_per_iteration), epochs=1,
+                            max_steps=None, lr_schedule="constant", log_every=1, eval_every=0, keep_last=1,
+                            shuffle=True)
+    record = {**inputs.policy_info, "stage": "grpo", "iteration": state.iteration, "grpo": _jsonable(options)}
+
+    def measured() -> dict[str, float]:
+        return {**advantages.metrics, "items": float(dataset.pairs), "ratio_min": loss.ratio_min,
+                "ratio_max": loss.ratio_max}
+
+    task = StageTask(dataset, loss, collate_fn=RolloutBatch.concatenate, extra_state=state)
+    result = train_stage(policy, task, config, out, record, measured, resume=resume, warm_start=inputs.warm_start,
+                         iteration=state.iteration, quiet=quiet)
     return GrpoResult(checkpoint=out, iteration=state.iteration, step=result.step, items=dataset.pairs,
-                      metrics={**summary, **{k: v for k, v in last.items() if k not in ("step", "epoch")}},
-                      ratio_range=ratio_range)
+                      metrics=result.metrics, ratio_range=(loss.ratio_min, loss.ratio_max))
 
 
 def _jsonable(options: GrpoOptions) -> dict:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -15,7 +16,8 @@ from vpt.algo.flow_matching import flow_matching_loss, noised, reward_weights, v
 from vpt.errors import VptError
 from vpt.models.wan import WanVelocity
 from vpt.stages.examples import Example, Examples, LatentItems, NoiseOptions, lora_record, prepare
-from vpt.train.run import StageResult, check_output, options_dict, stage_record, train_stage
+from vpt.train.batch import TensorBatch
+from vpt.train.run import StageResult, StageTask, check_output, options_dict, stage_record, train_stage
 
 
 def sft_examples(data: Sequence[str], prompts: str | None = None, weight_column: str | None = None,
@@ -103,19 +105,30 @@ def _rwr_rewards(items, scores: str, reward: str, source: str) -> list[float]:
     return rewards
 
 
+# ------------------------------------------------------------------------------------------------ the loss
+@dataclass
+class ClipBatch(TensorBatch):
+    """B clips, each noised with its own draw and σ."""
+
+    latent: torch.Tensor  # [B, C, F, h, w] clean latents
+    noise: torch.Tensor  # [B, C, F, h, w]
+    sigma: torch.Tensor  # [B]
+    embeds: torch.Tensor  # [B, L, D] prompt embeddings
+    weight: torch.Tensor | None = None  # [B] manifest or Flow-RWR weights; None: SFT's weights 1
+
 
 class FlowMatchingTask:
-    """The harness's ``loss_fn`` of SFT and Flow-RWR: the (weighted) flow-matching loss of one micro-batch."""
+    """The harness's ``loss_fn`` of SFT and Flow-RWR: the (weighted) flow-matching loss of one micro-batch
+    (rectified flow, Liu et al. 2022 Eq. 1, with Flow-RWR's per-example weights)."""
 
     def __init__(self, dtype: torch.dtype):
         self.dtype = dtype
 
-    def __call__(self, model, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
-        x0, noise, sigma = batch["latent"], batch["noise"], batch["sigma"]
-        velocity = WanVelocity(model, batch["embeds"], None, 1.0, self.dtype)(noised(x0, noise, sigma), 0, sigma)
-        loss, errors = flow_matching_loss(velocity, velocity_target(x0, noise), batch.get("weight"))
+    def __call__(self, model, batch: ClipBatch) -> tuple[torch.Tensor, dict[str, Any]]:
+        x0, noise, sigma = batch.latent, batch.noise, batch.sigma
+        velocity = WanVelocity(model, batch.embeds, None, 1.0, self.dtype)(noised(x0, noise, sigma), 0, sigma)
+        loss, errors = flow_matching_loss(velocity, velocity_target(x0, noise), batch.weight)
         return loss, {"error": errors.mean().detach(), "sigma": sigma.mean()}
-
 
 
 def run_sft(*, model: str | None, policy: str | None, data: Sequence[str], out: str | os.PathLike,
@@ -135,10 +148,10 @@ def run_sft(*, model: str | None, policy: str | None, data: Sequence[str], out: 
     weighting = ("rwr" if rwr_scores is not None else "column" if weight_column is not None else "none")
     options = {**options_dict(noise), "weighting": weighting, "weight_column": weight_column,
                "rwr_scores": rwr_scores, "rwr_reward": rwr_reward, "rwr_beta": rwr_beta,
-               "lora": "parent" if source.init_lora is not None else lora_record(lora, source), "size": size}
-    return train_stage(trainable, LatentItems(encoded, noise),
-                       FlowMatchingTask(next(trainable.parameters()).dtype), config, Path(out),
-                       stage_record("sft", source, data[0], options, command), examples.counts, resume=resume,
-                       quiet=quiet)
+               "lora": lora_record(lora, source), "size": size}
+    task = StageTask(LatentItems(encoded, noise), FlowMatchingTask(next(trainable.parameters()).dtype),
+                     collate_fn=ClipBatch.collate)
+    return train_stage(trainable, task, config, Path(out), stage_record("sft", source, data[0], options, command),
+                       examples.counts, resume=resume, quiet=quiet)
 
 

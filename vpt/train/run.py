@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -71,14 +71,30 @@ def _check_same_parent(resume: Path, record: Mapping[str, Any]) -> None:
             return
 
 
-def train_stage(policy: torch.nn.Module, dataset: torch.utils.data.Dataset, loss_fn, config, out: Path, record: dict,
-                summary: Mapping[str, float], own_backward: bool = False, resume: str | None = None,
-                quiet: bool = False) -> StageResult:
-    """Train ``policy`` with the harness in ``OUT.run`` and publish the final policy checkpoint ``out``.
+@dataclass
+class StageTask:
+    """What a stage hands the harness: its dataset, ``loss_fn`` (see :class:`~vpt.train.Trainer`) and optional
+    ``collate_fn``; ``own_backward`` when the loss back-propagates itself; ``extra_state`` (``state_dict`` /
+    ``load_state_dict``) saved with every checkpoint."""
 
-    ``record`` (generator, parent, stage, options) becomes ``policy.json``; ``summary`` (example counts) heads
-    ``metrics.parquet``. ``resume``: the run directory of an interrupted run, one of its checkpoints, or a finished
-    policy checkpoint of the same stage to train on from (bit-identical to not stopping).
+    dataset: torch.utils.data.Dataset
+    loss_fn: Callable
+    collate_fn: Callable | None = None
+    own_backward: bool = False
+    extra_state: Any = None
+
+
+def train_stage(policy: torch.nn.Module, task: StageTask, config, out: Path, record: dict,
+                summary: Mapping[str, float] | Callable[[], Mapping[str, float]], resume: str | None = None,
+                warm_start: Path | None = None, iteration: int = 1, quiet: bool = False) -> StageResult:
+    """Train ``policy`` on ``task`` with the harness in ``OUT.run`` and publish the final policy checkpoint ``out``.
+
+    ``record`` (generator, parent, stage, options) becomes ``policy.json``; ``summary`` (example counts, or a
+    function giving what the task measured once training ends) heads ``metrics.parquet``, under ``iteration``.
+    ``resume``: the run directory of an interrupted run, one of its checkpoints, or a finished policy checkpoint of
+    the same stage to train on from (bit-identical to not stopping). ``warm_start``: a checkpoint of the previous
+    on-policy iteration whose optimizer, schedule and RNG state carry over (ignored when resuming, whose checkpoint
+    already holds them).
     """
     from vpt.distributed import current_processes
     from vpt.io.atomic import claim_directory, remove_owned
@@ -87,7 +103,7 @@ def train_stage(policy: torch.nn.Module, dataset: torch.utils.data.Dataset, loss
     from vpt.train.policy import METRICS_TABLE, metrics_rows, publish_policy, save_policy
 
     out = Path(out)
-    run = run_directory(out)  # run_dpo / run_sft checked the output before encoding (check_output)
+    run = check_output(out, resume)
     if resume is not None:
         _check_same_parent(Path(resume), record)
     processes = current_processes()
@@ -96,23 +112,26 @@ def train_stage(policy: torch.nn.Module, dataset: torch.utils.data.Dataset, loss
         (run / STAGE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     processes.wait()
     try:
-        trainer = Trainer(policy, config.replace(output_dir=str(run)), dataset=dataset, loss_fn=loss_fn,
-                          save_model=save_policy, load_model=load_peft, own_backward=own_backward, quiet=quiet)
-        result = trainer.train(resume=resume if resume is not None else False)
+        trainer = Trainer(policy, config.replace(output_dir=str(run)), dataset=task.dataset, loss_fn=task.loss_fn,
+                          collate_fn=task.collate_fn, save_model=save_policy, load_model=load_peft,
+                          own_backward=task.own_backward, extra_state=task.extra_state, quiet=quiet)
+        result = trainer.train(resume=resume if resume is not None else False,
+                               warm_start=warm_start if resume is None else None)
     except BaseException:
         if processes.is_main and latest_checkpoint(run) is None:  # nothing to resume: leave no run behind
             remove_owned(run)
         raise
+    measured = dict(summary() if callable(summary) else summary)
     steps = read_metrics(result.metrics_file) if processes.is_main else []
     if processes.is_main:
-        table = metrics_rows(1, summary, steps)
+        table = metrics_rows(iteration, measured, steps)
         if result.resumed_from is not None and (result.resumed_from / METRICS_TABLE).is_file():
             table = _earlier_steps(result.resumed_from / METRICS_TABLE, steps) + table
         publish_policy(result.checkpoint, out, {**record, "step": result.step}, table)
         remove_owned(run)
     processes.wait()
     last = {k: v for k, v in (steps[-1] if steps else {}).items() if k not in ("step", "epoch")}
-    return StageResult(checkpoint=out, step=result.step, metrics={**summary, **last})
+    return StageResult(checkpoint=out, step=result.step, metrics={**measured, **last})
 
 
 def _earlier_steps(table: Path, steps: Sequence[Mapping[str, Any]]) -> list[dict]:

@@ -19,7 +19,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vpt.errors import VptError
 from vpt.io.atomic import atomic_directory, check_new_directory, claim_directory
+from vpt.io.tensors import load_torch
 from vpt.train import checkpoint as ckpt
+from vpt.train.batch import TensorBatch
 from vpt.train.config import RESUME_LOCKED, TrainConfig
 from vpt.train.lora import is_peft_model
 from vpt.train.optim import LrLambda, build_optimizer, build_scheduler
@@ -293,7 +295,7 @@ class Trainer:
             self._check_resumable(checkpoint, state)
             self.load_model(self.model, checkpoint)
             if self.extra_state is not None and (checkpoint / "extra_state.pt").is_file():
-                self.extra_state.load_state_dict(ckpt.load_torch(checkpoint / "extra_state.pt"))
+                self.extra_state.load_state_dict(load_torch(checkpoint / "extra_state.pt"))
         start_state = None
         if start is not None:
             start_state = ckpt.read_trainer_state(start)
@@ -329,12 +331,12 @@ class Trainer:
                 raise VptError(f"{checkpoint}: an epoch had {state.get('batches_per_epoch')} batches per process, "
                                f"now {batches_per_epoch}; resume with the same dataset and batch size")
             self._load_optimizer_and_schedule(checkpoint, optimizer, scheduler, total)
-            rng_states = ckpt.load_torch(checkpoint / "rng_state.pt")
+            rng_states = load_torch(checkpoint / "rng_state.pt")
             ckpt.set_rng_state(rng_states[acc.process_index])
             step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         elif start_state is not None:
             self._load_optimizer_and_schedule(start, optimizer, scheduler, total)
-            ckpt.set_rng_state(ckpt.load_torch(start / "rng_state.pt")[acc.process_index])
+            ckpt.set_rng_state(load_torch(start / "rng_state.pt")[acc.process_index])
             step, epoch, batch_in_epoch = offset, 0, 0
         else:
             ckpt.seed_everything(cfg.seed + acc.process_index)
@@ -449,7 +451,7 @@ class Trainer:
         unchanged config the result is exactly the saved state."""
         cfg = self.config
         fresh = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
-        saved = ckpt.load_torch(checkpoint / "optimizer.pt")
+        saved = load_torch(checkpoint / "optimizer.pt")
         saved_names = [group.get("names") for group in saved.get("param_groups", [])]
         if saved_names != [group["names"] for group in fresh]:
             raise VptError(f"{checkpoint}: the optimizer was saved for other trainable parameters or parameter "
@@ -458,7 +460,7 @@ class Trainer:
         for group, hyper in zip(optimizer.param_groups, fresh):
             group.update(hyper)
         inner = scheduler.scheduler
-        inner.load_state_dict(ckpt.load_torch(checkpoint / "scheduler.pt"))
+        inner.load_state_dict(load_torch(checkpoint / "scheduler.pt"))
         inner.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
         inner.lr_lambdas = [LrLambda(cfg.lr_schedule, cfg.warmup_steps, total, cfg.min_lr_ratio)] * len(
             optimizer.param_groups)
@@ -569,6 +571,8 @@ def _skip(loader, batches: int):
 def _batch_size(batch: Any, default: int) -> int:
     from accelerate.utils import find_batch_size
 
+    if isinstance(batch, TensorBatch):
+        return batch.batch_size
     try:
         return int(find_batch_size(batch))
     except Exception:  # noqa: BLE001 - batches without tensors
