@@ -1,10 +1,11 @@
-"""The one training harness shared by every training command (train-reward, grpo-step, dpo, sft).
+"""The one training harness every stage of :mod:`vpt.stages` runs on (sft, dpo, grpo-step, train-reward).
 
-It knows nothing about reward models or video: a command describes its *task* with a few callables and the
+It knows nothing about reward models or video: a stage describes its *task* with a few callables and the
 harness does the rest (accelerate, AdamW + schedule, accumulation, clipping, mixed precision, metrics log,
 evaluation, atomic checkpoints, bit-identical resume, several processes).
 
-How a new training command plugs in::
+The policy stages (sft, dpo, grpo-step) go through :func:`vpt.train.run.train_stage`, which runs the trainer in
+``OUT.run/`` and publishes the policy checkpoint; a stage that trains another kind of model plugs in directly::
 
     from vpt.train import TrainConfig, Trainer, apply_lora, mark_trainable, finish_distributed
 
