@@ -78,6 +78,18 @@ def user_directory(name: str):
     return setup
 
 
+def unfinished_run(*names: str):
+    """A setup making each ``tmp/NAME`` a run directory of vpt's holding a (stand-in) checkpoint-1."""
+    def setup(world: World, tmp: Path) -> None:
+        from vpt.io.atomic import OWNER_FILE
+
+        for name in names:
+            (tmp / name / "checkpoint-1").mkdir(parents=True)
+            (tmp / name / OWNER_FILE).write_text("vpt's\n")
+            (tmp / name / "checkpoint-1" / "trainer_state.json").write_text("{}\n")
+    return setup
+
+
 def pickled_lora(world: World, tmp: Path) -> None:
     """A peft-looking LoRA whose weights exist only as a pickle that would run code when unpickled."""
     import json
@@ -218,6 +230,9 @@ CASES: dict[str, Case] = {
     "score/--device cuda without one": Case(
         lambda w, t: ["score", "-m", w.zoo / "videoreward", "--device", "cuda:3", w.toy, "-o", t / "out"],
         const("--device cuda:3: this machine has no such CUDA device; use --device auto or cpu")),
+    "score/empty name in -m": Case(
+        score(lambda w, t: w.toy, "-m", "motion,,flicker", "-o", tmp("out")),
+        const("--model motion,,flicker: expected comma-separated names, e.g. brightness,motion")),
     "score/-o empty": Case(score(lambda w, t: w.toy, "-o", ""), const("--output is empty; give the file to write"),
                            outputs=()),
     "score/-o an existing directory": Case(
@@ -302,6 +317,16 @@ CASES: dict[str, Case] = {
         lambda w, t: ["build-prefs", "--synthetic", "blur", "--videos", w.toy, "--out-dir", t / "negatives", "-o",
                       t / "out"],
         const("unknown kind of negative 'blur'; choose from reverse, shuffle, freeze"), outputs=("out", "negatives")),
+    "build-prefs/--synthetic trailing comma": Case(
+        lambda w, t: ["build-prefs", "--synthetic", "reverse,", "--videos", w.toy, "--out-dir", t / "negatives", "-o",
+                      t / "out"],
+        const("--synthetic reverse,: expected comma-separated names, e.g. reverse,shuffle,freeze"),
+        outputs=("out", "negatives")),
+    "build-prefs/--from-scores empty name": Case(
+        lambda w, t: ["build-prefs", "--from-scores", f"{w.scores},", "--videos", w.rollouts / "rollouts.parquet",
+                      "-o", t / "out"],
+        lambda w, t: f"--from-scores {w.scores},: expected comma-separated names, e.g. "
+                     "brightness.parquet,motion.parquet"),
     "build-prefs/unreadable source clip": Case(
         lambda w, t: ["build-prefs", "--synthetic", "reverse", "--videos", t / "m.csv", "--out-dir", t / "negatives",
                       "-o", t / "out"],
@@ -467,6 +492,26 @@ CASES: dict[str, Case] = {
     "grpo-step/--lr NaN": Case(grpo("--lr", "nan"), const("--lr nan is invalid; expected a finite number > 0")),
     "grpo-step/--timestep-fraction 2": Case(grpo("--timestep-fraction", "2"),
                                             const("--timestep-fraction must lie in (0, 1], got 2.0")),
+    "grpo-step/--resume without a checkpoint": Case(
+        grpo("--resume", tmp("empty")),
+        lambda w, t: f"{t / 'empty'}: holds no checkpoint to resume from; give the OUT.run of an interrupted run, "
+                     "one of its checkpoint-N directories, or a finished checkpoint of this stage",
+        setup=lambda w, t: (t / "empty").mkdir()),
+    "grpo-step/OUT.run unfinished, no --resume": Case(
+        grpo(), lambda w, t: f"{t / 'out.run'}: holds an unfinished run of {t / 'out'}; continue it with --resume "
+                             f"{t / 'out.run'}, or remove it", setup=unfinished_run("out.run")),
+    "grpo-step/OUT.run of the user's": Case(
+        grpo(), lambda w, t: f"{t / 'out.run'}: exists and vpt did not create it (the checkpoints of --out "
+                             f"{t / 'out'} go there); move it away or choose another --out",
+        setup=user_directory("out.run")),
+    "grpo-step/--save-every -1": Case(
+        grpo("--save-every", "-1"), const("--save-every -1 is invalid; expected an integer >= 0 (0: only at the end)")),
+    "grpo-step/--curriculum-thresholds not numbers": Case(
+        grpo("--self-paced", "--curriculum-thresholds", "0.75,x"),
+        const("--curriculum-thresholds 0.75,x: expected comma-separated numbers, e.g. 0.75,0.75,0.75")),
+    "grpo-step/--lora-targets empty name": Case(
+        grpo("--lora-targets", "to_q,,to_v"),
+        const("--lora-targets to_q,,to_v: expected comma-separated names, e.g. to_q,to_k,to_v")),
     "grpo-step/--out exists": Case(
         grpo(), lambda w, t: f"{t / 'out'}: already exists; remove it or choose another --out", outputs=(),
         setup=lambda w, t: (t / "out").mkdir()),
@@ -500,6 +545,9 @@ CASES: dict[str, Case] = {
         sft("--resume", tmp("nothing")),
         lambda w, t: f"{t / 'nothing'}: holds no checkpoint to resume from; give the OUT.run of an interrupted run, "
                      "one of its checkpoint-N directories, or a finished checkpoint of this stage"),
+    "sft/--lora-targets trailing comma": Case(
+        sft("--lora-targets", "to_q,"), const("--lora-targets to_q,: expected comma-separated names, e.g. "
+                                              "to_q,to_k,to_v")),
     "sft/OUT.run of the user's": Case(
         sft(), lambda w, t: f"{t / 'out.run'}: exists and vpt did not create it (the checkpoints of --out {t / 'out'} "
                             "go there); move it away or choose another --out",
@@ -552,6 +600,25 @@ CASES: dict[str, Case] = {
         reward("-o", tmp("out"), kind="latent"),
         lambda w, t: f"{t / 'out'}: already exists; remove it or choose another --out", setup=user_directory("out"),
         outputs=()),
+    "train-reward/--resume of a missing path": Case(
+        reward("-o", tmp("out"), "--resume", tmp("gone")),
+        lambda w, t: f"{t / 'gone'}: holds no checkpoint to resume from; give the --out directory of an interrupted "
+                     "run, one of its checkpoint-N directories, or a finished run of train-reward"),
+    "train-reward/--resume of a missing path (latent)": Case(
+        reward("-o", tmp("out"), "--resume", tmp("gone"), kind="latent"),
+        lambda w, t: f"{t / 'gone'}: holds no checkpoint to resume from; give the --out directory of an interrupted "
+                     "run, one of its checkpoint-N directories, or a finished run of train-reward"),
+    "train-reward/--resume another run into a used --out": Case(
+        reward("-o", tmp("out"), "--resume", tmp("other")),
+        lambda w, t: f"{t / 'out'}: holds a training run of its own; continue {t / 'other'} into a new --out, or "
+                     f"resume {t / 'out'} with --resume {t / 'out'}",
+        setup=unfinished_run("out", "other"), outputs=()),
+    "train-reward/--lora-targets empty name": Case(
+        reward("-o", tmp("out"), "--lora-targets", ",q_proj"),
+        const("--lora-targets ,q_proj: expected comma-separated names, e.g. q_proj,v_proj")),
+    "train-reward/--dims empty name": Case(
+        reward("-o", tmp("out"), "--dims", "vq,,mq", kind="latent"),
+        const("--dims vq,,mq: expected comma-separated names, e.g. vq,mq")),
     "train-reward/--kind": Case(reward("-o", tmp("out"), kind="hinge"), const("--kind hinge: choose videoreward or "
                                                                               "latent")),
     "train-reward/--eval-fraction 1": Case(reward("-o", tmp("out"), "--eval-fraction", "1"),

@@ -1,7 +1,7 @@
 """Interrupted runs: kill -9, SIGTERM and Ctrl-C (SIGINT) in the middle of score, sample-rollouts, sft, dpo,
 grpo-step and train-reward. The output is absent or whole, never half-written; SIGTERM and SIGINT leave no temporary
-behind (SIGKILL can leave a hidden one, never the output's name); and a stage that resumes (sft, dpo, train-reward)
-ends bit-identical to a run that was never stopped."""
+behind (SIGKILL can leave a hidden one, never the output's name); and a stage that resumes (sft, dpo, grpo-step,
+train-reward) ends bit-identical to a run that was never stopped."""
 
 from __future__ import annotations
 
@@ -137,6 +137,24 @@ def test_grpo_step(world, run_vpt, tmp_path, signum):
     assert run_vpt(args(out)).exit_code == 0
     assert run_vpt(args(tmp_path / "again")).exit_code == 0
     assert weights(out) == weights(tmp_path / "again")
+
+
+def test_grpo_step_resumes_bit_identical(world, run_vpt, tmp_path):
+    def args(out: Path) -> list:
+        return ["grpo-step", "--init", world.zoo, "--rollouts", world.rollouts, "--scores", world.scores, "--reward",
+                "brightness", "--steps-per-iteration", "3", "--save-every", "1", "--lr", "1e-3", "-q", "-o", out]
+
+    straight = run_vpt(args(tmp_path / "straight"))
+    assert straight.exit_code == 0, straight.stderr
+    out = tmp_path / "policy"
+    run = tmp_path / "policy.run"
+    interrupt_when(start(args(out)), checkpoint(run, 1), signal.SIGKILL)
+    assert_no_partial_output(out, signal.SIGKILL)
+    assert (run / OWNER_FILE).is_file()  # what to resume from is kept
+    resumed = run_vpt([*args(out), "--resume", run])
+    assert resumed.exit_code == 0, resumed.stderr
+    assert weights(out) == weights(tmp_path / "straight")
+    assert not run.exists()
 
 
 # -------------------------------------------------------------------------------------------------------- train-reward
