@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from vpt.models.videoreward import load_videoreward
+    from vpt.models.videoreward_checkpoint import load_videoreward
     from vpt.models.zoo import cached_tiny_zoo
     from vpt.train import TrainConfig
     from vpt.stages.reward import RewardTrainOptions, evaluate_pairs, read_preferences, split_pairs, \

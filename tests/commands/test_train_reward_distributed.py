@@ -16,7 +16,7 @@ from vpt.io.atomic import OWNER_FILE
 
 from vpt.io.tables import read_table
 from vpt.io.video import decode
-from vpt.models.videoreward import load_videoreward
+from vpt.models.videoreward_checkpoint import load_videoreward
 
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 VPT = str(Path(sys.executable).with_name("vpt"))

@@ -10,17 +10,12 @@ from safetensors.torch import load_file
 
 from vpt.errors import VptError
 from vpt.io.video import DecodedVideo, FrameSampling, VideoInfo
+from vpt.models import videoalign, zoo
 from vpt.models import videoreward as vr
-from vpt.models.videoreward import (
-    REWARD_TOKENS,
-    VideoRewardConfig,
-    build_tiny_videoreward,
-    current_to_official_key,
-    export_videoalign,
-    load_videoreward,
-    official_to_current_key,
-    save_videoreward,
-)
+from vpt.models.videoalign import export_videoalign
+from vpt.models.videoreward import REWARD_TOKENS, VideoRewardConfig, current_to_official_key, official_to_current_key
+from vpt.models.videoreward_checkpoint import load_videoreward, save_videoreward
+from vpt.models.zoo import build_tiny_videoreward
 from vpt.rewards.videoreward import VideoRewardScorer, load_videoreward_scorer
 
 SMALL = {"min_pixels": 56 * 56}  # tiny frames stay tiny (the default minimum is 128 * 28 * 28 pixels)
@@ -202,9 +197,10 @@ def test_key_renaming_between_transformers_generations(model):
         assert official_to_current_key(new) == new  # already current: unchanged
     for key in model.qwen.state_dict():
         assert official_to_current_key(current_to_official_key(key)) == key
-    assert vr._insert_adapter_name("a.q_proj.lora_A.weight") == "a.q_proj.lora_A.default.weight"
-    assert vr._insert_adapter_name("a.embed_tokens.lora_embedding_B") == "a.embed_tokens.lora_embedding_B.default"
-    assert vr._remove_adapter_name("a.q_proj.lora_B.default.weight") == "a.q_proj.lora_B.weight"
+    assert videoalign._insert_adapter_name("a.q_proj.lora_A.weight") == "a.q_proj.lora_A.default.weight"
+    assert (videoalign._insert_adapter_name("a.embed_tokens.lora_embedding_B")
+            == "a.embed_tokens.lora_embedding_B.default")
+    assert videoalign._remove_adapter_name("a.q_proj.lora_B.default.weight") == "a.q_proj.lora_B.weight"
 
 
 class NotATensor:
@@ -273,7 +269,7 @@ def test_scorer_reports_normalised_dimensions(saved, videos):
 
 
 def test_zoo_components(tmp_path, videos):
-    entries = vr.write_zoo_videoreward(tmp_path, seed=0)
+    entries = zoo.write_zoo_videoreward(tmp_path, seed=0)
     assert set(entries) == {"videoreward", "videoreward-official"}
     assert (tmp_path / "videoreward" / "vpt_videoreward.json").is_file()
     assert (tmp_path / "videoreward-official" / "checkpoint-1" / "adapter_model.safetensors").is_file()

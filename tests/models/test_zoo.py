@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from vpt.errors import VptError
 from vpt.models import zoo
 from vpt.models.dinov2 import dinov2_patch_features
-from vpt.models.loading import load_dinov2, load_wan_pipeline
+from vpt.models.loading import load_dinov2, load_wan_pipeline, zoo_component
 
 PROMPT = "a red circle moving slowly to the left on a dark background"
 
@@ -77,14 +77,14 @@ def test_layout_and_index(tiny_zoo):
     assert index["zoo_version"] == zoo.ZOO_VERSION and index["seed"] == 0
     assert {"torch", "diffusers", "transformers", "tokenizers"} <= index["versions"].keys()
     wan = index["components"]["wan"]
-    assert zoo.zoo_component(tiny_zoo, "wan") == tiny_zoo / "wan"
+    assert zoo_component(tiny_zoo, "wan") == tiny_zoo / "wan"
     assert (tiny_zoo / "wan" / "model_index.json").is_file()
     for part in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
         assert (tiny_zoo / "wan" / part).is_dir()
     assert wan["vae_training"]["steps"] == zoo.VAE_STEPS
     assert wan["scheduler"] == {"class": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}
     dinov2 = index["components"]["dinov2"]
-    assert zoo.zoo_component(tiny_zoo, "dinov2") == tiny_zoo / "dinov2"
+    assert zoo_component(tiny_zoo, "dinov2") == tiny_zoo / "dinov2"
     assert (tiny_zoo / "dinov2" / "config.json").is_file() and (tiny_zoo / "dinov2" / "model.safetensors").is_file()
     assert dinov2["format"] == "transformers" and dinov2["class"] == "Dinov2Model"
     assert dinov2["patch_size"] == 4 and dinov2["hidden_size"] == 32 and dinov2["parameters"] > 0

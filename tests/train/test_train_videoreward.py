@@ -13,7 +13,7 @@ import torch
 
 from vpt.errors import VptError
 from vpt.io.tables import read_table, write_table
-from vpt.models.videoreward import load_videoreward
+from vpt.models.videoreward_checkpoint import load_videoreward
 from vpt.toyworld import toy_preferences, write_toy_videos
 from vpt.train import TrainConfig, read_metrics
 from vpt.stages.reward import (RewardTrainOptions, VideoRewardTask, evaluate_pairs,

@@ -1,4 +1,8 @@
-"""Safetensors files with the same bytes for the same tensors: the header's metadata in one fixed order.
+"""Tensor files: the one safe way to read a ``.pt`` / ``.pth`` file, safetensors read with a one-line error, and
+safetensors headers with the same bytes for the same tensors.
+
+A ``.pt`` file is a pickle, and unpickling can run any code the file names; :func:`load_torch` is the only place
+vpt calls ``torch.load``, always with ``weights_only=True``.
 
 The safetensors writer keeps the ``__metadata__`` entries in a hash map, so a file with two or more of them (what
 diffusers' ``save_lora_weights`` writes) can come out with its keys in another order on every run. That breaks
@@ -12,6 +16,9 @@ import json
 import os
 import struct
 from pathlib import Path
+from typing import Any
+
+from vpt.errors import VptError
 
 _LENGTH = struct.Struct("<Q")
 
@@ -35,3 +42,34 @@ def canonicalize_header(path: str | os.PathLike) -> None:
             raise ValueError(f"{path}: the sorted safetensors header does not fit the original one")
         handle.seek(_LENGTH.size)
         handle.write(text + b" " * (length - len(text)))
+
+
+def load_torch(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with a one-line :class:`VptError` naming the file.
+
+    ``weights_only=True`` because these files come from other runs, other machines and other projects (VideoAlign's
+    ``.pth`` checkpoints): a full unpickler would execute whatever a tampered file names. Tensors, containers and
+    plain numbers, all that state dicts, optimizer and RNG states hold, load as they are.
+    """
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise VptError(f"{path}: missing; the checkpoint is incomplete") from None
+    except Exception as error:  # pickle.UnpicklingError, RuntimeError for truncated zips, ...
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise VptError(f"{path}: not a readable tensor state dict (torch.load weights_only=True: {reason})") from None
+
+
+def load_safetensors(path: str | os.PathLike) -> dict:
+    """The tensors of a safetensors file (on the CPU), with a one-line :class:`VptError` naming the file."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise VptError(f"{path}: missing; the checkpoint is incomplete")
+    try:
+        return load_file(str(path))
+    except Exception as error:
+        raise VptError(f"{path}: not a readable safetensors file ({type(error).__name__})") from None

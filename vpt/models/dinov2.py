@@ -1,4 +1,4 @@
-"""DINOv2 patch features of decoded frames: ViPO's frozen feature extractor (SPEC §ViPO).
+"""DINOv2 patch features of decoded frames: ViPO's frozen feature extractor (TeleBoost, arXiv 2602.07595, Stage II).
 
 The model comes from :func:`vpt.models.loading.load_dinov2` (the tiny zoo's ``dinov2`` or a real
 ``facebook/dinov2-*`` directory). Frames are resized so both sides are whole numbers of patches (DINOv2

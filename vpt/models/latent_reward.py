@@ -1,5 +1,5 @@
 """The noisy-latent reward model of Flow-NRG: ``r_φ(x_σ, prompt, σ)`` with one output per reward dimension
-(VideoAlign §3.6; SPEC §Flow-NRG).
+(VideoAlign, Liu et al. 2025, arXiv 2501.13918, §3.6).
 
 Scoring pixels during sampling would mean back-propagating through the VAE decoder at every step, so the reward
 reads the sampler's noisy latents directly. Its trunk is the generator's own transformer cut after its first ``k``

@@ -24,6 +24,20 @@ _HINT = "build one with `vpt zoo tiny DIR`"
 WAN_PIPELINE_CLASSES = ("WanPipeline",)
 
 
+def zoo_component(zoo_dir: str | os.PathLike, name: str) -> Path:
+    """Path of one component (``wan``, ``dinov2``, ...) of a zoo directory, as its ``zoo.json`` names it."""
+    zoo_dir = Path(zoo_dir)
+    try:
+        index = json.loads((zoo_dir / "zoo.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VptError(f"{zoo_dir}: not a zoo directory (zoo.json missing); {_HINT}") from None
+    try:
+        return zoo_dir / index["components"][name]["path"]
+    except KeyError:
+        known = ", ".join(index.get("components", {}))
+        raise VptError(f"{zoo_dir}: the zoo has no component {name!r} (it has: {known})") from None
+
+
 def _resolve_model_directory(path: str | os.PathLike, what: str, component: str, index_name: str, field: str,
                              expected: Sequence[str]) -> Path:
     """``path``, or the ``component`` of the zoo at ``path``, checked to be a ``what`` directory: its
@@ -33,8 +47,6 @@ def _resolve_model_directory(path: str | os.PathLike, what: str, component: str,
         reason = "not a directory" if path.exists() else "no such directory"
         raise VptError(f"{path}: not a {what} directory ({reason}); {_HINT}")
     if not (path / index_name).is_file() and (path / "zoo.json").is_file():
-        from vpt.models.zoo import zoo_component
-
         try:
             path = zoo_component(path, component)
         except (VptError, TypeError, AttributeError):

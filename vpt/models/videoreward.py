@@ -38,39 +38,14 @@ only with ``sequential``.
 
 Checkpoints
 -----------
-Our layout (:func:`save_videoreward` / :func:`load_videoreward`)::
-
-    DIR/vpt_videoreward.json     format, config (head, positions, norm stats, frame rule, pixel bounds), weights kind
-    DIR/tokenizer/               tokenizer with the reward tokens
-    DIR/head.safetensors         {"weight": [1 or 3, hidden]}
-    DIR/backbone/                kind "full": Qwen2-VL save_pretrained (config.json + model.safetensors)
-    DIR/adapter/                 kind "lora": peft adapter (adapter_config.json + adapter_model.safetensors)
-    DIR/non_lora.safetensors     kind "lora": vision tower + merger (``model.visual.*``), reward-token embedding rows
-    DIR/base/                    kind "lora", optional: the base Qwen2-VL (else an absolute path in the json)
-
-VideoAlign's layout (:func:`export_videoalign`; read by :func:`load_videoreward` as well)::
-
-    DIR/model_config.json        data_config, training_args, model_config, peft_lora_config, inference_config
-    DIR/checkpoint-<step>/model.pth                   full state dict (peft-wrapped keys when LoRA is on), or
-    DIR/checkpoint-<step>/adapter_model.safetensors   LoRA weights (keys without the adapter name) +
-    DIR/checkpoint-<step>/non_lora_state_dict.pth     vision tower, merger, embed_tokens, rm_head (peft-wrapped keys)
-    DIR/checkpoint-<step>/tokenizer/                  tokenizer (else the base's, with the reward tokens added)
-    DIR/base/                    (our exports) the base Qwen2-VL, named by model_config.model_name_or_path = "base"
-
-Its keys use transformers 4.45 module paths (``model.layers.*``, ``model.embed_tokens``, ``model.norm``,
-``visual.*``, ``lm_head``, ``rm_head``); :func:`official_to_current_key` / :func:`current_to_official_key` map them
-to and from the paths of transformers >= 4.52 (``model.language_model.*``, ``model.visual.*``). ``.pth`` files are
-read with ``torch.load(..., weights_only=True)``. The base model named by ``model_name_or_path`` must be a local
-directory (nothing is downloaded): relative to DIR, absolute, or given as ``base=``.
+:mod:`vpt.models.videoreward_checkpoint` saves and loads our layout (and finds the layout of any directory:
+``load_videoreward``); :mod:`vpt.models.videoalign` reads and writes VideoAlign's. Both store the base Qwen2-VL and
+the tokenizer with the reward tokens the way this module loads them (:func:`load_base_qwen`,
+:func:`load_reward_tokenizer`, :func:`save_base_qwen`).
 """
 
 from __future__ import annotations
 
-import ast
-import json
-import math
-import os
-import re
 import warnings
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -81,8 +56,8 @@ import torch
 from torch import nn
 
 from vpt.errors import VptError
-from vpt.io.jsonfile import read_json_object
 from vpt.io.video import FrameSampling
+from vpt.models.loading import quiet_loading
 from vpt.models.qwen_frames import MAX_PIXELS, MIN_PIXELS, video_patches
 
 __all__ = [
@@ -95,17 +70,16 @@ __all__ = [
     "VideoRewardConfig",
     "VideoRewardModel",
     "VideoRewardProcessor",
-    "build_tiny_videoreward",
     "chat_text",
     "current_to_official_key",
-    "export_videoalign",
-    "load_videoreward",
+    "load_base_qwen",
+    "load_reward_tokenizer",
     "normalise_rewards",
     "official_to_current_key",
-    "save_videoreward",
+    "resolve_base_directory",
+    "save_base_qwen",
     "videoalign_lora_targets",
     "videoalign_query",
-    "write_zoo_videoreward",
 ]
 
 REWARD_TOKENS = ("<|VQ_reward|>", "<|MQ_reward|>", "<|TA_reward|>")
@@ -118,12 +92,6 @@ PADDING_SIDES = ("right", "left")
 SYSTEM_PROMPT = "You are a helpful assistant."
 DEFAULT_LORA_EXCLUDE = ("lm_head", "rm_head", "embed_tokens", "visual")
 
-CONFIG_FILE = "vpt_videoreward.json"
-FORMAT_NAME = "vpt-videoreward"
-FORMAT_VERSION = 1
-OFFICIAL_CONFIG = "model_config.json"
-PEFT_PREFIX = "base_model.model."
-_HINT = "build one with `vpt zoo tiny DIR`"
 
 # VideoAlign's "detailed_special" query (prompt_template.py), verbatim: released weights were trained on this text.
 VIDEOALIGN_QUERY = (
@@ -401,7 +369,8 @@ class VideoRewardProcessor:
 # --------------------------------------------------------------------------------------------------------- model
 
 
-def _lora_key_filter(key: str) -> bool:
+def is_lora_key(key: str) -> bool:
+    """Whether a state-dict key names one of peft's LoRA tensors (not a weight the adapter wraps)."""
     return ".lora_" in key
 
 
@@ -496,7 +465,7 @@ class VideoRewardModel(nn.Module):
     def base_state_dict(self) -> dict[str, torch.Tensor]:
         """The Qwen2-VL weights without LoRA (``base_layer`` weights, LoRA matrices dropped), transformers names."""
         state = self.qwen.state_dict()
-        return {key.replace(".base_layer.", "."): value for key, value in state.items() if not _lora_key_filter(key)}
+        return {key.replace(".base_layer.", "."): value for key, value in state.items() if not is_lora_key(key)}
 
     # -- forward
 
@@ -571,6 +540,8 @@ def videoalign_lora_targets(qwen, exclude: Sequence[str] = DEFAULT_LORA_EXCLUDE,
 
 # -------------------------------------------------------------------------------------------------- key renaming
 
+# VideoAlign names Qwen2-VL's modules as transformers 4.45 did; its LoRA rule above matches those names.
+
 
 def official_to_current_key(key: str) -> str:
     """A Qwen2-VL key of transformers 4.45 (VideoAlign) -> transformers >= 4.52 (as 5.x names modules).
@@ -596,240 +567,12 @@ def current_to_official_key(key: str) -> str:
     return key
 
 
-_LORA_PART = r"\.lora_(?:A|B|embedding_A|embedding_B|magnitude_vector)"
+# ------------------------------------------------------------------------------------- base model and tokenizer
 
 
-def _insert_adapter_name(key: str, adapter: str = "default") -> str:
-    """``...q_proj.lora_A.weight`` -> ``...q_proj.lora_A.default.weight`` (peft's in-memory key; files omit it)."""
-    return re.sub(rf"({_LORA_PART})(?=\.|$)", rf"\1.{adapter}", key, count=1)
-
-
-def _remove_adapter_name(key: str, adapter: str = "default") -> str:
-    """Inverse of :func:`_insert_adapter_name`."""
-    return re.sub(rf"({_LORA_PART})\.{re.escape(adapter)}(?=\.|$)", r"\1", key, count=1)
-
-
-def _official_to_model_key(key: str, lora: bool) -> str:
-    """An official state-dict key -> the key in :class:`VideoRewardModel`'s state dict."""
-    rest = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
-    if rest.startswith("rm_head."):
-        return "head." + rest[len("rm_head."):]
-    return "backbone." + (PEFT_PREFIX if lora else "") + official_to_current_key(rest)
-
-
-def _model_to_official_key(key: str, lora: bool) -> str:
-    prefix = PEFT_PREFIX if lora else ""
-    if key.startswith("head."):
-        return prefix + "rm_head." + key[len("head."):]
-    rest = key[len("backbone."):]
-    if lora:
-        rest = rest[len(PEFT_PREFIX):]
-    return prefix + current_to_official_key(rest)
-
-
-# --------------------------------------------------------------------------------------------------- tiny model
-
-TINY_TEXT = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 8192,
-    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
-}
-TINY_VISION = {"depth": 2, "embed_dim": 32, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14,
-               "spatial_merge_size": 2, "temporal_patch_size": 2}
-TINY_LORA = {"r": 4, "alpha": 8}
-QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                       "<|image_pad|>", "<|video_pad|>")
-TINY_TOKENIZER_VOCAB = 2000
-
-
-def build_tiny_tokenizer():
-    """A byte-level BPE tokenizer trained in-process (Qwen-like): toy prompts, generic words and the VideoAlign chat
-    text; Qwen's special tokens get ids 0..6 and the three reward tokens are added after training, as VideoAlign
-    adds them to Qwen2-VL's tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from vpt.models.zoo import tokenizer_corpus
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=TINY_TOKENIZER_VOCAB, special_tokens=list(QWEN_SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator(tokenizer_corpus() + [chat_text("{text_prompt}")] * 4, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<|endoftext|>", eos_token="<|im_end|>",
-                                   model_max_length=32768, padding_side="right")
-    fast.add_special_tokens({"extra_special_tokens": list(REWARD_TOKENS)})
-    return fast
-
-
-def tiny_qwen_config(tokenizer):
-    """A tiny Qwen2-VL config whose special-token ids come from ``tokenizer``."""
-    from transformers import Qwen2VLConfig
-
-    ids = dict(zip(QWEN_SPECIAL_TOKENS, tokenizer.convert_tokens_to_ids(list(QWEN_SPECIAL_TOKENS))))
-    text = dict(TINY_TEXT, vocab_size=len(tokenizer), bos_token_id=ids["<|endoftext|>"],
-                eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=True)
-    vision = dict(TINY_VISION, hidden_size=TINY_TEXT["hidden_size"])
-    return Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
-                         video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                         vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True)
-
-
-def build_tiny_videoreward(out_dir: str | os.PathLike | None = None, seed: int = 0, lora: bool = True,
-                           config: VideoRewardConfig = VideoRewardConfig()) -> VideoRewardModel:
-    """A tiny random VideoReward, deterministic from ``seed`` (global torch RNG untouched), in eval mode.
-
-    Qwen2-VL: hidden 64, 2 layers, 4 heads (2 kv), vision depth 2 / width 32; a forward on 8 frames of 56x56 with
-    VideoAlign's query (~850 tokens) takes a few ms on one thread. With ``lora`` the model has the official
-    structure: a LoRA adapter (r 4, alpha 8, B non-zero as if trained) on the language model's linears, over a base.
-    With ``out_dir`` it is also saved there in our layout (the base inside, ``DIR/base``).
-    """
-    from transformers import Qwen2VLForConditionalGeneration
-
-    tokenizer = build_tiny_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        qwen = Qwen2VLForConditionalGeneration(tiny_qwen_config(tokenizer)).eval()
-        model = VideoRewardModel(qwen, tokenizer, config)
-        with torch.no_grad():
-            model.head.weight.normal_(0.0, 1.0 / math.sqrt(model.head.weight.shape[1]))
-        if lora:
-            model.enable_lora(r=TINY_LORA["r"], alpha=TINY_LORA["alpha"], dropout=0.0)
-            with torch.no_grad():
-                for name, parameter in model.backbone.named_parameters():
-                    if "lora_B" in name:
-                        parameter.normal_(0.0, 0.05)
-    model.eval()
-    if out_dir is not None:
-        save_videoreward(model, out_dir, save_base=True)
-    return model
-
-
-# ------------------------------------------------------------------------------------------------ saving: ours
-
-
-def _quiet():
-    from vpt.models.loading import quiet_loading
-
-    return quiet_loading()
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
-def _save_base(model: VideoRewardModel, directory: Path) -> None:
-    """The base Qwen2-VL (no LoRA) as a save_pretrained-style directory: config.json + model.safetensors."""
-    from safetensors.torch import save_file
-
-    directory.mkdir(parents=True, exist_ok=True)
-    qwen = model.qwen
-    state = model.base_state_dict()
-    if qwen.config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(directory / "model.safetensors"),
-              metadata={"format": "pt"})
-    qwen.config.save_pretrained(directory)
-    model.tokenizer.save_pretrained(directory)
-
-
-def _non_lora_tensors(model: VideoRewardModel) -> dict[str, torch.Tensor]:
-    qwen = model.qwen
-    tensors = {}
-    for key, value in qwen.model.visual.state_dict().items():
-        tensors["model.visual." + key.replace(".base_layer.", ".")] = value
-    tensors = {k: v for k, v in tensors.items() if not _lora_key_filter(k)}
-    rows = qwen.get_input_embeddings().weight[list(model.reward_token_ids)]
-    tensors["reward_token_embeddings"] = rows
-    return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-
-
-def _relative_or_absolute(path: Path, root: Path) -> str:
-    path, root = path.resolve(), root.resolve()
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
-
-
-def save_videoreward(model: VideoRewardModel, directory: str | os.PathLike, save_base: bool | None = None) -> Path:
-    """Save in our layout (see the module docstring), atomically (the directory appears complete or not at all).
-
-    A LoRA model stores its adapter, the non-LoRA trained weights (vision tower + merger, reward-token embedding
-    rows, head) and where its base lives: ``model.base_path`` (absolute), or a copy in ``DIR/base`` when
-    ``save_base`` is true, the model has no known base path, or the base path lies inside ``directory``.
-    """
-    from safetensors.torch import save_file
-
-    from vpt.io.atomic import atomic_directory
-
-    target = Path(directory)
-    base_path = Path(model.base_path).resolve() if model.base_path else None
-    inside = base_path is not None and target.resolve() in (base_path, *base_path.parents)
-    write_base = model.has_lora and (bool(save_base) or base_path is None or inside)
-    with atomic_directory(target, replace=True) as temporary:
-        model.tokenizer.save_pretrained(temporary / "tokenizer")
-        save_file({"weight": model.head.weight.detach().contiguous().cpu()}, str(temporary / "head.safetensors"),
-                  metadata={"format": "pt"})
-        if model.has_lora:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model.backbone.save_pretrained(temporary / "adapter")
-            (temporary / "adapter" / "README.md").unlink(missing_ok=True)
-            save_file(_non_lora_tensors(model), str(temporary / "non_lora.safetensors"), metadata={"format": "pt"})
-            if write_base:
-                _save_base(model, temporary / "base")
-                base_entry = "base"
-            else:
-                base_entry = str(base_path)
-            weights = {"kind": "lora", "base": base_entry, "adapter": "adapter", "non_lora": "non_lora.safetensors"}
-        else:
-            with _quiet():
-                model.qwen.save_pretrained(temporary / "backbone")
-            weights = {"kind": "full", "backbone": "backbone"}
-        _write_json(temporary / CONFIG_FILE, {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "config": model.config.to_dict(),
-            "weights": weights,
-            "head": "head.safetensors",
-            "tokenizer": "tokenizer",
-            "reward_tokens": dict(zip(REWARD_TOKENS, model.reward_token_ids)),
-            "vocab_size": int(model.qwen.get_input_embeddings().weight.shape[0]),
-        })
-    if model.has_lora and write_base:
-        model.base_path = str((target / "base").resolve())
-    return target
-
-
-# ------------------------------------------------------------------------------------------------ loading
-
-
-def _read_json(path: Path) -> dict:
-    return read_json_object(path, "the checkpoint file", "re-export the checkpoint")
-
-
-def _torch_load(path: Path) -> dict:
-    """A ``.pth`` state dict, read with ``weights_only=True`` (plain tensors only; nothing is executed)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise VptError(f"{path}: missing; the checkpoint is incomplete") from None
-    except Exception as error:  # pickle.UnpicklingError, RuntimeError for truncated zips, ...
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise VptError(f"{path}: not a readable tensor state dict (torch.load weights_only=True: {reason})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise VptError(f"{path}: not a state dict of tensors")
-    return state
-
-
-def _load_tokenizer(path: Path):
+def load_reward_tokenizer(path: Path):
+    """The tokenizer at ``path`` (local only) with the three reward tokens, added when missing as VideoAlign adds them
+    to Qwen2-VL's tokenizer."""
     from transformers import AutoTokenizer
 
     try:
@@ -844,14 +587,14 @@ def _load_tokenizer(path: Path):
     return tokenizer
 
 
-def _load_qwen(path: Path, dtype: torch.dtype, vocab_size: int | None):
+def load_base_qwen(path: Path, dtype: torch.dtype, vocab_size: int | None):
     """``Qwen2VLForConditionalGeneration.from_pretrained`` (local only), embeddings resized to ``vocab_size``."""
     from transformers import Qwen2VLForConditionalGeneration
 
     if not (path / "config.json").is_file():
         raise VptError(f"{path}: not a Qwen2-VL model directory (config.json missing)")
     try:
-        with _quiet(), warnings.catch_warnings():
+        with quiet_loading(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             qwen = Qwen2VLForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True)
     except VptError:
@@ -864,64 +607,8 @@ def _load_qwen(path: Path, dtype: torch.dtype, vocab_size: int | None):
     return qwen.eval()
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise VptError(f"{path}: missing; the checkpoint is incomplete")
-    try:
-        return load_file(str(path))
-    except Exception as error:
-        raise VptError(f"{path}: not a readable safetensors file ({type(error).__name__})") from None
-
-
-def _load_ours(directory: Path, dtype: torch.dtype, base: str | os.PathLike | None) -> VideoRewardModel:
-    meta = _read_json(directory / CONFIG_FILE)
-    if meta.get("format") != FORMAT_NAME or meta.get("format_version") != FORMAT_VERSION:
-        raise VptError(f"{directory / CONFIG_FILE}: format {meta.get('format')!r} version "
-                       f"{meta.get('format_version')!r} is not {FORMAT_NAME} v{FORMAT_VERSION}; re-save it")
-    try:
-        config = VideoRewardConfig.from_dict(meta.get("config", {}))
-    except (TypeError, ValueError) as error:
-        raise VptError(f"{directory / CONFIG_FILE}: bad config ({error})") from None
-    tokenizer = _load_tokenizer(directory / meta.get("tokenizer", "tokenizer"))
-    weights = meta.get("weights", {})
-    kind = weights.get("kind")
-    head = _load_safetensors(directory / meta.get("head", "head.safetensors"))
-    if kind == "full":
-        qwen = _load_qwen(directory / weights.get("backbone", "backbone"), dtype, None)
-        model = VideoRewardModel(qwen, tokenizer, config)
-    elif kind == "lora":
-        from peft import PeftModel
-
-        base_dir = Path(base) if base is not None else _resolve_base(weights.get("base"), directory)
-        qwen = _load_qwen(base_dir, dtype, int(meta.get("vocab_size", len(tokenizer))))
-        non_lora = _load_safetensors(directory / weights.get("non_lora", "non_lora.safetensors"))
-        rows = non_lora.pop("reward_token_embeddings", None)
-        visual = {k[len("model.visual."):]: v for k, v in non_lora.items() if k.startswith("model.visual.")}
-        _load_into(qwen.model.visual, visual, directory / weights.get("non_lora", "non_lora.safetensors"))
-        model = VideoRewardModel(qwen, tokenizer, config)
-        if rows is not None:
-            with torch.no_grad():
-                embedding = qwen.get_input_embeddings().weight
-                embedding[list(model.reward_token_ids)] = rows.to(embedding.dtype)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model.backbone = PeftModel.from_pretrained(qwen, directory / weights.get("adapter", "adapter"),
-                                                       is_trainable=False)
-        model.base_path = str(base_dir.resolve())
-    else:
-        raise VptError(f"{directory / CONFIG_FILE}: unknown weights kind {kind!r} (expected 'full' or 'lora')")
-    with torch.no_grad():
-        weight = head.get("weight")
-        if weight is None or tuple(weight.shape) != tuple(model.head.weight.shape):
-            raise VptError(f"{directory / meta.get('head', 'head.safetensors')}: head weight missing or of the "
-                           f"wrong shape (need {tuple(model.head.weight.shape)})")
-        model.head.weight.copy_(weight)
-    return model.to(dtype).eval()
-
-
-def _resolve_base(name, directory: Path) -> Path:
+def resolve_base_directory(name, directory: Path) -> Path:
+    """The local base Qwen2-VL a checkpoint in ``directory`` names: relative to ``directory``, or as given."""
     if not name:
         raise VptError(f"{directory}: no base model recorded; pass base=DIR")
     candidate = Path(name)
@@ -932,290 +619,16 @@ def _resolve_base(name, directory: Path) -> Path:
                    "download it and pass base=DIR")
 
 
-def _load_into(module: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()
-        reason = first[1].strip() if len(first) > 1 else first[0]
-        raise VptError(f"{source}: does not fit the model ({reason})") from None
-
-
-def load_videoreward(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                     base: str | os.PathLike | None = None, step: int | None = None) -> VideoRewardModel:
-    """Load a VideoReward in eval mode: our layout, VideoAlign's (``model.pth`` or adapter + non-LoRA), or a zoo.
-
-    ``path``: a directory with ``vpt_videoreward.json``; a VideoAlign directory (``model_config.json`` and
-    ``checkpoint-*/``; ``step`` picks a checkpoint, default the latest) or one of its ``checkpoint-*`` folders; or a
-    zoo directory (its ``videoreward`` component). ``base``: the base Qwen2-VL directory when the checkpoint's own
-    reference is not local. Raises :class:`VptError` with a one-line message for anything else.
-    """
-    directory = Path(path)
-    if not directory.is_dir():
-        reason = "not a directory" if directory.exists() else "no such directory"
-        raise VptError(f"{directory}: not a VideoReward checkpoint ({reason}); {_HINT}")
-    if (directory / "zoo.json").is_file() and (directory / "videoreward" / CONFIG_FILE).is_file():
-        directory = directory / "videoreward"
-    if (directory / CONFIG_FILE).is_file():
-        model = _load_ours(directory, dtype, base)
-    elif (directory / OFFICIAL_CONFIG).is_file() or (
-            directory.name.startswith("checkpoint-") and (directory.parent / OFFICIAL_CONFIG).is_file()):
-        model = _load_official(directory, dtype, base, step)
-    else:
-        raise VptError(f"{directory}: not a VideoReward checkpoint (neither {CONFIG_FILE} nor VideoAlign's "
-                       f"{OFFICIAL_CONFIG} found); {_HINT}")
-    return model.to(device).eval()
-
-
-# --------------------------------------------------------------------------------------------- VideoAlign layout
-
-
-def _checkpoint_step(path: Path) -> int | None:
-    match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-    return int(match.group(1)) if match else None
-
-
-def _official_checkpoint(directory: Path, step: int | None) -> tuple[Path, Path]:
-    """(root with model_config.json, chosen checkpoint-* folder)."""
-    if directory.name.startswith("checkpoint-") and not (directory / OFFICIAL_CONFIG).is_file():
-        return directory.parent, directory
-    complete = []
-    for child in directory.iterdir():
-        number = _checkpoint_step(child)
-        if number is None or not child.is_dir():
-            continue
-        if (child / "model.pth").is_file() or ((child / "adapter_model.safetensors").is_file()
-                                               and (child / "non_lora_state_dict.pth").is_file()):
-            complete.append((number, child))
-    if not complete:
-        raise VptError(f"{directory}: VideoAlign checkpoint has no checkpoint-*/ folder with model.pth or "
-                       "adapter_model.safetensors + non_lora_state_dict.pth")
-    complete.sort()
-    if step is None or step == -1:
-        return directory, complete[-1][1]
-    for number, child in complete:
-        if number == step:
-            return directory, child
-    raise VptError(f"{directory}: no checkpoint-{step}/ (have: {', '.join(str(n) for n, _ in complete)})")
-
-
-def _official_settings(root: Path) -> dict:
-    """What VideoAlign's ``model_config.json`` says, checked and mapped to our names."""
-    file = root / OFFICIAL_CONFIG
-    raw = _read_json(file)
-    data, model_cfg = raw.get("data_config") or {}, raw.get("model_config") or {}
-    peft_cfg, inference = raw.get("peft_lora_config") or {}, raw.get("inference_config")
-    if not model_cfg.get("use_special_tokens", False):
-        raise VptError(f"{file}: model_config.use_special_tokens is false; only VideoAlign's special-token reward "
-                       "models are supported")
-    output_dim = int(model_cfg.get("output_dim", 1))
-    head = {1: "shared", 3: "per_dim"}.get(output_dim)
-    if head is None:
-        raise VptError(f"{file}: model_config.output_dim {output_dim} is not supported (need 1 or 3)")
-    template = data.get("prompt_template_type", "detailed_special")
-    if template not in PROMPT_TEMPLATES:
-        raise VptError(f"{file}: data_config.prompt_template_type {template!r} is not supported (need "
-                       f"{' or '.join(PROMPT_TEMPLATES)})")
-    if inference:
-        mean = tuple(float(inference[f"{d}_mean"]) for d in ("VQ", "MQ", "TA"))
-        std = tuple(float(inference[f"{d}_std"]) for d in ("VQ", "MQ", "TA"))
-    else:  # the official inference leaves rewards unnormalised without an inference_config
-        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    num_frames = data.get("num_frames")
-    config = VideoRewardConfig(
-        head=head, position_ids="sequential", norm_mean=mean, norm_std=std,
-        fps=float(data.get("fps") or 2.0), num_frames=int(num_frames) if num_frames else None,
-        max_pixels=int(data.get("max_frame_pixels") or MAX_PIXELS), prompt_template=template,
-    )
-    exclude = peft_cfg.get("lora_namespan_exclude")
-    if isinstance(exclude, str):
-        try:
-            exclude = ast.literal_eval(exclude)
-        except (ValueError, SyntaxError):
-            raise VptError(f"{file}: peft_lora_config.lora_namespan_exclude {exclude!r} is not a list") from None
-    exclude = list(exclude or [])
-    if not peft_cfg.get("vision_lora", False) and "visual" not in exclude:
-        exclude.append("visual")
-    lora = None
-    if peft_cfg.get("lora_enable", False):
-        lora = {"r": int(peft_cfg.get("lora_r", 64)), "alpha": float(peft_cfg.get("lora_alpha", 128)),
-                "dropout": float(peft_cfg.get("lora_dropout", 0.05)), "use_rslora": bool(peft_cfg.get("use_rslora")),
-                "exclude": exclude, "num_lora_modules": int(peft_cfg.get("num_lora_modules", -1))}
-    return {"config": config, "base": model_cfg.get("model_name_or_path"), "lora": lora}
-
-
-def _official_tokenizer(checkpoint: Path, base_dir: Path):
-    for option in (checkpoint / "tokenizer", checkpoint):
-        if (option / "tokenizer.json").is_file() or (option / "tokenizer_config.json").is_file():
-            return _load_tokenizer(option)
-    return _load_tokenizer(base_dir)
-
-
-def _load_official(directory: Path, dtype: torch.dtype, base, step: int | None) -> VideoRewardModel:
-    root, checkpoint = _official_checkpoint(directory, step)
-    settings = _official_settings(root)
-    base_dir = Path(base) if base is not None else _resolve_base(settings["base"], root)
-    tokenizer = _official_tokenizer(checkpoint, base_dir)
-    qwen = _load_qwen(base_dir, dtype, len(tokenizer))
-    model = VideoRewardModel(qwen, tokenizer, settings["config"])
-    lora = settings["lora"]
-    if lora is not None:
-        targets = videoalign_lora_targets(model.qwen, lora["exclude"], lora["num_lora_modules"])
-        model.enable_lora(r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"], targets=targets,
-                          use_rslora=lora["use_rslora"])
-        model.base_path = str(base_dir.resolve())
-    full = checkpoint / "model.pth"
-    if full.is_file():
-        incoming = {_official_to_model_key(k, lora is not None): v for k, v in _torch_load(full).items()}
-        sources = [full]
-    else:
-        adapter = checkpoint / "adapter_model.safetensors"
-        non_lora = checkpoint / "non_lora_state_dict.pth"
-        incoming = {_official_to_model_key(k, lora is not None): v for k, v in _torch_load(non_lora).items()}
-        if lora is None:
-            raise VptError(f"{root / OFFICIAL_CONFIG}: peft_lora_config.lora_enable is false but {checkpoint.name} "
-                           "holds a LoRA adapter")
-        incoming.update({_insert_adapter_name(_official_to_model_key(k, True)): v
-                         for k, v in _load_safetensors(adapter).items()})
-        sources = [adapter, non_lora]
-    state = model.state_dict()
-    unknown = sorted(set(incoming) - set(state))
-    if unknown:
-        raise VptError(f"{sources[-1]}: {len(unknown)} keys do not fit the model (first: {unknown[0]!r}); "
-                       "check model_config.json against the checkpoint")
-    if full.is_file():
-        missing = sorted(k for k in set(state) - set(incoming) if not k.endswith("lm_head.weight"))
-        if missing:
-            raise VptError(f"{full}: {len(missing)} model weights missing (first: {missing[0]!r})")
-    bad = [k for k, v in incoming.items() if tuple(v.shape) != tuple(state[k].shape)]
-    if bad:
-        raise VptError(f"{sources[-1]}: {bad[0]!r} has shape {tuple(incoming[bad[0]].shape)}, the model needs "
-                       f"{tuple(state[bad[0]].shape)}")
-    state.update(incoming)
-    tied = {k for k in state if k.endswith("lm_head.weight")} if model.qwen.config.tie_word_embeddings else set()
-    for key in tied:  # the output layer shares the embedding: load the embedding only
-        del state[key]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if set(missing) - tied or unexpected:
-        raise VptError(f"{sources[-1]}: does not fit the model (missing {sorted(set(missing) - tied)[:1]}, "
-                       f"unexpected {sorted(unexpected)[:1]})")
-    return model.to(dtype)
-
-
-def _official_model_config(model: VideoRewardModel, base_name: str, lora: dict | None) -> dict:
-    config = model.config
-    sampling_frames = config.num_frames
-    return {
-        "data_config": {
-            "meta_data": None, "data_dir": None, "meta_data_test": None,
-            "max_frame_pixels": int(config.max_pixels), "num_frames": sampling_frames,
-            "fps": None if sampling_frames else float(config.fps),
-            "p_shuffle_frames": 0.0, "p_color_jitter": 0.0,
-            "eval_dim": ["VQ", "MQ", "TA"], "prompt_template_type": config.prompt_template,
-            "add_noise": False, "sample_type": "uniform", "use_tied_data": True,
-        },
-        "training_args": {"output_dir": ".", "bf16": False, "fp16": False, "disable_flash_attn2": True,
-                          "gradient_checkpointing": False},
-        "model_config": {
-            "model_name_or_path": base_name, "model_revision": "main", "output_dim": config.output_dim,
-            "use_special_tokens": True, "reward_token": "special", "loss_type": "btt",
-            "freeze_vision_tower": False, "freeze_llm": False, "tune_merger": True, "torch_dtype": None,
-        },
-        "peft_lora_config": {
-            "lora_enable": lora is not None, "vision_lora": False,
-            "lora_r": lora["r"] if lora else 64, "lora_alpha": lora["alpha"] if lora else 128,
-            "lora_dropout": lora["dropout"] if lora else 0.05, "lora_target_modules": None,
-            "lora_namespan_exclude": list(DEFAULT_LORA_EXCLUDE), "lora_modules_to_save": None,
-            "lora_task_type": "CAUSAL_LM", "use_rslora": lora["use_rslora"] if lora else False,
-            "num_lora_modules": -1,
-        },
-        "inference_config": {f"{d}_{kind}": float(stats[i]) for i, d in enumerate(("VQ", "MQ", "TA"))
-                             for kind, stats in (("mean", config.norm_mean), ("std", config.norm_std))},
-    }
-
-
-def export_videoalign(model: VideoRewardModel, directory: str | os.PathLike, layout: str = "adapter", step: int = 1,
-                      base_name: str = "base") -> Path:
-    """Write ``model`` in VideoAlign's layout (atomically): ``model_config.json``, ``base/`` (the base Qwen2-VL and
-    tokenizer, referenced as ``model_name_or_path = base_name``) and ``checkpoint-<step>/`` with the tokenizer and
-    either ``model.pth`` (``layout="full"``; peft-wrapped keys when the model has LoRA) or
-    ``adapter_model.safetensors`` + ``non_lora_state_dict.pth`` (``layout="adapter"``, LoRA models only).
-
-    Keys use transformers 4.45 names, so VideoAlign's own loader (a ``Qwen2VLRewardModelBT`` of that era) reads them.
-    The LoRA targets must follow VideoAlign's rule (:func:`videoalign_lora_targets`) for its loader to rebuild them.
-    """
+def save_base_qwen(model: VideoRewardModel, directory: Path) -> None:
+    """The base Qwen2-VL (no LoRA) as a save_pretrained-style directory: config.json + model.safetensors."""
     from safetensors.torch import save_file
 
-    from vpt.io.atomic import atomic_directory
-
-    if layout not in ("adapter", "full"):
-        raise ValueError(f"layout must be 'adapter' or 'full', got {layout!r}")
-    if layout == "adapter" and not model.has_lora:
-        raise ValueError("the adapter layout needs a model with a LoRA adapter (use layout='full')")
-    lora = None
-    if model.has_lora:
-        peft_config = model.backbone.peft_config["default"]
-        targets = sorted(peft_config.target_modules) if not isinstance(peft_config.target_modules, str) else None
-        if targets is None or set(targets) != set(videoalign_lora_targets(model.qwen)):
-            raise ValueError("the LoRA targets differ from VideoAlign's rule; VideoAlign's loader could not rebuild "
-                             "them (enable_lora with the default targets)")
-        alpha = float(peft_config.lora_alpha)
-        lora = {"r": int(peft_config.r), "alpha": int(alpha) if alpha.is_integer() else alpha,
-                "dropout": float(peft_config.lora_dropout), "use_rslora": bool(peft_config.use_rslora)}
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    official = {_model_to_official_key(k, lora is not None): v for k, v in state.items()}
-    target = Path(directory)
-    with atomic_directory(target, replace=True) as temporary:
-        _write_json(temporary / OFFICIAL_CONFIG, _official_model_config(model, base_name, lora))
-        _save_base(model, temporary / base_name)
-        checkpoint = temporary / f"checkpoint-{int(step)}"
-        checkpoint.mkdir()
-        model.tokenizer.save_pretrained(checkpoint / "tokenizer")
-        if layout == "full":
-            torch.save(official, checkpoint / "model.pth")
-        else:
-            adapter = {_remove_adapter_name(k): v for k, v in official.items() if _lora_key_filter(k)}
-            save_file(adapter, str(checkpoint / "adapter_model.safetensors"), metadata={"format": "pt"})
-            trained = ("visual.", "model.embed_tokens.", "rm_head.")
-            non_lora = {k: v for k, v in official.items()
-                        if not _lora_key_filter(k) and k[len(PEFT_PREFIX):].startswith(trained)}
-            torch.save(non_lora, checkpoint / "non_lora_state_dict.pth")
-            _write_json(checkpoint / "adapter_config.json", {
-                "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_name,
-                "r": lora["r"], "lora_alpha": lora["alpha"], "lora_dropout": lora["dropout"], "bias": "none",
-                "use_rslora": lora["use_rslora"], "fan_in_fan_out": False, "inference_mode": True,
-                "modules_to_save": None, "init_lora_weights": True,
-                "target_modules": sorted(current_to_official_key(n) for n in videoalign_lora_targets(model.qwen)),
-            })
-    return target
-
-
-# ---------------------------------------------------------------------------------------------------------- zoo
-
-
-def write_zoo_videoreward(out_dir: str | os.PathLike, seed: int) -> dict[str, dict]:
-    """The tiny zoo's VideoReward components: ``out_dir/videoreward`` (our layout, LoRA over ``base/`` inside) and
-    ``out_dir/videoreward-official`` (VideoAlign's adapter layout) holding the same weights; ``zoo.json`` entries."""
-    from vpt.models.zoo import component_seed
-
-    out_dir = Path(out_dir)
-    model = build_tiny_videoreward(seed=component_seed(seed, "videoreward"))
-    save_videoreward(model, out_dir / "videoreward", save_base=True)
-    export_videoalign(model, out_dir / "videoreward-official", layout="adapter", step=1)
+    directory.mkdir(parents=True, exist_ok=True)
     qwen = model.qwen
-    common = {
-        "class": "VideoRewardModel",
-        "base_class": "Qwen2VLForConditionalGeneration",
-        "head": model.config.head,
-        "position_ids": model.config.position_ids,
-        "lora": dict(TINY_LORA),
-        "hidden_size": qwen.config.text_config.hidden_size,
-        "tokenizer_vocab": len(model.tokenizer),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "load": "vpt.models.videoreward.load_videoreward(path)",
-    }
-    return {
-        "videoreward": {"path": "videoreward", "format": FORMAT_NAME, **common},
-        "videoreward-official": {"path": "videoreward-official", "format": "videoalign", "layout": "adapter",
-                                 **common},
-    }
+    state = model.base_state_dict()
+    if qwen.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(directory / "model.safetensors"),
+              metadata={"format": "pt"})
+    qwen.config.save_pretrained(directory)
+    model.tokenizer.save_pretrained(directory)

@@ -39,6 +39,8 @@ from vpt.errors import VptError
 if TYPE_CHECKING:
     import torch
 
+    from vpt.models.videoreward import VideoRewardConfig, VideoRewardModel
+
 ZOO_VERSION = 3
 """Version of what :func:`build_tiny_zoo` produces for a seed; part of the cache key."""
 
@@ -361,6 +363,125 @@ def _build_dinov2(out_dir: Path, seed: int) -> dict:
     }
 
 
+# ------------------------------------------------------------------------------------------------- VideoReward
+
+QWEN_TEXT_CONFIG = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 8192,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+}
+QWEN_VISION_CONFIG = {"depth": 2, "embed_dim": 32, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14,
+                      "spatial_merge_size": 2, "temporal_patch_size": 2}
+VIDEOREWARD_LORA = {"r": 4, "alpha": 8}
+QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                       "<|image_pad|>", "<|video_pad|>")
+QWEN_TOKENIZER_VOCAB = 2000
+
+
+def build_qwen_tokenizer():
+    """A byte-level BPE tokenizer trained in-process (Qwen-like): toy prompts, generic words and the VideoAlign chat
+    text; Qwen's special tokens get ids 0..6 and the three reward tokens are added after training, as VideoAlign
+    adds them to Qwen2-VL's tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from vpt.models.videoreward import REWARD_TOKENS, chat_text
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=QWEN_TOKENIZER_VOCAB, special_tokens=list(QWEN_SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(tokenizer_corpus() + [chat_text("{text_prompt}")] * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+                                   model_max_length=32768, padding_side="right")
+    fast.add_special_tokens({"extra_special_tokens": list(REWARD_TOKENS)})
+    return fast
+
+
+def tiny_qwen_config(tokenizer):
+    """A tiny Qwen2-VL config whose special-token ids come from ``tokenizer``."""
+    from transformers import Qwen2VLConfig
+
+    ids = dict(zip(QWEN_SPECIAL_TOKENS, tokenizer.convert_tokens_to_ids(list(QWEN_SPECIAL_TOKENS))))
+    text = dict(QWEN_TEXT_CONFIG, vocab_size=len(tokenizer), bos_token_id=ids["<|endoftext|>"],
+                eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=True)
+    vision = dict(QWEN_VISION_CONFIG, hidden_size=QWEN_TEXT_CONFIG["hidden_size"])
+    return Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                         video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                         vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True)
+
+
+def build_tiny_videoreward(out_dir: str | os.PathLike | None = None, seed: int = 0, lora: bool = True,
+                           config: VideoRewardConfig | None = None) -> VideoRewardModel:
+    """A tiny random VideoReward, deterministic from ``seed`` (global torch RNG untouched), in eval mode.
+
+    Qwen2-VL: hidden 64, 2 layers, 4 heads (2 kv), vision depth 2 / width 32; a forward on 8 frames of 56x56 with
+    VideoAlign's query (~850 tokens) takes a few ms on one thread. With ``lora`` the model has the official
+    structure: a LoRA adapter (r 4, alpha 8, B non-zero as if trained) on the language model's linears, over a base.
+    With ``out_dir`` it is also saved there in our layout (the base inside, ``DIR/base``). ``config`` defaults to
+    ``VideoRewardConfig()``.
+    """
+    import torch
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from vpt.models.videoreward import VideoRewardConfig, VideoRewardModel
+    from vpt.models.videoreward_checkpoint import save_videoreward
+
+    config = config if config is not None else VideoRewardConfig()
+    tokenizer = build_qwen_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        qwen = Qwen2VLForConditionalGeneration(tiny_qwen_config(tokenizer)).eval()
+        model = VideoRewardModel(qwen, tokenizer, config)
+        with torch.no_grad():
+            model.head.weight.normal_(0.0, 1.0 / math.sqrt(model.head.weight.shape[1]))
+        if lora:
+            model.enable_lora(r=VIDEOREWARD_LORA["r"], alpha=VIDEOREWARD_LORA["alpha"], dropout=0.0)
+            with torch.no_grad():
+                for name, parameter in model.backbone.named_parameters():
+                    if "lora_B" in name:
+                        parameter.normal_(0.0, 0.05)
+    model.eval()
+    if out_dir is not None:
+        save_videoreward(model, out_dir, save_base=True)
+    return model
+
+
+def write_zoo_videoreward(out_dir: str | os.PathLike, seed: int) -> dict[str, dict]:
+    """The tiny zoo's VideoReward components: ``out_dir/videoreward`` (our layout, LoRA over ``base/`` inside) and
+    ``out_dir/videoreward-official`` (VideoAlign's adapter layout) holding the same weights; ``zoo.json`` entries."""
+    from vpt.models.videoalign import export_videoalign
+    from vpt.models.videoreward_checkpoint import FORMAT_NAME, save_videoreward
+
+    out_dir = Path(out_dir)
+    model = build_tiny_videoreward(seed=component_seed(seed, "videoreward"))
+    save_videoreward(model, out_dir / "videoreward", save_base=True)
+    export_videoalign(model, out_dir / "videoreward-official", layout="adapter", step=1)
+    qwen = model.qwen
+    common = {
+        "class": "VideoRewardModel",
+        "base_class": "Qwen2VLForConditionalGeneration",
+        "head": model.config.head,
+        "position_ids": model.config.position_ids,
+        "lora": dict(VIDEOREWARD_LORA),
+        "hidden_size": qwen.config.text_config.hidden_size,
+        "tokenizer_vocab": len(model.tokenizer),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "load": "vpt.models.videoreward_checkpoint.load_videoreward(path)",
+    }
+    return {
+        "videoreward": {"path": "videoreward", "format": FORMAT_NAME, **common},
+        "videoreward-official": {"path": "videoreward-official", "format": "videoalign", "layout": "adapter",
+                                 **common},
+    }
+
+
 # ------------------------------------------------------------------------------------------------------ build
 
 
@@ -472,8 +593,6 @@ def build_tiny_zoo(
     with _deterministic_torch(threads=1):
         wan = _build_wan(out_dir, seed, vae_steps, vae_batch, shift, log)
         log("  videoreward (tiny Qwen2-VL): our layout + VideoAlign's layout")
-        from vpt.models.videoreward import write_zoo_videoreward
-
         videoreward = write_zoo_videoreward(out_dir, seed)
         log("  dinov2 (tiny, random): ViPO's patch features")
         dinov2 = _build_dinov2(out_dir, seed)
@@ -496,16 +615,6 @@ def read_zoo_index(zoo_dir: str | os.PathLike) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise VptError(f"{zoo_dir}: not a zoo directory (zoo.json missing); build one with `vpt zoo tiny DIR`") from None
-
-
-def zoo_component(zoo_dir: str | os.PathLike, name: str) -> Path:
-    """Path of one component (``wan``, ...) of a zoo directory."""
-    index = read_zoo_index(zoo_dir)
-    try:
-        return Path(zoo_dir) / index["components"][name]["path"]
-    except KeyError:
-        known = ", ".join(index.get("components", {}))
-        raise VptError(f"{zoo_dir}: the zoo has no component {name!r} (it has: {known})") from None
 
 
 def zoo_cache_root() -> Path:

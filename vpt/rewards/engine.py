@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Sequence
 from vpt.errors import VideoReadError, VptError
 from vpt.io.manifest import VideoItem
 from vpt.io.video import DecodedVideo, FrameSampling, decode
-from vpt.rewards.registry import RewardModel
+from vpt.rewards.model import RewardModel
 
 
 @dataclass

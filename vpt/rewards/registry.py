@@ -1,34 +1,18 @@
-"""Reward models behind one interface, found by name.
-
-A reward model says how it wants frames decoded (:class:`~vpt.io.video.FrameSampling`), which output columns
-(dimensions) it produces and which one is primary, and scores a batch of decoded videos at once.
-"""
+"""Reward models found by name: the weight-free heuristics and VideoReward (the registered release or a checkpoint
+directory), each behind the :class:`~vpt.rewards.model.RewardModel` interface."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
 from vpt.errors import VptError
-from vpt.io.video import DecodedVideo, FrameSampling
-
-
-class RewardModel:
-    """Interface of every reward model the scoring engine runs."""
-
-    name: str
-    dimensions: tuple[str, ...]  # output column names
-    primary: str  # the dimension reported as ``score``
-    sampling: FrameSampling
-    needs_prompt: bool = False
-
-    def score(self, videos: Sequence[DecodedVideo], prompts: Sequence[str | None]) -> dict[str, np.ndarray]:
-        """Scores of a batch: ``{dimension: float64 [B]}``."""
-        raise NotImplementedError
+from vpt.io.video import FrameSampling
+from vpt.rewards.model import RewardModel
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""VideoReward (VideoAlign) behind the :class:`~vpt.rewards.registry.RewardModel` interface.
+"""VideoReward (VideoAlign) behind the :class:`~vpt.rewards.model.RewardModel` interface.
 
 Scores are the normalised dimensions ``vq``, ``mq``, ``ta`` (``(raw - mean) / std`` with the checkpoint's stats) and
 ``overall = vq + mq + ta``, as VideoAlign's inference reports them; :meth:`VideoRewardScorer.raw_scores` gives the
@@ -15,7 +15,7 @@ import numpy as np
 
 from vpt.errors import VptError
 from vpt.io.video import DecodedVideo, FrameSampling
-from vpt.rewards.registry import RewardModel
+from vpt.rewards.model import RewardModel
 
 NAME = "videoreward"
 RAW_DIMENSIONS = ("vq_raw", "mq_raw", "ta_raw")
@@ -90,7 +90,7 @@ def load_videoreward_scorer(path: str | os.PathLike, device: str = "cpu", batch_
     """
     import torch
 
-    from vpt.models.videoreward import load_videoreward
+    from vpt.models.videoreward_checkpoint import load_videoreward
 
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in dtypes:

@@ -217,17 +217,6 @@ def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
                        "checkpoint-STEP directory written by the harness") from None
 
 
-def load_torch(path: Path) -> Any:
-    """``torch.load(weights_only=True)`` with a one-line error naming the file."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise VptError(f"{path}: missing from the checkpoint; resume from a complete checkpoint") from None
-    except Exception as error:  # unpickling errors come in many types
-        raise VptError(f"{path}: cannot be loaded ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
-                       "resume from another checkpoint") from None
-
-
 # ---------------------------------------------------------------------------------------------------- metrics log
 METRICS_FILE = "metrics.jsonl"
 
