@@ -44,7 +44,7 @@ def new_policy(transformer: torch.nn.Module, targets: Sequence[str], rank: int, 
     """A fresh LoRA policy on ``transformer``; LoRA's random A matrices come from ``seed`` (the same in every
     process, and the global RNG is left as it was)."""
     from vpt.rollouts.sampling import derived_seed
-    from vpt.train import apply_lora
+    from vpt.train.lora import apply_lora
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derived_seed(seed, "lora-init") % 2**63)

@@ -98,7 +98,7 @@ def train_stage(policy: torch.nn.Module, task: StageTask, config, out: Path, rec
     """
     from vpt.distributed import current_processes
     from vpt.io.atomic import claim_directory, remove_owned
-    from vpt.train import Trainer
+    from vpt.train.trainer import Trainer
     from vpt.train.checkpoint import latest_checkpoint, load_peft, read_metrics
     from vpt.train.policy import METRICS_TABLE, metrics_rows, publish_policy, save_policy
 

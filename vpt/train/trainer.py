@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from vpt.errors import VptError
 from vpt.io.atomic import atomic_directory, check_new_directory, claim_directory
 from vpt.io.tensors import load_torch
-from vpt.train import checkpoint as ckpt
+import vpt.train.checkpoint as ckpt
 from vpt.train.batch import TensorBatch
 from vpt.train.config import RESUME_LOCKED, TrainConfig
 from vpt.train.lora import is_peft_model
