@@ -219,7 +219,7 @@ class LatentRewardResult:
 
 def train_latent_reward(model: str | os.PathLike, prefs: Sequence[str], config, options: LatentRewardOptions,
                         noise: NoiseOptions, size: tuple[int, int, int] | None = None, cache: str | None = None,
-                        resume: str | os.PathLike | None = None, quiet: bool = False) -> LatentRewardResult:
+                        resume: bool | str | os.PathLike | None = None, quiet: bool = False) -> LatentRewardResult:
     """Cut a reward model from the generator at ``model`` and train it on the pairs of ``prefs``; write
     checkpoints, metrics and the final model into ``config.output_dir``. See the module docstring. ``resume``
     continues where that run stopped (see :func:`vpt.stages.reward.check_run`), bit-identical to not stopping."""

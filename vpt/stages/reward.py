@@ -192,14 +192,15 @@ def start_videoreward(model_path: str | os.PathLike, *, lora_rank: int | None = 
     return VideoRewardStart(model=model, options=options, learning_rate=defaults["learning_rate"])
 
 
-def check_run(out: str | os.PathLike, resume: str | os.PathLike | None) -> None:
+def check_run(out: str | os.PathLike, resume: bool | str | os.PathLike | None) -> None:
     """Before any work, for both kinds of reward model: ``out`` is a new run directory, or one of vpt's whose run
     ``resume`` continues; ``resume`` is the run directory of an interrupted or finished run (its newest
-    checkpoint), or one of its ``checkpoint-N``."""
+    checkpoint), or one of its ``checkpoint-N`` — or True, the harness's own "the newest checkpoint in ``out``, if
+    there is one"."""
     from vpt.train.checkpoint import METRICS_FILE, TRAINER_STATE, latest_checkpoint, list_checkpoints
 
     check_run_directory(out, resume)
-    if resume is None:
+    if resume is None or isinstance(resume, bool):
         return
     source = Path(resume)
     if not (source / TRAINER_STATE).is_file() and latest_checkpoint(source) is None:
@@ -517,8 +518,8 @@ def _save_final(model: VideoRewardModel, out: Path) -> None:
 
 
 def train_videoreward(model: VideoRewardModel, prefs: str | os.PathLike, config: TrainConfig,
-                      options: RewardTrainOptions = RewardTrainOptions(), resume: str | os.PathLike | None = None,
-                      quiet: bool = False) -> RewardTrainResult:
+                      options: RewardTrainOptions = RewardTrainOptions(),
+                      resume: bool | str | os.PathLike | None = None, quiet: bool = False) -> RewardTrainResult:
     """Train ``model`` (in place) on the pairs of ``prefs``; write checkpoints, metrics and the final model (with
     held-out normalisation statistics) to ``config.output_dir``. See the module docstring.
 
