@@ -1,4 +1,5 @@
-"""Presentation shared by the commands: progress bars, summaries and warnings, all on stderr."""
+"""Presentation for the commands: progress bars, summary tables (train-reward's accuracies among them) and warnings,
+all on stderr."""
 
 from __future__ import annotations
 
