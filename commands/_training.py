@@ -3,11 +3,13 @@ TrainConfig built from them, and the summary they print."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import inspect
+from typing import Any, Mapping, Optional
 
 import typer
 
 from vpt.commands import _outputs as outputs
+from vpt.commands import _ui
 from vpt.commands._lists import comma_list
 
 _SAME = object()
@@ -64,6 +66,31 @@ def option(name: str, default: Any = _SAME, help: str | None = None):
                         help=shared_help if help is None else help)
 
 
+FLOW_STAGE = ("--model", "--policy", "--init-lora", "--out", "--lr", "--batch-size", "--grad-accum", "--max-steps",
+              "--epochs", "--warmup-steps", "--lr-schedule", "--weight-decay", "--max-grad-norm", "--mixed-precision",
+              "--save-every", "--log-every", "--lora-rank", "--lora-alpha", "--lora-targets", "--timesteps",
+              "--logit-mean", "--logit-std", "--shift", "--frames", "--height", "--width", "--cache", "--resume",
+              "--seed", "--quiet")
+PARAMETERS = {"--lr": "learning_rate"}  # the rest: the flag's words joined by "_"
+INTEGERS = {"--max-steps", "--epochs", "--frames", "--height", "--width"}
+
+
+def flow_stage_options(command):
+    """Give ``command`` every option of :data:`FLOW_STAGE` (sqlite-utils' option groups): typer reads them from the
+    signature built here, and the command takes them as ``**options``."""
+    signature = inspect.signature(command)
+    parameters = [parameter for parameter in signature.parameters.values() if parameter.kind != parameter.VAR_KEYWORD]
+    for flag in FLOW_STAGE:
+        name = PARAMETERS.get(flag, flag.lstrip("-").replace("-", "_"))
+        default = OPTIONS[flag][0]
+        kind = int if flag in INTEGERS else str if default in (None, ...) else type(default)
+        command.__annotations__[name] = Optional[kind] if default is None else kind
+        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option(flag),
+                                            annotation=command.__annotations__[name]))
+    command.__signature__ = signature.replace(parameters=parameters)
+    return command
+
+
 # the TrainConfig field each shared option sets
 CONFIG_FIELDS = {"learning_rate": "learning_rate", "batch_size": "batch_size",
                  "grad_accum": "gradient_accumulation_steps", "max_steps": "max_steps", "epochs": "epochs",
@@ -102,49 +129,17 @@ def resample_size(frames: int | None, height: int | None, width: int | None) -> 
     return tuple(given) if given else None
 
 
-def stage_arguments(values: Mapping[str, Any]) -> dict[str, Any]:
+def stage_arguments(context: typer.Context, values: Mapping[str, Any]) -> dict[str, Any]:
     """The keyword arguments every flow-matching stage's library entry (``run_dpo``, ``run_sft``) takes, from the
-    values of the shared options (a command passes its ``locals()``): generator, policy, output, harness
-    configuration, noise, LoRA setup, clip size, cache, resume and quiet."""
+    values of :data:`FLOW_STAGE`: generator, policy, output, harness configuration, noise, LoRA setup, clip size,
+    cache, resume and quiet."""
     from vpt.stages.examples import NoiseOptions
 
     noise = NoiseOptions(timesteps=values["timesteps"], logit_mean=values["logit_mean"],
                          logit_std=values["logit_std"], shift=values["shift"], seed=values["seed"])
     return {"model": values["model"], "policy": values["policy"], "init_lora": values["init_lora"],
-            "command": command_line(values["context"]), "out": values["out"],
+            "command": _ui.command_line(context), "out": values["out"],
             "config": train_config(values, keep_last=2), "noise": noise, "lora_rank": values["lora_rank"],
             "lora_alpha": values["lora_alpha"], "lora_targets": policy_lora_targets(values["lora_targets"]),
             "size": resample_size(values["frames"], values["height"], values["width"]), "cache": values["cache"],
             "resume": values["resume"], "quiet": values["quiet"]}
-
-
-def command_line(context: typer.Context) -> list[str]:
-    """The command as given (``vpt STAGE --option value ...``), rebuilt from the parsed options that did not come
-    from their defaults, so it reads the same in-process, from a shell or under ``accelerate launch``."""
-    words = context.command_path.split()
-    for param in context.command.params:
-        source = context.get_parameter_source(param.name)
-        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP") or not param.opts:
-            continue
-        value = context.params.get(param.name)
-        if value is None:
-            continue
-        option = next((opt for opt in param.opts if opt.startswith("--")), param.opts[0])
-        if getattr(param, "is_flag", False):
-            words += [option] if value else list(getattr(param, "secondary_opts", [])[:1])
-        else:
-            words += [part for item in (value if isinstance(value, (list, tuple)) else [value])
-                      for part in (option, str(item))]
-    return words
-
-
-def report(stage: str, result, quiet: bool) -> None:
-    """The finished stage's summary table and one line on stderr (main process only)."""
-    from vpt.commands import _ui
-    from vpt.distributed import current_processes
-
-    if quiet or not current_processes().is_main:
-        return
-    _ui.print_table(f"{stage} (step {result.step})", ["metric", "value"],
-                    [[name, f"{value:.6g}"] for name, value in result.metrics.items()])
-    typer.echo(f"{stage}: {result.step} steps -> {result.checkpoint}", err=True)

@@ -1,5 +1,5 @@
-"""Presentation for the commands: progress bars, summary tables (train-reward's accuracies among them) and warnings,
-all on stderr."""
+"""Presentation for the commands: progress bars, summary tables (a training stage's, train-reward's accuracies) and
+warnings, all on stderr; and the command line as the user gave it, for the records a stage writes."""
 
 from __future__ import annotations
 
@@ -93,3 +93,34 @@ def _held_out(pairs: int) -> str:
 
 def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
+
+
+def command_line(context: typer.Context) -> list[str]:
+    """The command as given (``vpt STAGE --option value ...``), rebuilt from the parsed options that did not come
+    from their defaults, so it reads the same in-process, from a shell or under ``accelerate launch``."""
+    words = context.command_path.split()
+    for param in context.command.params:
+        source = context.get_parameter_source(param.name)
+        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP") or not param.opts:
+            continue
+        value = context.params.get(param.name)
+        if value is None:
+            continue
+        option = next((opt for opt in param.opts if opt.startswith("--")), param.opts[0])
+        if getattr(param, "is_flag", False):
+            words += [option] if value else list(getattr(param, "secondary_opts", [])[:1])
+        else:
+            words += [part for item in (value if isinstance(value, (list, tuple)) else [value])
+                      for part in (option, str(item))]
+    return words
+
+
+def report(stage: str, result, quiet: bool) -> None:
+    """The finished stage's summary table and one line on stderr (main process only)."""
+    from vpt.distributed import current_processes
+
+    if quiet or not current_processes().is_main:
+        return
+    print_table(f"{stage} (step {result.step})", ["metric", "value"],
+                    [[name, f"{value:.6g}"] for name, value in result.metrics.items()])
+    typer.echo(f"{stage}: {result.step} steps -> {result.checkpoint}", err=True)

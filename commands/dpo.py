@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any
 
 import typer
 
 from vpt.commands import _training as shared
+from vpt.commands import _ui
 
 
+@shared.flow_stage_options
 def dpo(
     context: typer.Context,
     prefs: str = typer.Option(..., "--prefs", help="prefs table; relative clip paths resolve against its "
@@ -23,36 +25,7 @@ def dpo(
                                                               "branch (same gradient, lower peak memory)."),
     reference: str = typer.Option("policy", "--reference", help="policy (the starting policy: --policy, or the "
                                                                 "generator) or base (the generator)."),
-    model: Optional[str] = shared.option("--model"),
-    policy: Optional[str] = shared.option("--policy"),
-    init_lora: Optional[str] = shared.option("--init-lora"),
-    out: str = shared.option("--out"),
-    learning_rate: float = shared.option("--lr"),
-    batch_size: int = shared.option("--batch-size"),
-    grad_accum: int = shared.option("--grad-accum"),
-    max_steps: Optional[int] = shared.option("--max-steps"),
-    epochs: Optional[int] = shared.option("--epochs"),
-    warmup_steps: int = shared.option("--warmup-steps"),
-    lr_schedule: str = shared.option("--lr-schedule"),
-    weight_decay: float = shared.option("--weight-decay"),
-    max_grad_norm: float = shared.option("--max-grad-norm"),
-    mixed_precision: str = shared.option("--mixed-precision"),
-    save_every: int = shared.option("--save-every"),
-    log_every: int = shared.option("--log-every"),
-    lora_rank: int = shared.option("--lora-rank"),
-    lora_alpha: float = shared.option("--lora-alpha"),
-    lora_targets: Optional[str] = shared.option("--lora-targets"),
-    timesteps: str = shared.option("--timesteps"),
-    logit_mean: float = shared.option("--logit-mean"),
-    logit_std: float = shared.option("--logit-std"),
-    shift: float = shared.option("--shift"),
-    frames: Optional[int] = shared.option("--frames"),
-    height: Optional[int] = shared.option("--height"),
-    width: Optional[int] = shared.option("--width"),
-    cache: Optional[str] = shared.option("--cache"),
-    resume: Optional[str] = shared.option("--resume"),
-    seed: int = shared.option("--seed"),
-    quiet: bool = shared.option("--quiet"),
+    **training: Any,
 ) -> None:
     """Align the generator to preference pairs with Flow-DPO (VideoAlign), as a LoRA policy.
 
@@ -67,6 +40,6 @@ def dpo(
 
     options = DpoOptions(dimension=dimension, beta=beta, beta_schedule=beta_schedule, decoupled=decoupled,
                          reference=reference)
-    result = run_dpo(prefs=prefs, options=options, **shared.stage_arguments(locals()))
-    shared.report("dpo", result, quiet)
+    result = run_dpo(prefs=prefs, options=options, **shared.stage_arguments(context, training))
+    _ui.report("dpo", result, training["quiet"])
     finish_distributed()

@@ -109,7 +109,7 @@ def grpo_step(
     check_output(Path(out), resume)
     inputs = load_step_inputs(policy=policy, init=init, model=model, rollouts=rollouts, scores=scores, prior=prior,
                               options=options, vipo_model=vipo_model, lora_rank=lora_rank, lora_alpha=lora_alpha,
-                              lora_targets=targets, init_lora=init_lora, command=shared.command_line(context))
+                              lora_targets=targets, init_lora=init_lora, command=_ui.command_line(context))
     result = run(inputs, options, out, config, steps_per_iteration=steps_per_iteration, resume=resume, quiet=quiet)
     if not quiet and current_processes().is_main:
         _ui.print_table(f"grpo-step iteration {result.iteration}", ["metric", "value"],

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
 from vpt.commands import _training as shared
+from vpt.commands import _ui
 
 
+@shared.flow_stage_options
 def sft(
     context: typer.Context,
     data: List[str] = typer.Option(..., "--data", help="Clips: a videos manifest (with a prompt column), a "
@@ -22,36 +24,7 @@ def sft(
     rwr_reward: str = typer.Option("score", "--rwr-reward", help="Flow-RWR reward: a scores column or weighted "
                                                                  "columns, e.g. vq=1,mq=1,ta=1."),
     rwr_beta: float = typer.Option(1.0, "--rwr-beta", help="Flow-RWR temperature beta (> 0)."),
-    model: Optional[str] = shared.option("--model"),
-    policy: Optional[str] = shared.option("--policy"),
-    init_lora: Optional[str] = shared.option("--init-lora"),
-    out: str = shared.option("--out"),
-    learning_rate: float = shared.option("--lr"),
-    batch_size: int = shared.option("--batch-size"),
-    grad_accum: int = shared.option("--grad-accum"),
-    max_steps: Optional[int] = shared.option("--max-steps"),
-    epochs: Optional[int] = shared.option("--epochs"),
-    warmup_steps: int = shared.option("--warmup-steps"),
-    lr_schedule: str = shared.option("--lr-schedule"),
-    weight_decay: float = shared.option("--weight-decay"),
-    max_grad_norm: float = shared.option("--max-grad-norm"),
-    mixed_precision: str = shared.option("--mixed-precision"),
-    save_every: int = shared.option("--save-every"),
-    log_every: int = shared.option("--log-every"),
-    lora_rank: int = shared.option("--lora-rank"),
-    lora_alpha: float = shared.option("--lora-alpha"),
-    lora_targets: Optional[str] = shared.option("--lora-targets"),
-    timesteps: str = shared.option("--timesteps"),
-    logit_mean: float = shared.option("--logit-mean"),
-    logit_std: float = shared.option("--logit-std"),
-    shift: float = shared.option("--shift"),
-    frames: Optional[int] = shared.option("--frames"),
-    height: Optional[int] = shared.option("--height"),
-    width: Optional[int] = shared.option("--width"),
-    cache: Optional[str] = shared.option("--cache"),
-    resume: Optional[str] = shared.option("--resume"),
-    seed: int = shared.option("--seed"),
-    quiet: bool = shared.option("--quiet"),
+    **training: Any,
 ) -> None:
     """Fine-tune the generator on clips with the flow-matching loss, as a LoRA policy (SFT, or Flow-RWR).
 
@@ -65,6 +38,6 @@ def sft(
     from vpt.stages.sft import run_sft
 
     result = run_sft(data=data, prompts=prompts, weight_column=weight_column, rwr_scores=rwr_from,
-                     rwr_reward=rwr_reward, rwr_beta=rwr_beta, **shared.stage_arguments(locals()))
-    shared.report("sft", result, quiet)
+                     rwr_reward=rwr_reward, rwr_beta=rwr_beta, **shared.stage_arguments(context, training))
+    _ui.report("sft", result, training["quiet"])
     finish_distributed()
