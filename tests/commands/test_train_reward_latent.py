@@ -2,7 +2,7 @@
 tables, seeded and resumed runs bit-identical, recorded versus encoded clip latents, and one-line errors.
 
 One rollouts directory (4 prompts x 4 samples of the tiny generator) is sampled once; its brightness pairs are
-labelled vq and its motion pairs mq, as in tests/train/test_nrg_learning.py."""
+labelled vq and its motion pairs mq, as in tests/stages/test_nrg_learning.py."""
 
 from __future__ import annotations
 
