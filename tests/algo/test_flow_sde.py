@@ -1,5 +1,6 @@
-"""The flow SDE/ODE step and sampler: diffusers' Euler step exactly, the SPEC formulas in float64, empirical moments,
-log-probs, and marginal preservation on a Gaussian world with a known velocity."""
+"""The flow SDE/ODE step and sampler: diffusers' Euler step exactly, the Flow-GRPO formulas (arXiv 2505.05470,
+Eq. 9-10) in float64, empirical moments, log-probs, and marginal preservation on a Gaussian world with a known
+velocity."""
 
 from __future__ import annotations
 
