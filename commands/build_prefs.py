@@ -64,6 +64,8 @@ def build_prefs(
     Video paths are written relative to the output file's directory (absolute on stdout).
 
     Examples:
+
+    \b
       vpt build-prefs --from-annotations data.csv -o prefs.parquet
       vpt build-prefs --from-scores scores.parquet --videos rollouts.parquet --min-gap 0.5 -o prefs.parquet
       vpt build-prefs --synthetic reverse,shuffle,freeze --videos good.parquet --out-dir negatives -o prefs.parquet

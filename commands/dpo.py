@@ -33,7 +33,10 @@ def dpo(
     copy of the generator. Clips are encoded to latents once (cached). Metrics include the implicit reward accuracy
     and margin. Runs plainly or under `accelerate launch`.
 
-    Example: vpt dpo --model zoo/ --prefs prefs.parquet --dim overall --beta 5000 --max-steps 200 -o dpo/
+    Example:
+
+    \b
+      vpt dpo --model zoo/ --prefs prefs.parquet --dim overall --beta 5000 --max-steps 200 -o dpo/
     """
     from vpt.train import finish_distributed
     from vpt.stages.dpo import DpoOptions, run_dpo

@@ -78,7 +78,10 @@ def grpo_step(
     and curriculum state, and metrics.parquet. With --save-every N the iteration checkpoints into OUT.run/, and
     --resume OUT.run continues it after an interruption as if it had not stopped.
 
-    Example: vpt grpo-step --init zoo/ --rollouts r0/ --scores r0.scores.parquet --reward brightness -o p1/
+    Example:
+
+    \b
+      vpt grpo-step --init zoo/ --rollouts r0/ --scores r0.scores.parquet --reward brightness -o p1/
     """
     from pathlib import Path
 

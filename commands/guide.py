@@ -47,8 +47,11 @@ def guide(
     sample-rollouts: at --scale 0 the videos are the unguided ones. Under `accelerate launch` the prompts are shared
     out across processes.
 
-    Example: vpt guide -m zoo/ --reward runs/latent-rm --weights vq=0.1,mq=0.1,ta=0.8 --scale 2 --prompts
-    prompts.txt --frames 9 --height 32 --width 32 -o guided/
+    Example:
+
+    \b
+      vpt guide -m zoo/ --reward runs/latent-rm --weights vq=0.1,mq=0.1,ta=0.8 --scale 2 \\
+        --prompts prompts.txt --frames 9 --height 32 --width 32 -o guided/
     """
     from pathlib import Path
 

@@ -56,8 +56,11 @@ def sample_rollouts(
     Under `accelerate launch` the prompts are shared out across processes; the result is the same for a seed
     whatever the number of processes.
 
-    Example: vpt sample-rollouts -m zoo/ --prompts prompts.txt -g 8 --steps 10 --frames 9 --height 32 --width 32
-    -o rollouts/
+    Example:
+
+    \b
+      vpt sample-rollouts -m zoo/ --prompts prompts.txt -g 8 --steps 10 \\
+        --frames 9 --height 32 --width 32 -o rollouts/
     """
     from vpt.distributed import current_processes
     from vpt.io.tables import read_prompts

@@ -39,7 +39,10 @@ def score(
     Rows stream to the output as batches finish. Under `accelerate launch` each process scores its share and the
     main process writes the one table, every input exactly once, in input order.
 
-    Example: vpt score --model motion-smoothness videos/ > scores.parquet
+    Example:
+
+    \b
+      vpt score --model motion-smoothness videos/ > scores.parquet
     """
     from vpt.distributed import current_processes
     from vpt.io.manifest import collect_videos

@@ -32,7 +32,10 @@ def sft(
     by exp(reward/beta) (VideoAlign's Flow-RWR), normalised to mean 1 — the same loss either way. Clips are encoded
     to latents once (cached). Runs plainly or under `accelerate launch`.
 
-    Example: vpt sft --model zoo/ --data clips.parquet --rwr-from scores.parquet --rwr-beta 0.1 -o sft/
+    Example:
+
+    \b
+      vpt sft --model zoo/ --data clips.parquet --rwr-from scores.parquet --rwr-beta 0.1 -o sft/
     """
     from vpt.train import finish_distributed
     from vpt.stages.sft import run_sft

@@ -96,6 +96,8 @@ def train_reward(
     Runs plainly or under `accelerate launch`; --resume OUT continues an interrupted run in OUT.
 
     Examples:
+
+    \b
       vpt train-reward prefs.parquet --model zoo/ --out runs/reward --max-steps 500
       vpt train-reward --kind latent --model zoo/ --data prefs.parquet --out runs/latent-rm --max-steps 800
     """
