@@ -39,7 +39,7 @@ from vpt.errors import VptError
 from vpt.models.wan import WanVelocity
 from vpt.train.batch import TensorBatch
 from vpt.train.policy import DEFAULT_LORA_TARGETS, policy_source
-from vpt.train.run import StageTask, check_output, train_stage
+from vpt.train.run import StageTask, train_stage
 
 CRT_MODES = ("off", "replace", "auxiliary")
 RAS_FORMS = ("sigmoid", "bayesian")
@@ -621,7 +621,6 @@ def grpo_step(inputs: StepInputs, options: GrpoOptions, out: str | Path, config,
     if steps_per_iteration < 1:
         raise VptError(f"--steps-per-iteration must be at least 1, got {steps_per_iteration}")
     out = Path(out)
-    check_output(out, resume)
     rollouts, state, policy = inputs.rollouts, inputs.state, inputs.policy
     rows = rollouts.rows
     state.iteration += 1

@@ -197,15 +197,14 @@ def check_run(out: str | os.PathLike, resume: bool | str | os.PathLike | None) -
     ``resume`` continues; ``resume`` is the run directory of an interrupted or finished run (its newest
     checkpoint), or one of its ``checkpoint-N`` — or True, the harness's own "the newest checkpoint in ``out``, if
     there is one"."""
-    from vpt.train.checkpoint import METRICS_FILE, TRAINER_STATE, latest_checkpoint, list_checkpoints
+    from vpt.train.checkpoint import METRICS_FILE, check_resume_source, list_checkpoints
 
     check_run_directory(out, resume)
     if resume is None or isinstance(resume, bool):
         return
     source = Path(resume)
-    if not (source / TRAINER_STATE).is_file() and latest_checkpoint(source) is None:
-        raise VptError(f"{resume}: holds no checkpoint to resume from; give the --out directory of an interrupted "
-                       "run, one of its checkpoint-N directories, or a finished run of train-reward")
+    check_resume_source(source, "the --out directory of an interrupted run, one of its checkpoint-N directories, "
+                                "or a finished run of train-reward")
     out = Path(out)
     holds_run = out.is_dir() and (list_checkpoints(out) or (out / METRICS_FILE).exists())
     if holds_run and out.resolve() not in (source.resolve(), source.resolve().parent):

@@ -193,6 +193,12 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return checkpoints[-1][1] if checkpoints else None
 
 
+def check_resume_source(resume: str | os.PathLike, give: str) -> None:
+    """``resume`` must be a checkpoint or a run directory holding one; the VptError says what to ``give`` instead."""
+    if not (Path(resume) / TRAINER_STATE).is_file() and latest_checkpoint(resume) is None:
+        raise VptError(f"{resume}: holds no checkpoint to resume from; give {give}")
+
+
 def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int | None) -> list[Path]:
     """Delete all but the newest ``keep_last`` checkpoints (none when ``keep_last`` is 0/None); returns the deleted."""
     import shutil

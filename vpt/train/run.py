@@ -35,7 +35,7 @@ def check_output(out: Path, resume: str | None) -> Path:
     """``out`` must not exist; an unfinished run of it is continued only when asked, and ``resume`` must hold a
     checkpoint. Returns the run directory."""
     from vpt.io.atomic import check_new_directory, owns
-    from vpt.train.checkpoint import TRAINER_STATE, latest_checkpoint
+    from vpt.train.checkpoint import check_resume_source, latest_checkpoint
 
     check_new_directory(out, "--out")
     run = run_directory(out)
@@ -44,9 +44,9 @@ def check_output(out: Path, resume: str | None) -> Path:
                        "away or choose another --out")
     if resume is None and latest_checkpoint(run) is not None:
         raise VptError(f"{run}: holds an unfinished run of {out}; continue it with --resume {run}, or remove it")
-    if resume is not None and not (Path(resume) / TRAINER_STATE).is_file() and latest_checkpoint(resume) is None:
-        raise VptError(f"{resume}: holds no checkpoint to resume from; give the OUT.run of an interrupted run, one "
-                       "of its checkpoint-N directories, or a finished checkpoint of this stage")
+    if resume is not None:
+        check_resume_source(resume, "the OUT.run of an interrupted run, one of its checkpoint-N directories, or a "
+                                    "finished checkpoint of this stage")
     return run
 
 
