@@ -107,11 +107,11 @@ def train_stage(policy: torch.nn.Module, task: StageTask, config, out: Path, rec
     if resume is not None:
         _check_same_parent(Path(resume), record)
     processes = current_processes()
-    if processes.is_main:
-        claim_directory(run, "--out")
-        (run / STAGE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    processes.wait()
-    try:
+    try:  # a stop that comes as soon as the run directory exists must not leave it behind either
+        if processes.is_main:
+            claim_directory(run, "--out")
+            (run / STAGE_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        processes.wait()
         trainer = Trainer(policy, config.replace(output_dir=str(run)), dataset=task.dataset, loss_fn=task.loss_fn,
                           collate_fn=task.collate_fn, save_model=save_policy, load_model=load_peft,
                           own_backward=task.own_backward, extra_state=task.extra_state, quiet=quiet)
