@@ -46,6 +46,9 @@ def sample_rollouts(
                                                                 "stays independent)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per transformer forward "
                                                                         "(default: the whole group)."),
+    latent_dtype: str = typer.Option("fp32", "--latent-dtype", help="Storage of the recorded states and final "
+                                                                    "latents: fp32, or bf16 (half the bytes; the "
+                                                                    "sampler goes on from the rounded states)."),
     seed: int = sampling.SEED,
     device: str = sampling.DEVICE,
     dtype: str = sampling.DTYPE,
@@ -74,7 +77,7 @@ def sample_rollouts(
     options = RolloutOptions(group_size=group_size, steps=steps, noise_level=noise_level, guidance=guidance,
                              frames=frames, height=height, width=width, fps=fps, seed=seed, same_noise=same_noise,
                              sde_window=_window(sde_window), negative_prompt=negative_prompt, shift=shift,
-                             batch_size=batch_size)
+                             batch_size=batch_size, latent_dtype=latent_dtype)
     options.check()
     generator = open_generator(model, policy, target, weights_dtype)
     mine = len(processes.shard(range(len(items))))

@@ -93,7 +93,8 @@ def state_indices_of(stochastic_steps: Iterable[int]) -> list[int]:
 
 def sample_flow(velocity_fn: VelocityFn, x: torch.Tensor, sigmas: torch.Tensor, noise_level: float = 0.0,
                 sde_steps: Sequence[int] | None = None, step_noise: Callable[[int, torch.Tensor], torch.Tensor] |
-                None = None, callback: StepCallback | None = None) -> FlowSample:
+                None = None, callback: StepCallback | None = None,
+                state_dtype: torch.dtype | None = None) -> FlowSample:
     """Integrate from ``x`` at ``sigmas[0]`` down the schedule ``sigmas`` [N + 1] (float32, last 0).
 
     ``sde_steps``: indices of the steps that are stochastic (default: all but the last when ``noise_level`` > 0;
@@ -102,6 +103,10 @@ def sample_flow(velocity_fn: VelocityFn, x: torch.Tensor, sigmas: torch.Tensor, 
     ``z`` [B, ...] of step i (so each sample's noise can come from its own generator); required when a step is
     stochastic. Returns the final latents, the states every stochastic step starts and ends at, and each stochastic
     step's log-prob [B] — what GRPO needs to recompute ratios.
+
+    ``state_dtype`` (e.g. bfloat16, for storage): every recorded state is rounded to it (kept in ``x``'s dtype)
+    before the sampler goes on from it, and a step's log-prob is that of the rounded ``x'`` under the mean of the
+    rounded ``x``: the trajectory is the stored one, so the log-probs recompute exactly from the stored states.
     """
     steps = len(sigmas) - 1
     if steps < 1:
@@ -121,14 +126,19 @@ def sample_flow(velocity_fn: VelocityFn, x: torch.Tensor, sigmas: torch.Tensor, 
         raise ValueError("stochastic steps need step_noise")
     result = FlowSample(latents=x, stochastic_steps=sorted(stochastic), state_indices=state_indices_of(stochastic))
     first_next = sigmas[1]
+
+    def recorded(state: torch.Tensor) -> torch.Tensor:
+        return state if state_dtype is None else state.to(state_dtype).to(state.dtype)
+
     for i in range(steps):
         if i in result.state_indices:
+            x = recorded(x)
             result.states.append(x)
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         velocity = velocity_fn(x, i, sigma)
         if i in stochastic:
             mean, std = sde_step_mean_std(x, velocity, sigma, sigma_next, noise_level, first_next)
-            x_next = mean + std * step_noise(i, x)
+            x_next = recorded(mean + std * step_noise(i, x))
             log_prob = gaussian_log_prob(x_next.detach(), mean, std)
             result.log_probs.append(log_prob)
         else:

@@ -25,6 +25,9 @@ from vpt.models.wan import (
 
 Steer = Callable[[VelocityFn, torch.Tensor], VelocityFn]
 
+# ``--latent-dtype`` values -> the dtype the recorded states and final latents are stored in
+LATENT_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
 
 @dataclass(frozen=True)
 class RolloutOptions:
@@ -45,6 +48,7 @@ class RolloutOptions:
     shift: float | None = None  # None: the pipeline scheduler's
     max_sequence_length: int = MAX_SEQUENCE_LENGTH
     batch_size: int | None = None  # samples per transformer forward; None = the whole group
+    latent_dtype: str = "fp32"  # a key of LATENT_DTYPES: how states and final latents are stored (and rounded)
 
     def sde_steps(self) -> list[int]:
         if self.noise_level == 0:
@@ -77,6 +81,8 @@ class RolloutOptions:
             raise bad("--fps", self.fps, "give a positive frame rate")
         if self.shift is not None and not (self.shift > 0 and math.isfinite(self.shift)):
             raise bad("--shift", self.shift, "give a positive timestep shift")
+        if self.latent_dtype not in LATENT_DTYPES:
+            raise bad("--latent-dtype", self.latent_dtype, f"choose {' or '.join(LATENT_DTYPES)}")
 
 
 def derived_seed(*parts: object) -> int:
@@ -105,10 +111,11 @@ class GroupRollout:
     sigmas: torch.Tensor  # float32 [steps + 1]
     recorded_steps: list[int]  # stochastic step indices i
     state_indices: list[int]  # j of the stored states x_j (every recorded step's start and end)
-    states: torch.Tensor  # float32 [G, S, C, F, h, w], S = len(state_indices)
+    states: torch.Tensor  # [G, S, C, F, h, w] in the latent dtype, S = len(state_indices)
     log_probs: torch.Tensor  # float32 [G, K], K = len(recorded_steps)
     videos: np.ndarray  # uint8 [G, T, H, W, 3]
-    latents: torch.Tensor  # float32 [G, C, F, h, w]: the final states the videos were decoded from
+    latents: torch.Tensor  # [G, C, F, h, w] in the latent dtype: the final states the videos were decoded from
+    latent_dtype: str = "fp32"  # the key of LATENT_DTYPES the states and latents are stored in
 
 
 def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor | None, prompt_id: str,
@@ -117,13 +124,17 @@ def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tenso
     """Sample the group of one prompt: ``prompt_embeds`` / ``negative_embeds`` [1, L, D] (see
     :func:`vpt.models.wan.encode_prompts`). ``on_step(n)`` is told of finished sampler steps (progress).
     ``steer(velocity, prompt_embeds [B, L, D])`` returns the velocity to sample with instead of the model's (reward
-    guidance)."""
+    guidance). With ``options.latent_dtype`` bf16 the sampler goes on from the rounded recorded states and decodes
+    the rounded final latent (see :func:`vpt.algo.flow_sde.sample_flow`'s ``state_dtype``), so what is stored is
+    exactly what was sampled: log-probs recompute from the stored states and the videos decode from the stored
+    latents."""
     shape = latent_shape(pipe, options.frames, options.height, options.width)
     seeds, step_seeds = sample_seeds(options, prompt_id)
     sigmas = schedule_sigmas(dict(pipe.scheduler.config), options.steps, options.shift)
     sde_steps = options.sde_steps()
     batch = options.batch_size or options.group_size
     device = pipe.transformer.device
+    storage = LATENT_DTYPES[options.latent_dtype]
     states, log_probs, videos, finals = [], [], [], []
     for start in range(0, options.group_size, batch):
         members = range(start, min(start + batch, options.group_size))
@@ -143,16 +154,18 @@ def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tenso
             velocity = steer(velocity, prompt_embeds.expand(size, -1, -1))
         with torch.no_grad():
             out = sample_flow(velocity, noise, sigmas, options.noise_level, sde_steps, step_noise,
-                              callback=None if on_step is None else lambda info: on_step(1))
+                              callback=None if on_step is None else lambda info: on_step(1),
+                              state_dtype=storage)
             if out.states:
-                states.append(torch.stack(out.states, dim=1).cpu())
+                states.append(torch.stack(out.states, dim=1).to(storage).cpu())
                 log_probs.append(torch.stack(out.log_probs, dim=1).cpu())
-            videos.extend(to_uint8(decode_latents(pipe, out.latents)))  # one decode per batch, as WanPipeline
-            finals.append(out.latents.float().cpu())
-    empty = torch.zeros((options.group_size, 0, *shape))
+            final = out.latents.to(storage)
+            videos.extend(to_uint8(decode_latents(pipe, final)))  # one decode per batch, as WanPipeline
+            finals.append(final.cpu())
+    empty = torch.zeros((options.group_size, 0, *shape), dtype=storage)
     return GroupRollout(prompt_id=prompt_id, seeds=seeds, step_seeds=step_seeds, sigmas=sigmas,
                         recorded_steps=sde_steps, state_indices=state_indices_of(sde_steps),
                         states=torch.cat(states) if states else empty,
                         log_probs=torch.cat(log_probs) if log_probs else torch.zeros((options.group_size, 0)),
-                        videos=np.stack(videos), latents=torch.cat(finals))
+                        videos=np.stack(videos), latents=torch.cat(finals), latent_dtype=options.latent_dtype)
 

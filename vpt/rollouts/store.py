@@ -4,14 +4,18 @@
 
     OUT/rollouts.parquet         one row per video (schema ``rollouts``)
     OUT/videos/<id>.mp4          decoded videos
-    OUT/latents/<group>.safetensors   per sample k: the recorded states float32 [S, C, F, h, w] (key "k") and the
-                                 final latent float32 [C, F, h, w] the video was decoded from (key "final-k")
+    OUT/latents/<group>.safetensors   per sample k: the recorded states [S, C, F, h, w] (key "k") and the final
+                                 latent [C, F, h, w] the video was decoded from (key "final-k"), in the run's
+                                 ``--latent-dtype`` (float32 or bfloat16; the table's ``latent_dtype`` column)
     OUT/embeds/<prompt>.safetensors   the prompt's text embeddings ("prompt", "negative"), computed once per prompt
     OUT/shards.json              byte size and sha256 of every shard, checked when the set is loaded
 
 Text embeddings are stored without the zero rows the pipeline pads them with (``padded_length`` in the shard's
 metadata restores them exactly), so a prompt costs its token count, not 512 rows. A run writes into a hidden
 sibling directory renamed to ``OUT`` at the end: a killed run leaves no partial ``OUT``.
+
+Readers get float32 latents whatever is stored (:meth:`RolloutSet.states`, :meth:`RolloutSet.final_latent`);
+rollouts written before ``latent_dtype`` was recorded are float32. :func:`bytes_per_sample` sizes the latents.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 
@@ -32,7 +36,7 @@ from vpt.encoding.embeddings import EMBEDS_METADATA, NEGATIVE_KEY, PROMPT_KEY, r
 from vpt.errors import VptError
 from vpt.io.atomic import atomic_path
 from vpt.io.digest import file_digest
-from vpt.rollouts.sampling import GroupRollout
+from vpt.rollouts.sampling import LATENT_DTYPES, GroupRollout
 
 TABLE_FILE = "rollouts.parquet"
 CHECKSUMS_FILE = "shards.json"
@@ -65,6 +69,31 @@ def write_embeddings(directory: Path, stem: str, prompt_embeds: torch.Tensor,
     return relative, NEGATIVE_KEY if negative_embeds is not None else None
 
 
+def wan_latent_shape(height: int, width: int, frames: int, channels: int = 16, temporal: int = 4,
+                     spatial: int = 8) -> tuple[int, int, int, int]:
+    """(C, F, h, w) of the latent of a ``frames`` x ``height`` x ``width`` video under the Wan 2.1 VAE
+    (diffusers ``AutoencoderKLWan``: ``z_dim`` 16, temporal scale 4, spatial scale 8, as ``WanPipeline.
+    prepare_latents``): ``(16, (frames - 1) / 4 + 1, height / 8, width / 8)``. Raises ValueError for sizes the
+    VAE does not map exactly."""
+    if frames < 1 or (frames - 1) % temporal or height % spatial or width % spatial or min(height, width) < 1:
+        raise ValueError(f"{height}x{width}x{frames}: need frames = 1 + a multiple of {temporal} and height, width "
+                         f"positive multiples of {spatial}")
+    return channels, (frames - 1) // temporal + 1, height // spatial, width // spatial
+
+
+def bytes_per_sample(latent_shape: Sequence[int], recorded_steps: Iterable[int],
+                     dtype: str | torch.dtype = "fp32") -> int:
+    """Bytes of one sample's tensors in its latents shard: the states x_j of the recorded steps
+    (j in :func:`state_indices_of`: each recorded step's start and end) plus the final latent, each of
+    ``latent_shape`` (C, F, h, w), in ``dtype`` (a ``--latent-dtype`` value or a torch dtype). The safetensors
+    header, the text embeddings (once per prompt) and the mp4 are not counted."""
+    element = (LATENT_DTYPES[dtype] if isinstance(dtype, str) else dtype).itemsize
+    count = 1
+    for size in latent_shape:
+        count *= int(size)
+    return (len(state_indices_of(recorded_steps)) + 1) * count * element
+
+
 def final_key(sample_index: int) -> str:
     """The shard key of a sample's final latent."""
     return f"final-{sample_index}"
@@ -77,6 +106,7 @@ def write_group(directory: Path, group: GroupRollout, prompt: str, group_id: str
     from vpt.io.video import write_video
 
     latents_shard = f"{LATENTS_DIR}/{group_stem}.safetensors"
+    # the states and latents are already in the run's latent dtype (and were sampled rounded to it)
     tensors = {str(k): group.states[k] for k in range(len(sample_ids))}
     tensors.update({final_key(k): group.latents[k] for k in range(len(sample_ids))})
     _save(tensors, directory / latents_shard,
@@ -93,7 +123,8 @@ def write_group(directory: Path, group: GroupRollout, prompt: str, group_id: str
             "log_probs": [float(value) for value in group.log_probs[k]], "path": path,
             "latents_shard": latents_shard, "latents_key": str(k), "final_latents_key": final_key(k),
             "embeds_shard": embeds_shard,
-            "embeds_key": PROMPT_KEY, "negative_embeds_key": negative_key, **common,
+            "embeds_key": PROMPT_KEY, "negative_embeds_key": negative_key, "latent_dtype": group.latent_dtype,
+            **common,
         })
     return rows
 
@@ -130,14 +161,15 @@ class RolloutSet:
         return self._open[relative]
 
     def states(self, row: dict) -> torch.Tensor:
-        """float32 [S, C, F, h, w]: the states x_j, j in :func:`state_indices_of` (row's recorded steps)."""
-        return self._tensors(row["latents_shard"])[row["latents_key"]]
+        """float32 [S, C, F, h, w]: the states x_j, j in :func:`state_indices_of` (row's recorded steps), whatever
+        dtype they are stored in (bfloat16 widens exactly: these are the states the sampler went on from)."""
+        return self._tensors(row["latents_shard"])[row["latents_key"]].float()
 
     def final_latent(self, row: dict) -> torch.Tensor | None:
-        """float32 [C, F, h, w]: the latent the row's video was decoded from (None for rollouts written before
-        final latents were recorded)."""
+        """float32 [C, F, h, w]: the latent the row's video was decoded from, whatever dtype it is stored in (None
+        for rollouts written before final latents were recorded)."""
         key = row.get("final_latents_key")
-        return None if key is None else self._tensors(row["latents_shard"])[key]
+        return None if key is None else self._tensors(row["latents_shard"])[key].float()
 
     def log_probs(self, row: dict) -> torch.Tensor:
         """float32 [K]: the stored log-prob of each recorded step."""
@@ -220,10 +252,15 @@ def load_rollouts(directory: str | os.PathLike, verify: bool = True) -> RolloutS
     loaded = RolloutSet(directory=directory, rows=rows, checksums=checksums)
     if verify:
         for number, row in enumerate(rows, start=1):
-            states = loaded.states(row).shape[0]
+            stored = loaded._tensors(row["latents_shard"])[row["latents_key"]]
+            states = stored.shape[0]
             if states != len(state_indices_of(row["recorded_steps"])):
                 raise VptError(f"{directory / row['latents_shard']}: {states} states for {len(row['recorded_steps'])} "
                                f"recorded steps (row {number}); {_AGAIN}")
+            declared = row.get("latent_dtype") or "fp32"  # rollouts written before it was recorded are float32
+            if stored.dtype != LATENT_DTYPES[declared]:
+                raise VptError(f"{directory / row['latents_shard']}: states stored as {stored.dtype} but row {number} "
+                               f"declares latent_dtype {declared}; {_AGAIN}")
     return loaded
 
 
