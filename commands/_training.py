@@ -34,6 +34,9 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "--weight-decay": (0.0, "AdamW weight decay."),
     "--max-grad-norm": (1.0, "Gradient clipping (0: off)."),
     "--mixed-precision": ("no", "no or bf16."),
+    "--dtype": ("fp32", "Weights dtype of the frozen models (generator, text encoder, VAE; a reward model's frozen "
+                        "part): bf16 or fp32; what trains, its optimizer state and the losses stay float32."),
+    "--gradient-checkpointing": (False, "Recompute activations in the backward pass (less memory, more compute)."),
     "--save-every": (0, "Checkpoint into OUT.run/ every N steps (0: only at the end)."),
     "--log-every": (10, "Metrics every N steps."),
     "--lora-rank": (8, "LoRA rank (new policy)."),
@@ -68,9 +71,9 @@ def option(name: str, default: Any = _SAME, help: str | None = None):
 
 FLOW_STAGE = ("--model", "--policy", "--init-lora", "--out", "--lr", "--batch-size", "--grad-accum", "--max-steps",
               "--epochs", "--warmup-steps", "--lr-schedule", "--weight-decay", "--max-grad-norm", "--mixed-precision",
-              "--save-every", "--log-every", "--lora-rank", "--lora-alpha", "--lora-targets", "--timesteps",
-              "--logit-mean", "--logit-std", "--shift", "--frames", "--height", "--width", "--cache", "--resume",
-              "--seed", "--quiet")
+              "--dtype", "--gradient-checkpointing", "--save-every", "--log-every", "--lora-rank", "--lora-alpha",
+              "--lora-targets", "--timesteps", "--logit-mean", "--logit-std", "--shift", "--frames", "--height",
+              "--width", "--cache", "--resume", "--seed", "--quiet")
 PARAMETERS = {"--lr": "learning_rate"}  # the rest: the flag's words joined by "_"
 INTEGERS = {"--max-steps", "--epochs", "--frames", "--height", "--width"}
 
@@ -131,15 +134,17 @@ def resample_size(frames: int | None, height: int | None, width: int | None) -> 
 
 def stage_arguments(context: typer.Context, values: Mapping[str, Any]) -> dict[str, Any]:
     """The keyword arguments every flow-matching stage's library entry (``run_dpo``, ``run_sft``) takes, from the
-    values of :data:`FLOW_STAGE`: generator, policy, output, harness configuration, noise, LoRA setup, clip size,
-    cache, resume and quiet."""
+    values of :data:`FLOW_STAGE`: generator, policy, output, harness configuration, weights dtype, gradient
+    checkpointing, noise, LoRA setup, clip size, cache, resume and quiet."""
+    from vpt.models.dtypes import weights_dtype
     from vpt.stages.examples import NoiseOptions
 
     noise = NoiseOptions(timesteps=values["timesteps"], logit_mean=values["logit_mean"],
                          logit_std=values["logit_std"], shift=values["shift"], seed=values["seed"])
     return {"model": values["model"], "policy": values["policy"], "init_lora": values["init_lora"],
-            "command": _ui.command_line(context), "out": values["out"],
-            "config": train_config(values, keep_last=2), "noise": noise, "lora_rank": values["lora_rank"],
-            "lora_alpha": values["lora_alpha"], "lora_targets": policy_lora_targets(values["lora_targets"]),
+            "command": _ui.command_line(context), "out": values["out"], "config": train_config(values, keep_last=2),
+            "dtype": weights_dtype(values["dtype"]), "gradient_checkpointing": values["gradient_checkpointing"],
+            "noise": noise, "lora_rank": values["lora_rank"], "lora_alpha": values["lora_alpha"],
+            "lora_targets": policy_lora_targets(values["lora_targets"]),
             "size": resample_size(values["frames"], values["height"], values["width"]), "cache": values["cache"],
             "resume": values["resume"], "quiet": values["quiet"]}

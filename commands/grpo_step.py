@@ -67,6 +67,9 @@ def grpo_step(
     lora_targets: Optional[str] = shared.option("--lora-targets", help="Comma-separated module names (with "
                                                 "--init; default: attention, FFN and output projection)."),
     mixed_precision: str = shared.option("--mixed-precision"),
+    dtype: str = shared.option("--dtype", help="Weights dtype of the frozen transformer: bf16 or fp32 (as the "
+                               "rollouts were sampled; LoRA, optimizer, log-probs and loss stay float32)."),
+    gradient_checkpointing: bool = shared.option("--gradient-checkpointing"),
     seed: int = shared.option("--seed", help="Seed of the data order and the timestep subsets."),
     quiet: bool = shared.option("--quiet"),
 ) -> None:
@@ -87,6 +90,7 @@ def grpo_step(
 
     from vpt.distributed import current_processes
     from vpt.errors import VptError
+    from vpt.models.dtypes import weights_dtype
     from vpt.rewards.expression import parse_reward
     from vpt.stages.grpo import GrpoOptions, grpo_step as run, load_step_inputs
     from vpt.train import finish_distributed
@@ -94,6 +98,7 @@ def grpo_step(
     from vpt.train.run import check_output
 
     check_start(policy, init_lora, init, "--init")
+    frozen_dtype = weights_dtype(dtype)
     if (policy is None) == (init is None):
         raise VptError("give exactly one of --policy CKPT (continue a policy) or --init WAN_DIR (start one)")
     if prior is not None and not bpgo:
@@ -112,7 +117,8 @@ def grpo_step(
     check_output(Path(out), resume)
     inputs = load_step_inputs(policy=policy, init=init, model=model, rollouts=rollouts, scores=scores, prior=prior,
                               options=options, vipo_model=vipo_model, lora_rank=lora_rank, lora_alpha=lora_alpha,
-                              lora_targets=targets, init_lora=init_lora, command=_ui.command_line(context))
+                              lora_targets=targets, init_lora=init_lora, command=_ui.command_line(context),
+                              dtype=frozen_dtype, gradient_checkpointing=gradient_checkpointing)
     result = run(inputs, options, out, config, steps_per_iteration=steps_per_iteration, resume=resume, quiet=quiet)
     if not quiet and current_processes().is_main:
         _ui.print_table(f"grpo-step iteration {result.iteration}", ["metric", "value"],

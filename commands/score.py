@@ -25,6 +25,7 @@ def score(
                                             "(default: $VPT_VIDEOREWARD_DIR, then the Hugging Face hub)."),
     device: str = typer.Option("auto", "--device", help="Device of learned reward models: auto (this process's GPU "
                                "when there is one), cpu, cuda, cuda:1."),
+    dtype: str = typer.Option("fp32", "--dtype", help="Weights dtype of learned reward models: bf16 or fp32."),
     raw: bool = typer.Option(False, "--raw", help="Also write VideoReward's raw head outputs (vq_raw, ...)."),
     output: str = typer.Option("-", "--output", "-o", callback=_outputs.output_file,
                                help="Output scores table; - is stdout."),
@@ -46,13 +47,15 @@ def score(
     """
     from vpt.distributed import current_processes
     from vpt.io.manifest import collect_videos
+    from vpt.models.dtypes import check_dtype
     from vpt.io.tables import TableWriter
     from vpt.rewards.engine import ScoreSummary, output_columns, score_videos
     from vpt.rewards.registry import load_reward_model
 
     names = comma_list(models, "--model", "brightness,motion")
+    check_dtype(dtype)  # a bad value stops the command even when only heuristics are named
     processes = current_processes()
-    reward_models = [load_reward_model(name, model_dir, device, batch_size, raw) for name in names]
+    reward_models = [load_reward_model(name, model_dir, device, batch_size, raw, dtype) for name in names]
     columns = output_columns(reward_models)
     items = collect_videos(inputs or [], prompts, base_dir)
     summary = ScoreSummary()

@@ -77,6 +77,8 @@ def train_reward(
     cache: Optional[str] = shared.option("--cache"),
     max_grad_norm: float = shared.option("--max-grad-norm"),
     mixed_precision: str = shared.option("--mixed-precision"),
+    dtype: str = shared.option("--dtype"),
+    gradient_checkpointing: bool = shared.option("--gradient-checkpointing"),
     seed: int = shared.option("--seed", help="Seed of the split, the adapter initialisation and the data order."),
     resume: Optional[str] = shared.option("--resume", help="Continue the run of an --out directory (or one of its "
                                                          "checkpoint-N), or train a finished run further, as if "
@@ -103,7 +105,7 @@ def train_reward(
     """
     from vpt.distributed import current_processes
     from vpt.errors import VptError
-    from vpt.stages.reward import check_run
+    from vpt.stages.reward import check_run, start_videoreward, train_videoreward
     from vpt.train import finish_distributed
 
     if kind not in KINDS:
@@ -125,7 +127,8 @@ def train_reward(
 
         options = LatentRewardOptions(dimensions=None if dims is None else comma_list(dims, "--dims", "vq,mq"),
                                       loss=loss, theta=theta, blocks=blocks, head_channels=head_channels,
-                                      eval_fraction=eval_fraction, clip_latents=clip_latents)
+                                      eval_fraction=eval_fraction, clip_latents=clip_latents, dtype=dtype,
+                                      gradient_checkpointing=gradient_checkpointing)
         noise = NoiseOptions(timesteps=timesteps, logit_mean=logit_mean, logit_std=logit_std, shift=shift, seed=seed)
         config = shared.train_config(locals(), default_epochs=2, output_dir=out,
                                      learning_rate=LEARNING_RATE if learning_rate is None else learning_rate)
@@ -134,13 +137,11 @@ def train_reward(
         if not quiet and current_processes().is_main:
             _ui.latent_reward_summary(result, options.eval_sigmas, out)
     else:
-        from vpt.stages.reward import start_videoreward, train_videoreward
-
+        targets = None if lora_targets is None else comma_list(lora_targets, "--lora-targets", "q_proj,v_proj")
         start = start_videoreward(model_path, lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                                  lora_targets=None if lora_targets is None else
-                                  comma_list(lora_targets, "--lora-targets", "q_proj,v_proj"),
-                                  loss=loss, theta=theta, eval_fraction=eval_fraction, frames=frames,
-                                  min_pixels=min_pixels, max_pixels=max_pixels)
+                                  lora_targets=targets, loss=loss, theta=theta, eval_fraction=eval_fraction,
+                                  frames=frames, min_pixels=min_pixels, max_pixels=max_pixels, dtype=dtype,
+                                  gradient_checkpointing=gradient_checkpointing)
         config = shared.train_config(locals(), default_epochs=2, output_dir=out,
                                      learning_rate=start.learning_rate if learning_rate is None else learning_rate)
         result = train_videoreward(start.model, tables[0], config, start.options, resume=resume, quiet=quiet)

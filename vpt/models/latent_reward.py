@@ -96,7 +96,8 @@ def cut_generator(transformer: nn.Module, blocks: int | None, dimensions: Sequen
                   info: Mapping[str, Any] | None = None) -> LatentRewardModel:
     """A new reward model whose trunk copies the patch embedding, conditioning and first ``blocks`` blocks
     (default: :data:`DEFAULT_BLOCKS`, at most all) of the generator's ``transformer`` (left untouched); the output
-    projection and the head are initialised from ``seed`` (the global RNG is left as it was)."""
+    projection and the head are initialised from ``seed`` (the global RNG is left as it was). The trunk is float32
+    whatever the generator's dtype: it trains (a bfloat16 generator's weights are copied as they are)."""
     from diffusers import WanTransformer3DModel
 
     blocks = checked_blocks(blocks, int(transformer.config.num_layers))
@@ -115,8 +116,6 @@ def cut_generator(transformer: nn.Module, blocks: int | None, dimensions: Sequen
     if unexpected or any(not name.startswith("proj_out.") for name in missing):
         raise VptError(f"the generator's transformer does not fit a Wan trunk (missing {missing[:3]}, unexpected "
                        f"{unexpected[:3]}); give a diffusers Wan pipeline")
-    if trunk.dtype != transformer.dtype:
-        trunk.to(transformer.dtype)  # the head stays float32: it reads float32 pooled features
     return model.to(next(transformer.parameters()).device).eval()
 
 

@@ -81,6 +81,14 @@ def initial_noise(shape: Sequence[int], generator: torch.Generator) -> torch.Ten
     return randn_tensor((1, *shape), generator=generator, device=torch.device("cpu"), dtype=torch.float32)
 
 
+def wan_dtype(transformer: torch.nn.Module) -> torch.dtype:
+    """The dtype a Wan transformer computes in, wrapped (peft, DDP) or not: its patch embedding's. Loaded in
+    bfloat16, diffusers keeps the time embedding, norms and modulation tables in float32
+    (``WanTransformer3DModel._keep_in_fp32_modules``), so its first parameter does not tell."""
+    return next(parameter.dtype for name, parameter in transformer.named_parameters()
+                if name.endswith("patch_embedding.weight"))
+
+
 class WanVelocity:
     """``v(x, i, σ)`` of a Wan transformer for fixed text embeddings, with classifier-free guidance
     ``v = v_uncond + w·(v_cond − v_uncond)`` when ``guidance`` > 1 (as WanPipeline)."""
@@ -93,17 +101,19 @@ class WanVelocity:
         self.prompt_embeds = prompt_embeds  # [B, L, D]
         self.negative_embeds = negative_embeds  # [B, L, D] or None
         self.guidance = float(guidance)
-        self.dtype = transformer.dtype if dtype is None else dtype
+        self.dtype = wan_dtype(transformer) if dtype is None else dtype
 
     def __call__(self, x: torch.Tensor, index: int, sigma: torch.Tensor) -> torch.Tensor:
-        """``sigma``: a scalar tensor, or one σ per sample ``[B]`` (training batches mix steps)."""
+        """``sigma``: a scalar tensor, or one σ per sample ``[B]`` (training batches mix steps). The latents and
+        the embeddings go in as the transformer's dtype (embeddings stored by a run in another dtype too)."""
         model_input = x.to(self.dtype)
         timestep = (sigma * NUM_TRAIN_TIMESTEPS).to(x.device).reshape(-1).expand(x.shape[0])
         velocity = self.transformer(hidden_states=model_input, timestep=timestep,
-                                    encoder_hidden_states=self.prompt_embeds, return_dict=False)[0]
+                                    encoder_hidden_states=self.prompt_embeds.to(self.dtype), return_dict=False)[0]
         if self.guidance > 1.0:
             unconditional = self.transformer(hidden_states=model_input, timestep=timestep,
-                                             encoder_hidden_states=self.negative_embeds, return_dict=False)[0]
+                                             encoder_hidden_states=self.negative_embeds.to(self.dtype),
+                                             return_dict=False)[0]
             velocity = unconditional + self.guidance * (velocity - unconditional)
         return velocity
 

@@ -64,13 +64,15 @@ def _videoreward_release() -> tuple[str, str | None]:
 
 
 def load_reward_model(
-    name: str, model_dir: str | None = None, device: str = "auto", batch_size: int = 4, raw: bool = False
+    name: str, model_dir: str | None = None, device: str = "auto", batch_size: int = 4, raw: bool = False,
+    dtype: str = "fp32",
 ) -> RewardModel:
     """The reward model registered as ``name``, or the VideoReward checkpoint at path ``name``.
 
     ``videoreward`` resolves ``model_dir``, then ``$VPT_VIDEOREWARD_DIR``, then the public release through the
     Hugging Face hub (cache first). ``device="auto"`` is this process's accelerator when there is one. ``raw`` adds
-    the raw head outputs of VideoReward as extra columns.
+    the raw head outputs of VideoReward as extra columns. ``dtype`` (``bf16`` or ``fp32``): what a learned model's
+    weights are loaded in (the heuristics have none).
     """
     from vpt.rewards.heuristic import HEURISTICS
 
@@ -86,9 +88,10 @@ def load_reward_model(
         path = model_dir or os.environ.get(VIDEOREWARD_DIR_VARIABLE)
         if not path:
             path, base = _videoreward_release()
-        return load_videoreward_scorer(path, device=device, batch_size=batch_size, base=base, with_raw=raw)
+        return load_videoreward_scorer(path, device=device, batch_size=batch_size, dtype=dtype, base=base,
+                                       with_raw=raw)
     if Path(name).is_dir():
-        scorer = load_videoreward_scorer(name, device=device, batch_size=batch_size, with_raw=raw)
+        scorer = load_videoreward_scorer(name, device=device, batch_size=batch_size, dtype=dtype, with_raw=raw)
         scorer.name = name  # the scores table records which checkpoint scored
         return scorer
     raise VptError(

@@ -79,25 +79,23 @@ class VideoRewardScorer(RewardModel):
         return {name: np.ascontiguousarray(values[:, i], dtype=np.float64) for i, name in enumerate(self.dimensions)}
 
 
-def load_videoreward_scorer(path: str | os.PathLike, device: str = "cpu", batch_size: int = 4, dtype: str = "float32",
+def load_videoreward_scorer(path: str | os.PathLike, device: str = "cpu", batch_size: int = 4, dtype: str = "fp32",
                             base: str | os.PathLike | None = None, position_ids: str | None = None,
                             normalised: bool = True, with_raw: bool = False) -> VideoRewardScorer:
     """Load a VideoReward checkpoint (our layout, VideoAlign's, or a zoo directory) as a scorer.
 
-    ``dtype``: ``float32``, ``bfloat16`` or ``float16``; ``position_ids``: override the checkpoint's position mode
-    (``sequential`` reproduces the released scores, ``mrope`` is transformers' own); ``base``: the base Qwen2-VL
-    directory when the checkpoint's reference is not local.
+    ``dtype``: ``bf16`` or ``fp32`` (``--dtype``, :func:`vpt.models.loading.weights_dtype`), what the weights are
+    loaded in; ``position_ids``: override the checkpoint's position mode (``sequential`` reproduces the released
+    scores, ``mrope`` is transformers' own); ``base``: the base Qwen2-VL directory when the checkpoint's reference is
+    not local.
     """
-    import torch
-
+    from vpt.models.dtypes import weights_dtype
     from vpt.models.videoreward_checkpoint import load_videoreward
 
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in dtypes:
-        raise VptError(f"unknown dtype {dtype!r} for videoreward; use one of {', '.join(dtypes)}")
+    weights = weights_dtype(dtype)
     if position_ids is not None and position_ids not in ("sequential", "mrope"):
         raise VptError(f"unknown position_ids {position_ids!r} for videoreward; use sequential or mrope")
-    model = load_videoreward(path, device=device, dtype=dtypes[dtype], base=base)
+    model = load_videoreward(path, device=device, dtype=weights, base=base)
     if position_ids is not None:
         model.with_config(position_ids=position_ids)
     return VideoRewardScorer(model, batch_size=batch_size, normalised=normalised, with_raw=with_raw)

@@ -10,10 +10,6 @@ from typing import Any
 
 import torch
 
-from vpt.errors import VptError
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-
 
 @dataclass(frozen=True)
 class Generator:
@@ -28,10 +24,10 @@ class Generator:
 
 def placement(device: str, dtype: str, processes) -> tuple[str, torch.dtype]:
     """The device (``auto``: this process's GPU when there is one) and weights dtype that ``--device`` and
-    ``--dtype`` name; VptError naming the option for anything else."""
-    if dtype not in DTYPES:
-        raise VptError(f"--dtype {dtype}: choose {' or '.join(DTYPES)}")
-    return processes.resolve_device(device), DTYPES[dtype]
+    ``--dtype`` name (:func:`vpt.models.loading.weights_dtype`); VptError naming the option for anything else."""
+    from vpt.models.dtypes import weights_dtype
+
+    return processes.resolve_device(device), weights_dtype(dtype)
 
 
 def open_generator(model: str | os.PathLike, policy: str | os.PathLike | None, device: str,

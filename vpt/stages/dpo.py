@@ -17,8 +17,9 @@ from vpt.algo.dpo import BETA_SCHEDULES, decoupled_dpo_backward, dpo_beta, flow_
 from vpt.algo.flow_matching import noised, velocity_errors, velocity_target
 from vpt.distributed import unwrapped
 from vpt.errors import VptError
-from vpt.models.wan import WanVelocity
-from vpt.stages.examples import Example, Examples, LatentItems, NoiseOptions, lora_record, pair_clips, prepare
+from vpt.models.wan import WanVelocity, wan_dtype
+from vpt.stages.examples import (Example, Examples, LatentItems, NoiseOptions, lora_record, pair_clips,
+                                 precision_record, prepare)
 from vpt.train.batch import TensorBatch
 from vpt.train.run import StageResult, StageTask, check_output, options_dict, stage_record, train_stage
 
@@ -183,19 +184,24 @@ class FlowDpoTask:
 def run_dpo(*, model: str | None, policy: str | None, prefs: str, out: str | os.PathLike, options: DpoOptions,
             noise: NoiseOptions, config, lora_targets: Sequence[str], lora_rank: int = 8, lora_alpha: float = 16.0,
             size: tuple[int, int, int] | None = None, cache: str | None = None, resume: str | None = None,
-            quiet: bool = False, init_lora: str | None = None, command: Sequence[str] | None = None) -> StageResult:
+            quiet: bool = False, init_lora: str | None = None, command: Sequence[str] | None = None,
+            dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False) -> StageResult:
     """``vpt dpo``: Flow-DPO of the policy (``policy`` continued, a new LoRA on ``model``, or the LoRA
     ``init_lora`` on ``model``) on the pairs of ``prefs`` labelled in ``options.dimension``; writes the policy
-    checkpoint ``out``. ``command``: the command line, for the record and the model card."""
+    checkpoint ``out``. ``command``: the command line, for the record and the model card. ``dtype``: of the frozen
+    generator (the LoRA, optimizer, errors and their differences stay float32); ``gradient_checkpointing``:
+    recompute the transformer's activations in the backward pass."""
     check_output(Path(out), resume)  # before encoding, which can take long at full scale
     examples = dpo_examples(prefs, options.dimension)
     lora = {"targets": tuple(lora_targets), "rank": lora_rank, "alpha": lora_alpha}
-    source, trainable, encoded = prepare(examples, model, policy, size, cache, lora, noise.seed, quiet, init_lora)
+    source, trainable, encoded = prepare(examples, model, policy, size, cache, lora, noise.seed, quiet, init_lora,
+                                         dtype, gradient_checkpointing)
     # the starting policy is the reference: a parent's or an init LoRA's adapter as it starts, swapped in
     reference = Reference(trainable, parent_weights=options.reference == "policy" and source.adapter)
-    task = FlowDpoTask(options, reference, next(trainable.parameters()).dtype)
+    task = FlowDpoTask(options, reference, wan_dtype(trainable))
     record = stage_record("dpo", source, prefs,
                           {**options_dict(options, noise), "lora": lora_record(lora, source), "size": size}, command)
+    record.update(precision_record(dtype, gradient_checkpointing))
     return train_stage(trainable, StageTask(LatentItems(encoded, noise), task, PairBatch.collate, own_backward=True),
                        config, Path(out), record, examples.counts, resume=resume, quiet=quiet)
 

@@ -197,9 +197,12 @@ def encode_examples(examples: Sequence[Example], pipe, model: Path, cache, size:
 
 
 def prepare(examples: Examples, model: str | None, policy: str | None, size, cache: str | None,
-             lora: Mapping[str, Any], seed: int, quiet: bool, init_lora: str | None = None):
+             lora: Mapping[str, Any], seed: int, quiet: bool, init_lora: str | None = None,
+             dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False):
     """(source, trainable policy, encoded examples): the policy and data of a stage, checked and encoded.
-    ``init_lora``: a LoRA without ``policy.json`` (peft or diffusers layout) the new policy starts as."""
+    ``init_lora``: a LoRA without ``policy.json`` (peft or diffusers layout) the new policy starts as. The generator
+    is loaded in ``dtype`` (the cache keys its encodings by the VAE's and text encoder's dtype); the LoRA trains in
+    float32 on it, with ``gradient_checkpointing`` when asked (:meth:`~vpt.train.policy.PolicySource.open`)."""
     from vpt.models.loading import load_wan_pipeline
     from vpt.encoding.cache import EncodedCache
     from vpt.train.policy import policy_source
@@ -207,12 +210,20 @@ def prepare(examples: Examples, model: str | None, policy: str | None, size, cac
     source = policy_source(model, policy, init_lora)
     if size is None:
         check_clip_sizes(examples.examples)
-    pipe = load_wan_pipeline(source.model)
+    pipe = load_wan_pipeline(source.model, dtype=dtype)
     encoded = encode_examples(examples.examples, pipe, source.model, EncodedCache(cache), size, quiet)
     transformer = pipe.transformer
     del pipe  # the text encoder and VAE are done: only the transformer trains
-    trainable = source.open(lora["targets"], lora["rank"], lora["alpha"], seed, transformer=transformer)
+    trainable = source.open(lora["targets"], lora["rank"], lora["alpha"], seed, transformer=transformer,
+                            gradient_checkpointing=gradient_checkpointing)
     return source, trainable, encoded
+
+
+def precision_record(dtype: torch.dtype, gradient_checkpointing: bool) -> dict:
+    """What a stage's record says of how it ran: the frozen weights' dtype and gradient checkpointing."""
+    from vpt.models.dtypes import dtype_name
+
+    return {"dtype": dtype_name(dtype), "gradient_checkpointing": bool(gradient_checkpointing)}
 
 
 

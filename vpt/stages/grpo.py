@@ -36,7 +36,7 @@ from vpt.algo.grpo import AGGREGATIONS, aggregate_rewards, clipped_surrogate, gr
 from vpt.algo.vipo import advantage_map, per_position_log_prob
 from vpt.distributed import unwrapped
 from vpt.errors import VptError
-from vpt.models.wan import WanVelocity
+from vpt.models.wan import WanVelocity, wan_dtype
 from vpt.train.batch import TensorBatch
 from vpt.train.policy import DEFAULT_LORA_TARGETS, policy_source
 from vpt.train.run import StageTask, train_stage
@@ -189,15 +189,19 @@ def load_step_inputs(*, policy: str | None, init: str | None, model: str | None,
                      scores: Sequence[str], prior: str | None, options: GrpoOptions, vipo_model: str | None = None,
                      lora_rank: int = 8, lora_alpha: float = 16.0,
                      lora_targets: Sequence[str] = DEFAULT_LORA_TARGETS, device: str | None = None,
-                     init_lora: str | None = None, command: Sequence[str] | None = None) -> StepInputs:
+                     init_lora: str | None = None, command: Sequence[str] | None = None,
+                     dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False) -> StepInputs:
     """Read and check everything :func:`grpo_step` needs: tables first (cheap, most errors), then the models.
 
     ``policy``: a checkpoint of any stage (continue it; GRPO's own state carries over from a grpo-step one) — or
     ``init``: a Wan / zoo directory (start a LoRA policy with ``lora_rank`` / ``lora_alpha`` / ``lora_targets``, or
     as the LoRA ``init_lora``, peft or diffusers layout, whose rollouts ``sample-rollouts --policy INIT_LORA``
     recorded). ``model`` overrides the generator a policy records. ``command``: the command line, for the record
-    and the model card.
+    and the model card. ``dtype``: of the frozen transformer (the LoRA, optimizer, log-probs and loss stay float32;
+    sample the rollouts with the same ``--dtype``, so the first ratios are 1); ``gradient_checkpointing``: recompute
+    the transformer's activations in the backward pass.
     """
+    from vpt.models.dtypes import dtype_name
     from vpt.io.tables import read_table
     from vpt.io.tensors import load_torch
     from vpt.models.loading import load_dinov2
@@ -220,7 +224,8 @@ def load_step_inputs(*, policy: str | None, init: str | None, model: str | None,
         if features is None:
             raise VptError("--vipo needs DINOv2 features: pass --vipo-model DIR (a transformers DINOv2 directory)")
         dinov2 = load_dinov2(features)
-    trainable = source.open(lora_targets, lora_rank, lora_alpha, options.seed, device)
+    trainable = source.open(lora_targets, lora_rank, lora_alpha, options.seed, device, dtype=dtype,
+                            gradient_checkpointing=gradient_checkpointing)
     state = GrpoState()
     warm_start = None
     checkpoint = source.checkpoint
@@ -231,7 +236,8 @@ def load_step_inputs(*, policy: str | None, init: str | None, model: str | None,
         warm_start = checkpoint if (checkpoint / TRAINER_STATE).is_file() else None
     return StepInputs(policy=trainable, rollouts=rollout_set, rewards=rewards, state=state,
                       policy_info={"model": str(wan), "parent": source.parent, **source.describe(),
-                                   "rollouts": str(Path(rollouts).resolve()),
+                                   "rollouts": str(Path(rollouts).resolve()), "dtype": dtype_name(dtype),
+                                   "gradient_checkpointing": bool(gradient_checkpointing),
                                    **({"command": [str(token) for token in command]} if command else {})},
                       warm_start=warm_start, reference_priors=reference, prior_source=prior or "--prior",
                       dinov2=dinov2)
@@ -485,6 +491,11 @@ class RolloutSteps(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.blocks)
 
+    def item_weights(self) -> list[int]:
+        """The harness weighs each block by its samples: a step's loss is the mean over its (rollout, step)
+        pairs, however the blocks fall to processes."""
+        return [len(members) for members, _ in self.blocks]
+
     @property
     def pairs(self) -> int:
         """(rollout, step) pairs over all blocks."""
@@ -611,11 +622,10 @@ def grpo_step(inputs: StepInputs, options: GrpoOptions, out: str | Path, config,
     interrupted iteration from one of them).
 
     ``config``: the harness's :class:`~vpt.train.TrainConfig` for the optimizer, clipping, precision and
-    ``save_every``; its data seed, micro-batches (one :data:`Block` each) and accumulation are set here, so that
-    ``steps_per_iteration`` optimizer steps consume every block once. ``inputs.state`` is updated and saved with
-    every checkpoint.
+    ``save_every``; its data seed, micro-batches (one :data:`Block` each) and blocks per step are set here, so that
+    ``steps_per_iteration`` optimizer steps consume every block once, the same steps on any number of processes.
+    ``inputs.state`` is updated and saved with every checkpoint.
     """
-    from vpt.distributed import current_processes
     from vpt.rollouts.sampling import derived_seed
 
     if steps_per_iteration < 1:
@@ -630,13 +640,12 @@ def grpo_step(inputs: StepInputs, options: GrpoOptions, out: str | Path, config,
     blocks = trained_blocks(rows, options.timestep_fraction, options.seed, state.iteration)
     maps = vipo_maps(rollouts, inputs.dinov2, options.vipo_blur) if options.vipo else None
     dataset = RolloutSteps(rollouts, blocks, advantages.advantages, advantages.auxiliary, maps)
-    loss = GrpoLoss(options, rows[0]["noise_level"], rows[0]["guidance"], next(policy.parameters()).dtype)
+    loss = GrpoLoss(options, rows[0]["noise_level"], rows[0]["guidance"], wan_dtype(policy))
     if options.vipo:
         dataset.old_maps = old_log_prob_maps(loss, policy, dataset)
 
-    micro_batches = math.ceil(len(blocks) / current_processes().count)
     config = config.replace(seed=derived_seed(options.seed, state.iteration) % 2**31, batch_size=1,
-                            gradient_accumulation_steps=math.ceil(micro_batches / steps_per_iteration), epochs=1,
+                            step_examples=math.ceil(len(blocks) / steps_per_iteration), epochs=1,
                             max_steps=None, lr_schedule="constant", log_every=1, eval_every=0, keep_last=1,
                             shuffle=True)
     record = {**inputs.policy_info, "stage": "grpo", "iteration": state.iteration, "grpo": _jsonable(options)}

@@ -62,8 +62,13 @@ class LatentRewardOptions:
     eval_sigmas: tuple[float, ...] = (0.2, 0.5, 0.8)
     eval_batch_size: int = 16
     clip_latents: str = "auto"
+    dtype: str = "fp32"  # of the generator that encodes the clips and prompts; the model it is cut into trains in fp32
+    gradient_checkpointing: bool = False  # the trunk recomputes its blocks' activations in the backward pass
 
     def __post_init__(self) -> None:
+        from vpt.models.dtypes import dtype_name, weights_dtype
+
+        self.dtype = dtype_name(weights_dtype(self.dtype))
         if self.dimensions is not None:
             self.dimensions = tuple(self.dimensions)
             unknown = [name for name in self.dimensions if name not in LABELLED_DIMENSIONS]
@@ -226,8 +231,10 @@ def train_latent_reward(model: str | os.PathLike, prefs: Sequence[str], config, 
     from vpt.distributed import current_processes
     from vpt.io.atomic import atomic_path, publish_into
     from vpt.models.latent_reward import CONFIG_FILE, checked_blocks, cut_generator, save_latent_reward
+    from vpt.models.dtypes import weights_dtype
     from vpt.models.loading import load_wan_pipeline, resolve_wan_directory
     from vpt.train import Trainer
+    from vpt.train.lora import checkpoint_activations
     from vpt.encoding.cache import EncodedCache
     from vpt.rollouts.store import cache_recorded_latents
     from vpt.stages.reward import check_run
@@ -240,7 +247,7 @@ def train_latent_reward(model: str | os.PathLike, prefs: Sequence[str], config, 
     if size is None:
         check_clip_sizes(examples.examples)
     generator = resolve_wan_directory(model)
-    pipe = load_wan_pipeline(generator)
+    pipe = load_wan_pipeline(generator, dtype=weights_dtype(options.dtype))
     checked_blocks(options.blocks, int(pipe.transformer.config.num_layers))  # before the long encoding
     store = EncodedCache(cache)
     vae_id = store.component_identity(generator / "vae")
@@ -254,6 +261,8 @@ def train_latent_reward(model: str | os.PathLike, prefs: Sequence[str], config, 
     reward_model = cut_generator(pipe.transformer, options.blocks, dimensions, options.head_channels, config.seed,
                                  info).train()
     del pipe
+    if options.gradient_checkpointing:
+        checkpoint_activations(reward_model.trunk)
     train_indices, eval_indices = split_pairs(len(encoded), options.eval_fraction, config.seed)
     held_out = HeldOutPairs([encoded[i] for i in (eval_indices if len(eval_indices) else train_indices)],
                             dimensions, options, config.seed)

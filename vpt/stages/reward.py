@@ -60,7 +60,7 @@ from vpt.metrics.rewardbench import pair_accuracies
 from vpt.models.videoreward import DIMENSIONS, VideoRewardModel, videoalign_lora_targets
 from vpt.models.videoreward_checkpoint import save_videoreward
 from vpt.train.config import TrainConfig
-from vpt.train.lora import freeze, mark_trainable, train_embedding_rows
+from vpt.train.lora import checkpoint_activations, freeze, mark_trainable, train_embedding_rows
 from vpt.train.trainer import Trainer, TrainResult, check_run_directory
 
 __all__ = [
@@ -119,8 +119,13 @@ class RewardTrainOptions:
     lora_targets: tuple[str, ...] | None = None
     eval_batch_size: int = 8
     decode_workers: int = 2
+    dtype: str = "fp32"  # of the frozen weights (the language model); what trains is float32 (see prepare_model)
+    gradient_checkpointing: bool = False  # Qwen2-VL recomputes its layers' activations in the backward pass
 
     def __post_init__(self) -> None:
+        from vpt.models.dtypes import dtype_name, weights_dtype
+
+        self.dtype = dtype_name(weights_dtype(self.dtype))
         if self.lora_targets is not None:
             self.lora_targets = tuple(self.lora_targets)
         if self.loss not in LOSSES:
@@ -175,20 +180,22 @@ def start_videoreward(model_path: str | os.PathLike, *, lora_rank: int | None = 
                       lora_alpha: float | None = None, lora_dropout: float = 0.05,
                       lora_targets: Sequence[str] | None = None, loss: str = "btt", theta: float = 5.0,
                       eval_fraction: float = 0.1, frames: int | None = None, min_pixels: int | None = None,
-                      max_pixels: int | None = None) -> VideoRewardStart:
-    """Load the VideoReward at ``model_path`` (ours, VideoAlign's or a zoo's) and settle what depends on it: a LoRA
-    rank or alpha of None takes :func:`suggested_hyperparameters`, except that a given rank without an alpha gets
-    alpha = 2 x rank; the learning rate is the suggested one."""
+                      max_pixels: int | None = None, dtype: str = "fp32",
+                      gradient_checkpointing: bool = False) -> VideoRewardStart:
+    """Load the VideoReward at ``model_path`` (ours, VideoAlign's or a zoo's) in ``dtype`` (``--dtype``) and settle
+    what depends on it: a LoRA rank or alpha of None takes :func:`suggested_hyperparameters`, except that a given
+    rank without an alpha gets alpha = 2 x rank; the learning rate is the suggested one."""
+    from vpt.models.dtypes import weights_dtype
     from vpt.models.videoreward_checkpoint import load_videoreward
 
-    model = load_videoreward(model_path)
+    model = load_videoreward(model_path, dtype=weights_dtype(dtype))
     defaults = suggested_hyperparameters(model)
     rank = defaults["lora_rank"] if lora_rank is None else lora_rank
     alpha = (2.0 * rank if lora_rank is not None else defaults["lora_alpha"]) if lora_alpha is None else lora_alpha
     options = RewardTrainOptions(loss=loss, theta=theta, eval_fraction=eval_fraction, frames=frames,
                                  min_pixels=min_pixels, max_pixels=max_pixels, lora_rank=rank,
                                  lora_alpha=alpha if rank else defaults["lora_alpha"], lora_dropout=lora_dropout,
-                                 lora_targets=lora_targets)
+                                 lora_targets=lora_targets, dtype=dtype, gradient_checkpointing=gradient_checkpointing)
     return VideoRewardStart(model=model, options=options, learning_rate=defaults["learning_rate"])
 
 
@@ -347,7 +354,8 @@ def _resolve_lora_targets(model: VideoRewardModel, targets: Sequence[str] | None
 def prepare_model(model: VideoRewardModel, options: RewardTrainOptions, seed: int = 0) -> VideoRewardModel:
     """Set what trains (in place; returns the model): merge an existing adapter, freeze everything, add a fresh
     LoRA adapter on the language model (initialised from ``seed``, global RNG untouched), and train the vision
-    tower + merger, the head and the three reward-token embedding rows."""
+    tower + merger, the head and the three reward-token embedding rows. What trains is float32 on a model loaded in
+    bfloat16 (:func:`_trainable_in_float32`); ``options.gradient_checkpointing`` switches Qwen2-VL's on."""
     if model.has_lora:
         model.merge_lora()
     freeze(model)
@@ -359,7 +367,25 @@ def prepare_model(model: VideoRewardModel, options: RewardTrainOptions, seed: in
                               targets=targets)
     mark_trainable(model, TRAINED_PATTERNS)
     train_embedding_rows(model.qwen.get_input_embeddings(), model.reward_token_ids)
+    _trainable_in_float32(model)
+    if options.gradient_checkpointing:
+        checkpoint_activations(model.qwen)
     return model
+
+
+def _trainable_in_float32(model: VideoRewardModel) -> None:
+    """Every trainable parameter in float32 (the LoRA matrices are already: peft's ``autocast_adapter_dtype``), the
+    frozen language model staying in its loaded dtype: AdamW's small updates vanish in bfloat16's 8-bit mantissa.
+    The parameters keep their identity (gradient masks and ties stay). The embedding matrix trains three rows, so it
+    becomes float32 whole, and its output is cast back to the language model's dtype for the layers it feeds; the
+    vision tower's output is cast by Qwen2-VL itself, and the head casts its input."""
+    embedding = model.qwen.get_input_embeddings()
+    language_dtype = embedding.weight.dtype
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+    if language_dtype != torch.float32:
+        embedding.register_forward_hook(lambda module, inputs, output: output.to(language_dtype))
 
 
 # ------------------------------------------------------------------------------------------------- evaluation

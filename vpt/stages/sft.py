@@ -14,8 +14,9 @@ import torch
 
 from vpt.algo.flow_matching import flow_matching_loss, noised, reward_weights, velocity_target
 from vpt.errors import VptError
-from vpt.models.wan import WanVelocity
-from vpt.stages.examples import Example, Examples, LatentItems, NoiseOptions, lora_record, prepare
+from vpt.models.wan import WanVelocity, wan_dtype
+from vpt.stages.examples import (Example, Examples, LatentItems, NoiseOptions, lora_record, precision_record,
+                                 prepare)
 from vpt.train.batch import TensorBatch
 from vpt.train.run import StageResult, StageTask, check_output, options_dict, stage_record, train_stage
 
@@ -136,22 +137,26 @@ def run_sft(*, model: str | None, policy: str | None, data: Sequence[str], out: 
             weight_column: str | None = None, rwr_scores: str | None = None, rwr_reward: str = "score",
             rwr_beta: float = 1.0, lora_rank: int = 8, lora_alpha: float = 16.0,
             size: tuple[int, int, int] | None = None, cache: str | None = None, resume: str | None = None,
-            quiet: bool = False, init_lora: str | None = None, command: Sequence[str] | None = None) -> StageResult:
+            quiet: bool = False, init_lora: str | None = None, command: Sequence[str] | None = None,
+            dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False) -> StageResult:
     """``vpt sft``: flow-matching fine-tuning of the policy (``policy`` continued, a new LoRA on ``model``, or the
     LoRA ``init_lora`` on ``model``) on the clips of ``data`` — weights 1 (SFT), a manifest column, or Flow-RWR's
     normalised exp(r/β) of ``rwr_reward`` from ``rwr_scores``; writes ``out``. ``command``: the command line, for the
-    record and the model card."""
+    record and the model card. ``dtype``: of the frozen generator (the LoRA, optimizer and loss stay float32);
+    ``gradient_checkpointing``: recompute the transformer's activations in the backward pass."""
     check_output(Path(out), resume)  # before encoding, which can take long at full scale
     examples = sft_examples(data, prompts, weight_column, rwr_scores, rwr_reward, rwr_beta)
     lora = {"targets": tuple(lora_targets), "rank": lora_rank, "alpha": lora_alpha}
-    source, trainable, encoded = prepare(examples, model, policy, size, cache, lora, noise.seed, quiet, init_lora)
+    source, trainable, encoded = prepare(examples, model, policy, size, cache, lora, noise.seed, quiet, init_lora,
+                                         dtype, gradient_checkpointing)
     weighting = ("rwr" if rwr_scores is not None else "column" if weight_column is not None else "none")
     options = {**options_dict(noise), "weighting": weighting, "weight_column": weight_column,
                "rwr_scores": rwr_scores, "rwr_reward": rwr_reward, "rwr_beta": rwr_beta,
                "lora": lora_record(lora, source), "size": size}
-    task = StageTask(LatentItems(encoded, noise), FlowMatchingTask(next(trainable.parameters()).dtype),
+    task = StageTask(LatentItems(encoded, noise), FlowMatchingTask(wan_dtype(trainable)),
                      collate_fn=ClipBatch.collate)
-    return train_stage(trainable, task, config, Path(out), stage_record("sft", source, data[0], options, command),
-                       examples.counts, resume=resume, quiet=quiet)
+    record = {**stage_record("sft", source, data[0], options, command),
+              **precision_record(dtype, gradient_checkpointing)}
+    return train_stage(trainable, task, config, Path(out), record, examples.counts, resume=resume, quiet=quiet)
 
 

@@ -51,6 +51,21 @@ def is_peft_model(model: torch.nn.Module) -> bool:
     return peft is not None and isinstance(model, peft.PeftModel)
 
 
+def checkpoint_activations(model: torch.nn.Module) -> None:
+    """Gradient checkpointing through the model's own mechanism: each block's activations are recomputed in the
+    backward pass instead of kept. diffusers models (the Wan transformer, the latent reward model's trunk):
+    ``ModelMixin.enable_gradient_checkpointing``; transformers models (Qwen2-VL): ``activation_checkpointing_enable``
+    (``gradient_checkpointing_enable`` before transformers 5). Both run ``torch.utils.checkpoint`` non-reentrant
+    (``use_reentrant=False``): the parameters inside a block get gradients although its frozen inputs need none, and
+    the recomputation replays the forward's RNG state (``preserve_rng_state``), so dropout draws the same masks and
+    the gradients equal those without checkpointing. A peft model's base model is switched."""
+    base = model.get_base_model() if is_peft_model(model) else model
+    if hasattr(base, "enable_gradient_checkpointing"):
+        base.enable_gradient_checkpointing()
+    else:
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+
 def freeze(model: torch.nn.Module) -> None:
     """``requires_grad=False`` on every parameter."""
     for param in model.parameters():

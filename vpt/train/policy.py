@@ -110,20 +110,28 @@ class PolicySource:
         return extra
 
     def open(self, targets: Sequence[str] = DEFAULT_LORA_TARGETS, rank: int = 8, alpha: float = 16.0,
-             seed: int = 0, device: str | None = None,
-             transformer: torch.nn.Module | None = None) -> torch.nn.Module:
+             seed: int = 0, device: str | None = None, transformer: torch.nn.Module | None = None,
+             dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False) -> torch.nn.Module:
         """The generator's transformer with the parent adapter (or the init LoRA) loaded trainable, or a fresh
         seeded LoRA (``targets``, ``rank``, ``alpha``) without either. ``transformer``: the generator's transformer
-        when it is already loaded (e.g. with the pipeline that encoded the data)."""
+        when it is already loaded (e.g. with the pipeline that encoded the data); else it is loaded in ``dtype``.
+        The LoRA weights are float32 on a bfloat16 transformer too (peft's ``autocast_adapter_dtype``, the default
+        of ``get_peft_model``). ``gradient_checkpointing``: the transformer recomputes its blocks' activations in
+        the backward pass (:func:`vpt.train.lora.checkpoint_activations`)."""
         from vpt.models.loading import load_wan_transformer, open_lora, read_lora
+        from vpt.train.lora import checkpoint_activations
 
         if transformer is None:
-            transformer = load_wan_transformer(self.model, device=device)
+            transformer = load_wan_transformer(self.model, dtype=dtype, device=device)
         if self.init_lora is not None:
-            return open_lora(transformer, self.init_lora, trainable=True, generator=self.model)
-        if self.checkpoint is None:
-            return new_policy(transformer, targets, rank, alpha, seed)
-        return open_lora(transformer, read_lora(self.checkpoint), trainable=True, generator=self.model)
+            policy = open_lora(transformer, self.init_lora, trainable=True, generator=self.model)
+        elif self.checkpoint is None:
+            policy = new_policy(transformer, targets, rank, alpha, seed)
+        else:
+            policy = open_lora(transformer, read_lora(self.checkpoint), trainable=True, generator=self.model)
+        if gradient_checkpointing:
+            checkpoint_activations(policy)
+        return policy
 
 
 def recorded_lineage(parent: Any) -> list[dict]:
@@ -185,16 +193,18 @@ def policy_source(model: str | None, policy: str | None, init_lora: str | None =
     return PolicySource(model=generator, checkpoint=checkpoint, digest=digest, record=record, init_lora=lora)
 
 
-def save_policy(model: torch.nn.Module, directory: Path) -> None:
+def save_policy(model: torch.nn.Module, directory: Path, state: dict[str, torch.Tensor] | None = None) -> None:
     """The harness's peft save plus the same adapter in diffusers' layout (``pytorch_lora_weights.safetensors``),
-    so ``WanPipeline.load_lora_weights(directory)`` loads the policy too."""
+    so ``WanPipeline.load_lora_weights(directory)`` loads the policy too. ``state``: the trainable weights the
+    harness gathered (from a sharded model), else read from ``model``."""
     from diffusers import WanPipeline
     from peft import get_peft_model_state_dict
 
     from vpt.io.tensors import canonicalize_header
-    from vpt.train.checkpoint import save_peft
+    from vpt.train.checkpoint import save_peft, trainable_state_dict
 
-    save_peft(model, directory)
+    state = trainable_state_dict(model) if state is None else state
+    save_peft(model, directory, state)
     config = model.peft_config["default"]
     metadata = {key: value for key, value in config.to_dict().items() if key in
                 ("r", "lora_alpha", "target_modules", "lora_dropout", "use_dora", "use_rslora", "bias")}
@@ -204,7 +214,8 @@ def save_policy(model: torch.nn.Module, directory: Path) -> None:
         if getattr(config, name, None):
             metadata[name] = dict(sorted(getattr(config, name).items())) if name != "lora_bias" else True
     # diffusers names adapter weights from the transformer itself, without peft's wrapper prefix
-    layers = {key.removeprefix("base_model.model."): value for key, value in get_peft_model_state_dict(model).items()}
+    layers = {key.removeprefix("base_model.model."): value
+              for key, value in get_peft_model_state_dict(model, state_dict=state).items()}
     WanPipeline.save_lora_weights(directory, transformer_lora_layers=layers,
                                   transformer_lora_adapter_metadata=metadata, safe_serialization=True)
     canonicalize_header(Path(directory) / DIFFUSERS_WEIGHTS)
