@@ -1,4 +1,5 @@
-"""Several processes started by ``accelerate launch`` (or torchrun): who am I, share a value, wait, leave.
+"""Several processes started by ``accelerate launch`` (or torchrun): who am I, share a value, wait, leave, and
+shard a model over them (FSDP2) when the launch's accelerate config asks for it.
 
 Outside such a launch there is one process and nothing here imports torch. Inside one, the process group comes from
 accelerate's ``PartialState`` (gloo on CPU, NCCL on GPUs).
@@ -99,6 +100,70 @@ def current_processes() -> Processes:
 
     state = PartialState(cpu=not torch.cuda.is_available())
     return Processes(rank=state.process_index, count=state.num_processes, _state=state)
+
+
+def requested_fsdp_version() -> int | None:
+    """The FSDP version the launch's accelerate config asks for (``use_fsdp`` / ``fsdp_version`` of an ``accelerate
+    launch --config_file``, exported as ``ACCELERATE_USE_FSDP`` / ``FSDP_VERSION``), or None without FSDP."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() not in ("true", "1", "yes"):
+        return None
+    return int(os.environ.get("FSDP_VERSION", "1"))
+
+
+def sharded_launch(processes: "Processes", stage: str, can_shard: bool = True) -> bool:
+    """Whether ``stage`` runs its models sharded in this launch: an FSDP2 accelerate config and several processes.
+    VptError for an FSDP config vpt cannot follow (FSDP1, or a stage that does not shard)."""
+    from vpt.errors import VptError
+
+    version = requested_fsdp_version()
+    if version is None:
+        return False
+    if not can_shard:
+        raise VptError(f"{stage} does not shard its models, but the accelerate config asks for FSDP; launch it with "
+                       "a DDP config (examples/accelerate/ddp.yaml) or none")
+    if version != 2:
+        raise VptError(f"the accelerate config asks for fsdp_version {version}; vpt shards with FSDP2: set "
+                       "fsdp_version: 2 (see examples/accelerate/fsdp2.yaml)")
+    return processes.count > 1
+
+
+def shard_model(model, processes: "Processes"):
+    """Shard ``model`` over the launch's processes with FSDP2 (``torch.distributed.fsdp.fully_shard``), in place:
+    each module of a wrap class becomes one unit (its parameters all-gathered for its forward and backward, then
+    freed), the root holds the rest. Frozen and trainable parameters (a bf16 base and float32 LoRA) share a unit.
+
+    The settings are the accelerate config's (read with accelerate's ``FullyShardedDataParallelPlugin``): the wrap
+    classes (``fsdp_transformer_layer_cls_to_wrap``; default: every ``_no_split_modules`` class the model's
+    submodules declare, e.g. diffusers' ``WanTransformerBlock``, Qwen2-VL's decoder layers), ``reshard_after_forward``
+    and parameter offloading. Accelerate applies FSDP2 only on accelerators; doing it here lets the same code shard
+    on CPU processes (gloo) and on GPUs (NCCL). Call it once the weights are loaded: each process then keeps its
+    slice. Returns ``model``.
+    """
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    plugin = FullyShardedDataParallelPlugin()
+    wrap = set(plugin.transformer_cls_names_to_wrap or ())
+    if not wrap:
+        for module in model.modules():
+            wrap.update(getattr(module, "_no_split_modules", None) or ())
+    mesh = init_device_mesh(processes.device().split(":")[0], (processes.count,))
+    settings = {"mesh": mesh, "reshard_after_forward": plugin.reshard_after_forward}
+    if plugin.cpu_offload is not None:
+        settings["offload_policy"] = plugin.cpu_offload
+    units = [module for module in model.modules() if type(module).__name__ in wrap and module is not model]
+    for unit in units:
+        fully_shard(unit, **settings)
+    fully_shard(model, **settings)
+    return model
+
+
+def is_sharded(model) -> bool:
+    """Whether ``model`` was sharded by :func:`shard_model` (its parameters are DTensor slices)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
 
 
 def unwrapped(model):

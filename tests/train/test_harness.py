@@ -110,7 +110,7 @@ def test_a_finished_run_resumes_to_nothing_and_refuses_a_silent_restart(tmp_path
     again = Trainer(linear(), cfg, dataset=Regression(8), loss_fn=mse_loss, quiet=True).train(resume=True)
     assert again.step == 3 and again.metrics["step"] == 3
     assert len(read_metrics(again.metrics_file)) == 3
-    with pytest.raises(VptError, match="batch_size"):
+    with pytest.raises(VptError, match="examples per optimizer step"):
         Trainer(linear(), cfg.replace(batch_size=2), dataset=Regression(8), loss_fn=mse_loss,
                 quiet=True).train(resume=True)
 
@@ -125,7 +125,7 @@ def test_keep_last_checkpoints_and_their_contents(tmp_path):
                                                       "trainable.safetensors", "trainer_state.json"]
     assert TrainConfig.from_json(last / "config.json") == cfg
     state = json.loads((last / "trainer_state.json").read_text())
-    assert state == {"step": 5, "epoch": 2, "batch_in_epoch": 1, "batches_per_epoch": 2, "total_steps": 5,
+    assert state == {"step": 5, "epoch": 2, "step_in_epoch": 1, "step_examples": 4, "total_steps": 5,
                      "num_processes": 1}
     for name in ("optimizer.pt", "scheduler.pt", "rng_state.pt"):
         torch.load(last / name, weights_only=True)

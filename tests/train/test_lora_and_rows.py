@@ -162,8 +162,9 @@ def test_lora_with_extra_trainable_parameters_saves_them_beside_the_adapter(tmp_
 def test_export_hook_and_extra_state(tmp_path):
     exported = []
 
-    def export(model, directory):
+    def export(model, directory, weights):
         exported.append(directory.name)
+        assert torch.equal(weights["head.weight"], model.head.weight.detach())
         torch.save({"head": model.head.weight.detach()}, directory / "model.pth")
 
     class Curriculum:

@@ -65,3 +65,38 @@ def interrupt_after(loss_fn, calls: int):
         return loss_fn(model, batch)
 
     return wrapped
+
+
+class Block(torch.nn.Module):
+    """A frozen base layer with a small trainable correction beside it (a LoRA in miniature)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.base = torch.nn.Linear(dim, dim)
+        self.base.requires_grad_(False)
+        self.down = torch.nn.Linear(dim, 2, bias=False)
+        self.up = torch.nn.Linear(2, dim, bias=False)
+
+    def forward(self, x):
+        return x + torch.tanh(self.base(x)) + self.up(self.down(x))
+
+
+class BlockModel(torch.nn.Module):
+    """Blocks then a trainable head; ``_no_split_modules`` names the unit FSDP shards by, as diffusers models do."""
+
+    _no_split_modules = ["Block"]
+
+    def __init__(self, dim: int = 4, depth: int = 2):
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(Block(dim) for _ in range(depth))
+        self.head = torch.nn.Linear(dim, 1)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+def block_model(seed: int = 0, dim: int = 4) -> BlockModel:
+    torch.manual_seed(seed)
+    return BlockModel(dim)

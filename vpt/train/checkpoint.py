@@ -5,11 +5,14 @@ Layout of ``OUTPUT_DIR/checkpoint-{step}/`` (written under a hidden temporary na
     trainable.safetensors      every parameter with requires_grad (default save hook; row-masked parameters store
                                only their trained rows as NAME@rows + NAME@row_index)
       or adapter_model.safetensors + adapter_config.json + non_adapter.safetensors   (default for peft models)
-    optimizer.pt               optimizer state dict
+    optimizer.pt               optimizer state dict: full tensors keyed by parameter name (whatever the processes)
     scheduler.pt               LR scheduler state dict
     rng_state.pt               python / numpy / torch (/ cuda) RNG states, one entry per process
     extra_state.pt             the task's extra state (only when the task passes one)
-    trainer_state.json         step, epoch, batch_in_epoch, processes, batches_per_epoch, total_steps
+    trainer_state.json         step, epoch, step_in_epoch, step_examples, total_steps, num_processes
+
+Every file holds full tensors, written by the main process: a checkpoint of a run sharded over N processes is the
+same set of files as one of a single process, and resumes on any number of them.
     config.json                the TrainConfig
 """
 
@@ -37,20 +40,24 @@ ROWS_SUFFIX, ROW_INDEX_SUFFIX = "@rows", "@row_index"
 
 
 # ----------------------------------------------------------------------------------------------- trainable weights
-def trainable_state_dict(model: torch.nn.Module, skip: set[int] | None = None) -> dict[str, torch.Tensor]:
-    """Every parameter with ``requires_grad`` by name (CPU copies); row-masked ones as their trained rows only.
+def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter with ``requires_grad`` by name (full CPU copies); row-masked ones as their trained rows only.
 
-    ``skip`` holds ``data_ptr()`` values of tensors saved elsewhere (e.g. in a peft adapter file).
+    On a model sharded by :func:`vpt.distributed.shard_model` each parameter is gathered from its slices: every
+    process must call this, in step.
     """
     state = {}
     for name, param in model.named_parameters():
-        if not param.requires_grad or (skip and param.data_ptr() in skip):
+        if not param.requires_grad:
             continue
+        value = param.detach()
+        if hasattr(value, "full_tensor"):
+            value = value.full_tensor()
         rows = getattr(param, ROWS_ATTRIBUTE, None)
         if rows is None:
-            state[name] = param.detach().cpu().contiguous().clone()
+            state[name] = value.cpu().contiguous().clone()
         else:
-            state[name + ROWS_SUFFIX] = param.detach()[rows.to(param.device)].cpu().contiguous()
+            state[name + ROWS_SUFFIX] = value[rows.to(value.device)].cpu().contiguous()
             state[name + ROW_INDEX_SUFFIX] = rows.cpu().contiguous()
     return state
 
@@ -79,11 +86,13 @@ def load_trainable_state_dict(model: torch.nn.Module, state: dict[str, torch.Ten
             param.copy_(value.to(device=param.device, dtype=param.dtype))
 
 
-def save_trainable(model: torch.nn.Module, directory: Path) -> None:
-    """Default save hook: ``trainable.safetensors`` with every trainable parameter."""
+def save_trainable(model: torch.nn.Module, directory: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Default save hook: ``trainable.safetensors`` with every trainable parameter (``state``: the model's
+    :func:`trainable_state_dict`, when the harness has gathered it already)."""
     from safetensors.torch import save_file
 
-    save_file(trainable_state_dict(model), str(Path(directory) / TRAINABLE_FILE), metadata={"format": "pt"})
+    state = trainable_state_dict(model) if state is None else state
+    save_file(state, str(Path(directory) / TRAINABLE_FILE), metadata={"format": "pt"})
 
 
 def load_trainable(model: torch.nn.Module, directory: Path) -> None:
@@ -97,16 +106,18 @@ def load_trainable(model: torch.nn.Module, directory: Path) -> None:
     load_trainable_state_dict(model, load_file(str(path)), str(path))
 
 
-def save_peft(model: torch.nn.Module, directory: Path) -> None:
+def save_peft(model: torch.nn.Module, directory: Path, state: dict[str, torch.Tensor] | None = None) -> None:
     """Save hook for peft models: ``save_pretrained`` (adapter + ``modules_to_save``) plus ``non_adapter.safetensors``
-    for trainable parameters peft does not save (e.g. parameters made trainable by pattern, embedding rows)."""
+    for trainable parameters peft does not save (e.g. parameters made trainable by pattern, embedding rows).
+    ``state``: the model's :func:`trainable_state_dict` when the harness has gathered it (from a sharded model)."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    model.save_pretrained(str(directory))
-    covered = {t.data_ptr() for t in get_peft_model_state_dict(model).values()}
-    rest = trainable_state_dict(model, skip=covered)
+    state = trainable_state_dict(model) if state is None else state
+    model.save_pretrained(str(directory), state_dict=state)
+    covered = {id(tensor) for tensor in get_peft_model_state_dict(model, state_dict=state).values()}
+    rest = {name: tensor for name, tensor in state.items() if id(tensor) not in covered}
     if rest:
         save_file(rest, str(directory / NON_ADAPTER_FILE), metadata={"format": "pt"})
 
@@ -128,6 +139,24 @@ def load_peft(model: torch.nn.Module, directory: Path) -> None:
                        "LoRA targets")
     if (directory / NON_ADAPTER_FILE).is_file():
         load_trainable_state_dict(model, load_file(str(directory / NON_ADAPTER_FILE)), str(directory))
+
+
+# ------------------------------------------------------------------------------------------------------ optimizer
+def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state with full tensors keyed by parameter name (torch distributed checkpoint's
+    ``get_optimizer_state_dict``, full and on the CPU): the same file from a sharded or a plain model, on any
+    process count. Every process must call it, in step; the main process gets the state."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load :func:`optimizer_state`'s output (every process reads the whole file and keeps its slice)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
 # ----------------------------------------------------------------------------------------------------------- RNG

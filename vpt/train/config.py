@@ -16,7 +16,7 @@ SCHEDULES = ("constant", "cosine", "linear")
 MIXED_PRECISION = ("no", "bf16")
 
 # Fields that fix the data order / the meaning of a saved data position: a resumed run must use the same values.
-RESUME_LOCKED = ("seed", "batch_size", "gradient_accumulation_steps", "shuffle")
+RESUME_LOCKED = ("seed", "shuffle")  # and the examples per optimizer step, which the trainer checks
 # The command-line option of every field a training command sets, so a message names what the user typed.
 OPTION_OF = {"learning_rate": "--lr", "batch_size": "--batch-size", "gradient_accumulation_steps": "--grad-accum",
              "max_steps": "--max-steps", "epochs": "--epochs", "warmup_steps": "--warmup-steps",
@@ -30,7 +30,9 @@ class TrainConfig:
     """Everything the harness needs besides the task.
 
     ``batch_size`` is examples per micro-batch *per process*; one optimizer step sees ``batch_size x
-    gradient_accumulation_steps x processes`` examples. ``max_steps`` counts optimizer steps; with ``epochs`` too,
+    gradient_accumulation_steps x processes`` examples, or ``step_examples`` when set (a stage that fixes the step
+    itself, whatever the processes; see :mod:`vpt.train.plan` for how a step's examples are dealt out, exactly
+    the same gradient on any number of processes). ``max_steps`` counts optimizer steps; with ``epochs`` too,
     training stops at whichever comes first (at least one is required). ``param_group_lrs`` maps glob patterns over
     parameter names (as ``model.named_parameters()`` gives them, e.g. ``"*.lora_*"``) to a learning rate; the first
     matching pattern wins, the rest use ``learning_rate``. ``no_decay`` lists glob patterns of parameters without
@@ -49,6 +51,7 @@ class TrainConfig:
     no_decay: tuple[str, ...] = ()
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
+    step_examples: int | None = None
     max_steps: int | None = None
     epochs: int | None = None
     warmup_steps: int = 0
@@ -85,6 +88,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise bad(name, "a positive integer")
+        if self.step_examples is not None and (not isinstance(self.step_examples, int) or self.step_examples < 1):
+            raise bad("step_examples", "a positive integer (or None)")
         for name in ("batch_size", "gradient_accumulation_steps", "log_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise bad(name, "a positive integer")

@@ -15,22 +15,25 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import numpy as np
 import torch
+from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from vpt.distributed import unwrapped
 from vpt.errors import VptError
 from vpt.io.atomic import atomic_directory, check_new_directory, claim_directory
 from vpt.io.tensors import load_torch
 import vpt.train.checkpoint as ckpt
-from vpt.train.batch import TensorBatch
 from vpt.train.config import RESUME_LOCKED, TrainConfig
 from vpt.train.lora import is_peft_model
 from vpt.train.optim import LrLambda, build_optimizer, build_scheduler
+from vpt.train.plan import StepPlan
 
 WALL_CLOCK_METRICS = ("examples_per_s",)  # logged rows that measure the machine rather than the training
 
 LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, Mapping[str, Any]]"]
 EvalFn = Callable[[torch.nn.Module], Mapping[str, Any]]
-ModelHook = Callable[[torch.nn.Module, Path], None]
+SaveHook = Callable[[torch.nn.Module, Path, "dict[str, torch.Tensor]"], None]  # model, directory, trainable weights
+LoadHook = Callable[[torch.nn.Module, Path], None]
 
 
 class Stateful(Protocol):
@@ -107,7 +110,6 @@ def check_run_directory(output_dir: str | os.PathLike, resume: bool | str | os.P
 def _make_accelerator(config: TrainConfig):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
-    from accelerate.utils import DistributedDataParallelKwargs
 
     # AcceleratorState / GradientState are process-wide singletons that refuse a second configuration; one harness
     # run owns them (the process group in PartialState is kept).
@@ -115,10 +117,7 @@ def _make_accelerator(config: TrainConfig):
     GradientState._reset_state()
     return Accelerator(
         cpu=not torch.cuda.is_available(),
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
         mixed_precision=config.mixed_precision,
-        step_scheduler_with_optimizer=False,  # we step it once per optimizer step, whatever the process count
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters)],
     )
 
 
@@ -187,22 +186,25 @@ class Trainer:
     call it (``model(...)``) rather than its methods so gradients synchronise. ``dataset`` is map-style;
     ``collate_fn`` builds a batch from a list of items (torch's default when None). ``eval_fn(model) -> metrics``
     runs on every process (in eval mode, under no_grad, without disturbing the training RNG) every ``eval_every``
-    steps and at the end; the main process's metrics are logged with an ``eval/`` prefix. ``save_model`` /
-    ``load_model`` write / restore the trainable weights of a checkpoint (defaults: :func:`~vpt.train.checkpoint.
-    save_peft` / ``load_peft`` for peft models, :func:`~vpt.train.checkpoint.save_trainable` / ``load_trainable``
-    otherwise); a ``save_model`` without ``load_model`` is an export, and the harness then also writes its own
+    steps and at the end; the main process's metrics are logged with an ``eval/`` prefix. ``save_model(model,
+    directory, weights)`` / ``load_model(model, directory)`` write / restore the trainable weights of a checkpoint
+    (``weights``: the full trainable tensors by name, gathered from every process when the model is sharded;
+    defaults: :func:`~vpt.train.checkpoint.save_peft` / ``load_peft`` for peft models,
+    :func:`~vpt.train.checkpoint.save_trainable` / ``load_trainable`` otherwise); a ``save_model`` without ``load_model`` is an export, and the harness then also writes its own
     ``trainable.safetensors`` to resume from. ``extra_state`` (``state_dict()`` / ``load_state_dict()``, plain
     types and tensors) is saved and restored with each checkpoint, e.g. a curriculum.
 
     ``own_backward``: the task back-propagates itself, one or more times per micro-batch (gradient-decoupled DPO
     runs one backward pass per branch): ``loss_fn(model, batch, backward)`` calls ``backward(tensor)`` (the
-    accelerator's, which scales for accumulation) and returns the detached loss for the log. A dataset with a
-    ``set_epoch(epoch)`` method is told each epoch before its items are read (per-epoch noise drawn from item keys).
+    accelerator's, scaled for the micro-batch's share of the step) and returns the detached loss for the log. A dataset with a
+    ``set_epoch(epoch)`` method is told each epoch before its items are read (per-epoch noise drawn from item keys);
+    one with ``item_weights()`` (one positive number per item) weighs its items by them in each step's mean (e.g.
+    GRPO's blocks by their samples). How a step's examples are dealt to processes: :mod:`vpt.train.plan`.
     """
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, *, dataset: Dataset, loss_fn: LossFn,
                  collate_fn: Callable[[list], Any] | None = None, eval_fn: EvalFn | None = None,
-                 save_model: ModelHook | None = None, load_model: ModelHook | None = None,
+                 save_model: SaveHook | None = None, load_model: LoadHook | None = None,
                  extra_state: Stateful | None = None, own_backward: bool = False, quiet: bool = False):
         if not isinstance(config, TrainConfig):
             raise TypeError("config must be a TrainConfig")
@@ -248,12 +250,15 @@ class Trainer:
                            "directory holding one); pass resume=True to start fresh when none exists")
         return latest
 
-    def _check_resumable(self, checkpoint: Path, state: dict[str, Any]) -> None:
-        acc = self.accelerator
-        if state.get("num_processes") != acc.num_processes:
-            raise VptError(f"{checkpoint}: written by {state.get('num_processes')} process(es), resumed with "
-                           f"{acc.num_processes}; resume with the same number of processes (the data position "
-                           "is per process)")
+    def _check_resumable(self, checkpoint: Path, state: dict[str, Any], step_examples: int) -> None:
+        saved_examples = state.get("step_examples")
+        if saved_examples is not None and saved_examples != step_examples:
+            raise VptError(f"{checkpoint}: was trained with {saved_examples} examples per optimizer step (batch size "
+                           f"x grad accum x processes), now {step_examples}; resume with the same product (e.g. "
+                           "double --grad-accum on half the processes)")
+        if saved_examples is None and state.get("num_processes") != self.accelerator.num_processes:
+            raise VptError(f"{checkpoint}: written by an older vpt on {state.get('num_processes')} process(es); "
+                           "resume it with the same number of processes")
         saved_path = checkpoint / "config.json"
         try:
             saved = json.loads(saved_path.read_text(encoding="utf-8"))
@@ -271,9 +276,11 @@ class Trainer:
         """Run until ``max_steps`` / ``epochs``; ``resume=True`` continues from the newest checkpoint in the output
         directory (or starts fresh when there is none), a path continues from that checkpoint (or run directory).
 
-        Resumed training is bit-identical to an uninterrupted run on the same hardware, provided the task's
-        randomness comes from the global RNGs inside ``loss_fn`` (restored) or from item indices — not from global
-        RNGs inside ``dataset.__getitem__`` / ``collate_fn`` (batches are prefetched one ahead).
+        Resumed training is bit-identical to an uninterrupted run on the same hardware and process count, provided
+        the task's randomness comes from the global RNGs inside ``loss_fn`` (restored) or from item indices — not
+        from global RNGs inside ``dataset.__getitem__`` / ``collate_fn`` (batches are prefetched one ahead). A
+        checkpoint resumes under another process count too (same examples per optimizer step): the same steps on
+        the same examples, equal up to float rounding.
 
         ``warm_start``: a checkpoint of an earlier run on *other data* (one on-policy RL iteration after another):
         its weights, optimizer moments, schedule position and RNG states carry over and the step count continues
@@ -285,6 +292,8 @@ class Trainer:
             raise RuntimeError("Trainer.train() runs once per Trainer; build a new Trainer to train again")
         self._trained = True
         acc, cfg = self.accelerator, self.config
+        processes = acc.num_processes
+        step_examples = cfg.step_examples or cfg.batch_size * cfg.gradient_accumulation_steps * processes
         checkpoint = self._resolve_resume(resume)
         state = ckpt.read_trainer_state(checkpoint) if checkpoint is not None else None
         start = None if warm_start is None else Path(warm_start)
@@ -292,17 +301,13 @@ class Trainer:
             if start is not None:
                 raise VptError(f"{self.output_dir}: holds a run to resume, and a warm start was given too; resume "
                                "it or start the warm-started run in an empty output directory")
-            self._check_resumable(checkpoint, state)
+            self._check_resumable(checkpoint, state, step_examples)
             self.load_model(self.model, checkpoint)
             if self.extra_state is not None and (checkpoint / "extra_state.pt").is_file():
                 self.extra_state.load_state_dict(load_torch(checkpoint / "extra_state.pt"))
         start_state = None
         if start is not None:
             start_state = ckpt.read_trainer_state(start)
-            if start_state.get("num_processes") != acc.num_processes:
-                raise VptError(f"{start}: written by {start_state.get('num_processes')} process(es), continued "
-                               f"with {acc.num_processes}; continue with the same number of processes (the RNG "
-                               "state is per process)")
             if cfg.lr_schedule != "constant":
                 raise VptError(f"lr_schedule {cfg.lr_schedule!r} cannot continue across warm-started runs (their "
                                "total length is unknown); use a constant schedule, with warmup if needed")
@@ -311,36 +316,33 @@ class Trainer:
         size = len(self.dataset)
         if size == 0:
             raise VptError("the training dataset is empty; give it at least one example")
+        weights = self.dataset.item_weights() if hasattr(self.dataset, "item_weights") else None
+        plan = StepPlan(size, cfg.batch_size, step_examples, processes, acc.process_index, weights)
         sampler = EpochSampler(size, cfg.seed, cfg.shuffle)
-        loader = DataLoader(self.dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=self.collate_fn,
-                            num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
-        optimizer = build_optimizer(self.model, cfg)
-        model, optimizer, loader = acc.prepare(self.model, optimizer, loader)
-        batches_per_epoch = len(loader)
-        k = cfg.gradient_accumulation_steps
-        steps_per_epoch = math.ceil(batches_per_epoch / k)
+        model = self._distribute(self.model)
+        optimizer = build_optimizer(model, cfg)
+        steps_per_epoch = plan.steps_per_epoch
         limits = [n for n in (cfg.max_steps, cfg.epochs and cfg.epochs * steps_per_epoch) if n]
         offset = start_state["step"] if start_state is not None else 0
         total = offset + min(limits)
-        scheduler = acc.prepare(build_scheduler(optimizer.optimizer, cfg, total))
+        scheduler = build_scheduler(optimizer, cfg, total)
         self.optimizer, self.scheduler = optimizer, scheduler
         params = [p for p in model.parameters() if p.requires_grad]
 
         if state is not None:
-            if state.get("batches_per_epoch") != batches_per_epoch:
-                raise VptError(f"{checkpoint}: an epoch had {state.get('batches_per_epoch')} batches per process, "
-                               f"now {batches_per_epoch}; resume with the same dataset and batch size")
-            self._load_optimizer_and_schedule(checkpoint, optimizer, scheduler, total)
-            rng_states = load_torch(checkpoint / "rng_state.pt")
-            ckpt.set_rng_state(rng_states[acc.process_index])
-            step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+            self._load_optimizer_and_schedule(checkpoint, model, optimizer, scheduler, total)
+            ckpt.set_rng_state(_own_rng_state(load_torch(checkpoint / "rng_state.pt"), acc.process_index))
+            step, epoch = state["step"], state["epoch"]
+            step_in_epoch = state.get("step_in_epoch")
+            if step_in_epoch is None:  # written by an older vpt: micro-batches per process
+                step_in_epoch = state["batch_in_epoch"] // cfg.gradient_accumulation_steps
         elif start_state is not None:
-            self._load_optimizer_and_schedule(start, optimizer, scheduler, total)
-            ckpt.set_rng_state(load_torch(start / "rng_state.pt")[acc.process_index])
-            step, epoch, batch_in_epoch = offset, 0, 0
+            self._load_optimizer_and_schedule(start, model, optimizer, scheduler, total)
+            ckpt.set_rng_state(_own_rng_state(load_torch(start / "rng_state.pt"), acc.process_index))
+            step, epoch, step_in_epoch = offset, 0, 0
         else:
             ckpt.seed_everything(cfg.seed + acc.process_index)
-            step, epoch, batch_in_epoch = 0, 0, 0
+            step, epoch, step_in_epoch = 0, 0, 0
 
         main = acc.is_main_process
         if main:
@@ -359,96 +361,110 @@ class Trainer:
         grad_norm = torch.zeros(())
         lrs: list[float] = [group["lr"] for group in optimizer.param_groups]
         model.train()
-        try:
-            while step < total:
-                sampler.set_epoch(epoch)
-                if hasattr(self.dataset, "set_epoch"):  # items that draw per-epoch randomness (noise, timesteps)
-                    self.dataset.set_epoch(epoch)
-                epoch_loader = loader if batch_in_epoch == 0 else _skip(loader, batch_in_epoch)
-                epoch_loader.set_epoch(epoch)
-                mark = time.perf_counter()
-                for batch in epoch_loader:
-                    with acc.accumulate(model):
+        while step < total:
+            sampler.set_epoch(epoch)
+            if hasattr(self.dataset, "set_epoch"):  # items that draw per-epoch randomness (noise, timesteps)
+                self.dataset.set_epoch(epoch)
+            order = sampler.order()
+            steps = [plan.step(order, s) for s in range(step_in_epoch, min(steps_per_epoch,
+                                                                           step_in_epoch + total - step))]
+            micro_batches = [micro for step_plan in steps for micro in step_plan]
+            loader = DataLoader(self.dataset, batch_sampler=[list(micro.indices) for micro in micro_batches],
+                                collate_fn=self.collate_fn, num_workers=cfg.num_workers,
+                                generator=torch.Generator().manual_seed(cfg.seed))  # not the global RNG
+            batches = iter(loader)
+            mark = time.perf_counter()
+            for step_plan in steps:
+                for position, micro in enumerate(step_plan):
+                    batch = send_to_device(next(batches), acc.device)
+                    with _gradient_sync(model, position == len(step_plan) - 1), acc.autocast():
                         if self.own_backward:
-                            loss, metrics = self.loss_fn(model, batch, acc.backward)
+                            loss, metrics = self.loss_fn(model, batch, _scaled_backward(acc, micro.scale))
                         else:
                             loss, metrics = self.loss_fn(model, batch)
                         if not torch.is_tensor(loss) or loss.numel() != 1:
                             raise TypeError("loss_fn must return (scalar loss tensor, metrics dict)")
                         if not self.own_backward:
-                            acc.backward(loss)
-                        window.add(loss, metrics or {}, _batch_size(batch, cfg.batch_size))
-                        if acc.sync_gradients:
-                            if cfg.clipping:
-                                grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                            else:
-                                grad_norm = torch.nn.utils.get_total_norm(
-                                    [p.grad for p in params if p.grad is not None])
-                            lrs = [group["lr"] for group in optimizer.param_groups]
-                            optimizer.step()
-                            scheduler.step()
-                            optimizer.zero_grad(set_to_none=True)
-                    batch_in_epoch += 1
-                    now = time.perf_counter()
-                    window.seconds += now - mark
-                    timings["train"] += now - mark
-                    if not acc.sync_gradients:
-                        mark = time.perf_counter()
-                        continue
-                    step += 1
-                    if batch_in_epoch >= batches_per_epoch:
-                        epoch, batch_in_epoch = epoch + 1, 0
-                    final = step >= total
-                    row: dict[str, Any] = {}
-                    if step % cfg.log_every == 0 or final:
-                        reduced = window.reduce(acc)
-                        if not math.isfinite(reduced["loss"]):
-                            raise VptError(f"the training loss is not finite at step {step} ({reduced['loss']}); "
-                                           "lower --lr or check the data")
-                        row["loss"] = reduced.pop("loss")
-                        row["lr"] = lrs[0]
-                        row.update({f"lr/group{i}": lr for i, lr in enumerate(lrs) if i and lr != lrs[0]})
-                        row["grad_norm"] = float(grad_norm)
-                        row.update(reduced)  # examples_per_s, then the task's metrics
-                        window = _Window()
-                    if self.eval_fn is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or final):
-                        began = time.perf_counter()
-                        row.update({f"eval/{key}": value for key, value in self._evaluate(model).items()})
-                        timings["eval"] += time.perf_counter() - began
-                    if row:
-                        row = {"step": step, "epoch": round(epoch + batch_in_epoch / batches_per_epoch, 6), **row}
-                        last_row = row
-                        if main:
-                            with open(self.metrics_file, "a", encoding="utf-8") as handle:
-                                handle.write(json.dumps(row) + "\n")
-                        reporter.row(row)
-                    reporter.step(step)
-                    if (cfg.save_every and step % cfg.save_every == 0) or final:
-                        began = time.perf_counter()
-                        last_checkpoint = self._save(model, step, epoch, batch_in_epoch, batches_per_epoch, total)
-                        saved_step = step
-                        timings["save"] += time.perf_counter() - began
-                    if final:
-                        break
-                    mark = time.perf_counter()
-        finally:
-            reporter.close()
-            acc.unwrap_model(model, keep_fp32_wrapper=False)  # give back the user's forward (autocast wraps it)
+                            acc.backward(loss * micro.scale)
+                    if micro.examples:
+                        window.add(loss, metrics or {}, micro.examples, micro.weight)
+                grad_norm = _clip(params, cfg.max_grad_norm if cfg.clipping else None)
+                lrs = [group["lr"] for group in optimizer.param_groups]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                now = time.perf_counter()
+                window.seconds += now - mark
+                timings["train"] += now - mark
+                step += 1
+                step_in_epoch += 1
+                if step_in_epoch >= steps_per_epoch:
+                    epoch, step_in_epoch = epoch + 1, 0
+                final = step >= total
+                row: dict[str, Any] = {}
+                if step % cfg.log_every == 0 or final:
+                    reduced = window.reduce(acc)
+                    if not math.isfinite(reduced["loss"]):
+                        raise VptError(f"the training loss is not finite at step {step} ({reduced['loss']}); "
+                                       "lower --lr or check the data")
+                    row["loss"] = reduced.pop("loss")
+                    row["lr"] = lrs[0]
+                    row.update({f"lr/group{i}": lr for i, lr in enumerate(lrs) if i and lr != lrs[0]})
+                    row["grad_norm"] = float(grad_norm)
+                    row.update(reduced)  # examples_per_s, then the task's metrics
+                    window = _Window()
+                if self.eval_fn is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or final):
+                    began = time.perf_counter()
+                    row.update({f"eval/{key}": value for key, value in self._evaluate(model).items()})
+                    timings["eval"] += time.perf_counter() - began
+                if row:
+                    row = {"step": step, "epoch": round(epoch + step_in_epoch / steps_per_epoch, 6), **row}
+                    last_row = row
+                    if main:
+                        with open(self.metrics_file, "a", encoding="utf-8") as handle:
+                            handle.write(json.dumps(row) + "\n")
+                    reporter.row(row)
+                reporter.step(step)
+                if (cfg.save_every and step % cfg.save_every == 0) or final:
+                    began = time.perf_counter()
+                    last_checkpoint = self._save(model, step, epoch, step_in_epoch, step_examples, total)
+                    saved_step = step
+                    timings["save"] += time.perf_counter() - began
+                mark = time.perf_counter()
+        reporter.close()
         if saved_step != step:  # e.g. resumed from a checkpoint at or past the end: nothing new to save
-            last_checkpoint = self._save(model, step, epoch, batch_in_epoch, batches_per_epoch, total)
+            last_checkpoint = self._save(model, step, epoch, step_in_epoch, step_examples, total)
         acc.wait_for_everyone()
         if not last_row and self.metrics_file.is_file():  # nothing left to train: report the last logged row
             rows = ckpt.read_metrics(self.metrics_file)
             last_row = rows[-1] if rows else {}
-        return TrainResult(step=step, epoch=round(epoch + batch_in_epoch / batches_per_epoch, 6), metrics=last_row,
+        return TrainResult(step=step, epoch=round(epoch + step_in_epoch / steps_per_epoch, 6), metrics=last_row,
                            checkpoint=last_checkpoint, output_dir=self.output_dir, metrics_file=self.metrics_file,
                            resumed_from=checkpoint, timings=timings)
 
     # ------------------------------------------------------------------------------------------------ helpers
-    def _load_optimizer_and_schedule(self, checkpoint: Path, optimizer, scheduler, total: int) -> None:
+    def _distribute(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model as this launch trains it: sharded with FSDP2 when the accelerate config asks for it, else
+        (several processes) wrapped for data-parallel gradient averaging, else itself."""
+        from vpt.distributed import current_processes, shard_model, sharded_launch
+
+        processes = current_processes()
+        device = self.accelerator.device
+        if sharded_launch(processes, "training"):
+            return shard_model(model.to(device), processes)
+        model = model.to(device)
+        if processes.count == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                       find_unused_parameters=self.config.find_unused_parameters)
+
+    def _load_optimizer_and_schedule(self, checkpoint: Path, model, optimizer, scheduler, total: int) -> None:
         """Restore optimizer moments and the schedule position; hyperparameters (learning rates, weight decay,
         betas, schedule shape, total steps) come from the current config, so a resumed run may change them. With an
-        unchanged config the result is exactly the saved state."""
+        unchanged config the result is exactly the saved state. The optimizer file holds full tensors keyed by
+        parameter name, so a checkpoint of any process count (sharded or not) loads into any other."""
         cfg = self.config
         fresh = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
         saved = load_torch(checkpoint / "optimizer.pt")
@@ -456,32 +472,34 @@ class Trainer:
         if saved_names != [group["names"] for group in fresh]:
             raise VptError(f"{checkpoint}: the optimizer was saved for other trainable parameters or parameter "
                            "groups; resume with the same model, LoRA setup, param_group_lrs and no_decay")
-        optimizer.load_state_dict(saved)
+        ckpt.load_optimizer_state(model, optimizer, saved)
         for group, hyper in zip(optimizer.param_groups, fresh):
             group.update(hyper)
-        inner = scheduler.scheduler
-        inner.load_state_dict(load_torch(checkpoint / "scheduler.pt"))
-        inner.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
-        inner.lr_lambdas = [LrLambda(cfg.lr_schedule, cfg.warmup_steps, total, cfg.min_lr_ratio)] * len(
+        scheduler.load_state_dict(load_torch(checkpoint / "scheduler.pt"))
+        scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+        scheduler.lr_lambdas = [LrLambda(cfg.lr_schedule, cfg.warmup_steps, total, cfg.min_lr_ratio)] * len(
             optimizer.param_groups)
-        for group, base, lam in zip(optimizer.param_groups, inner.base_lrs, inner.lr_lambdas):
-            group["lr"] = base * lam(inner.last_epoch)
-        inner._last_lr = [group["lr"] for group in optimizer.param_groups]
+        for group, base, lam in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * lam(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
     def _evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         acc = self.accelerator
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad(), ckpt.isolated_rng():
-                result = self.eval_fn(acc.unwrap_model(model))
+            with torch.no_grad(), ckpt.isolated_rng(), acc.autocast():
+                result = self.eval_fn(unwrapped(model))
         finally:
             model.train(was_training)
         if not isinstance(result, Mapping):
             raise TypeError("eval_fn must return a dict of scalar metrics")
         return {str(key): float(_scalar(value, key)) for key, value in result.items()}
 
-    def _save(self, model, step: int, epoch: int, batch_in_epoch: int, batches_per_epoch: int, total: int) -> Path:
+    def _save(self, model, step: int, epoch: int, step_in_epoch: int, step_examples: int, total: int) -> Path:
+        """Write ``checkpoint-{step}``: every process takes part in gathering the full trainable weights and
+        optimizer state (slices, when sharded), the main process writes them, one set of files whatever the
+        process count."""
         acc, cfg = self.accelerator, self.config
         target = self.output_dir / f"checkpoint-{step}"
         with ckpt.isolated_rng():
@@ -490,16 +508,18 @@ class Trainer:
                 from accelerate.utils import gather_object
 
                 states = gather_object(states)
+            inner = unwrapped(model)
+            weights = ckpt.trainable_state_dict(inner)
+            optimizer_state = ckpt.optimizer_state(model, self.optimizer)
             if acc.is_main_process:
-                unwrapped = acc.unwrap_model(model)
-                trainer_state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                                 "batches_per_epoch": batches_per_epoch, "total_steps": total,
+                trainer_state = {"step": step, "epoch": epoch, "step_in_epoch": step_in_epoch,
+                                 "step_examples": step_examples, "total_steps": total,
                                  "num_processes": acc.num_processes}
                 with atomic_directory(target, replace=True) as temporary:
-                    self.save_model(unwrapped, temporary)
+                    self.save_model(inner, temporary, weights)
                     if self.export_model is not None:
-                        self.export_model(unwrapped, temporary)
-                    torch.save(self.optimizer.state_dict(), temporary / "optimizer.pt")
+                        self.export_model(inner, temporary, weights)
+                    torch.save(optimizer_state, temporary / "optimizer.pt")
                     torch.save(self.scheduler.state_dict(), temporary / "scheduler.pt")
                     torch.save(states, temporary / "rng_state.pt")
                     if self.extra_state is not None:
@@ -512,20 +532,58 @@ class Trainer:
         return target
 
 
+def _own_rng_state(states: list, rank: int) -> dict:
+    """This process's saved RNG state; a run resumed on more processes than wrote it reuses the first ones'."""
+    return states[rank % len(states)]
+
+
+def _gradient_sync(model: torch.nn.Module, last: bool):
+    """Average gradients over the processes on the last micro-batch of a step only (data-parallel ``no_sync``);
+    FSDP reduces every backward (that is what keeps unsharded gradients from piling up)."""
+    import contextlib
+
+    if last or not hasattr(model, "no_sync"):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+def _scaled_backward(acc, scale: float) -> Callable[[torch.Tensor], None]:
+    """The ``backward`` a task that back-propagates itself calls: the accelerator's, with the micro-batch's
+    scale."""
+
+    def backward(tensor: torch.Tensor) -> None:
+        acc.backward(tensor * scale)
+
+    return backward
+
+
+def _clip(params: list[torch.nn.Parameter], max_norm: float | None) -> torch.Tensor:
+    """The gradients' global norm (over every process's slice when sharded), after clipping them to ``max_norm``
+    (None: measured only)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if max_norm is None:
+        norm = torch.nn.utils.get_total_norm(grads)
+    else:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
 class _Window:
     """Sums of loss, metrics, examples and time since the last logged step (this process)."""
 
     def __init__(self):
         self.loss = torch.zeros((), dtype=torch.float64)
-        self.micro = 0
+        self.weight = 0.0
         self.examples = 0
         self.sums: dict[str, torch.Tensor] = {}
         self.counts: dict[str, int] = {}
         self.seconds = 0.0
 
-    def add(self, loss: torch.Tensor, metrics: Mapping[str, Any], examples: int) -> None:
-        self.loss = self.loss.to(loss.device) + loss.detach().reshape(()).double()
-        self.micro += 1
+    def add(self, loss: torch.Tensor, metrics: Mapping[str, Any], examples: int, weight: float) -> None:
+        """One micro-batch of ``examples`` real examples of total ``weight``; its mean ``loss`` counts by weight,
+        its metrics once each."""
+        self.loss = self.loss.to(loss.device) + loss.detach().reshape(()).double() * weight
+        self.weight += weight
         self.examples += examples
         for key, value in metrics.items():
             value = _scalar(value, key).double()
@@ -534,14 +592,15 @@ class _Window:
             self.counts[key] = self.counts.get(key, 0) + 1
 
     def reduce(self, acc) -> dict[str, float]:
-        """Means over micro-batches of every process; examples/s over all processes (collective when several)."""
+        """The weighted mean loss and the metrics' means over micro-batches of every process; examples/s over all
+        processes (collective when several)."""
         keys = sorted(self.sums)
         if acc.num_processes > 1:
             from accelerate.utils import gather_object
 
             keys = sorted({key for keys_of_one in gather_object([keys]) for key in keys_of_one})
         device = acc.device
-        values = [self.loss.to(device), torch.tensor(float(self.micro), dtype=torch.float64, device=device),
+        values = [self.loss.to(device), torch.tensor(self.weight, dtype=torch.float64, device=device),
                   torch.tensor(float(self.examples), dtype=torch.float64, device=device),
                   torch.tensor(self.seconds, dtype=torch.float64, device=device)]
         for key in keys:
@@ -552,28 +611,11 @@ class _Window:
         if acc.num_processes > 1:
             packed = acc.reduce(packed, reduction="sum")
         packed = packed.tolist()
-        loss, micro, examples, seconds = packed[:4]
+        loss, weight, examples, seconds = packed[:4]
         seconds /= acc.num_processes  # processes run side by side: their mean wall time
-        row = {"loss": loss / max(micro, 1.0),
+        row = {"loss": loss / weight if weight else float("nan"),
                "examples_per_s": examples / seconds if seconds > 0 else 0.0}
         for i, key in enumerate(keys):
             total, count = packed[4 + 2 * i], packed[5 + 2 * i]
             row[key] = total / count if count else float("nan")
         return row
-
-
-def _skip(loader, batches: int):
-    from accelerate import skip_first_batches
-
-    return skip_first_batches(loader, batches)
-
-
-def _batch_size(batch: Any, default: int) -> int:
-    from accelerate.utils import find_batch_size
-
-    if isinstance(batch, TensorBatch):
-        return batch.batch_size
-    try:
-        return int(find_batch_size(batch))
-    except Exception:  # noqa: BLE001 - batches without tensors
-        return default
