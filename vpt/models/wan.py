@@ -104,16 +104,20 @@ class WanVelocity:
         self.dtype = wan_dtype(transformer) if dtype is None else dtype
 
     def __call__(self, x: torch.Tensor, index: int, sigma: torch.Tensor) -> torch.Tensor:
-        """``sigma``: a scalar tensor, or one σ per sample ``[B]`` (training batches mix steps). The latents and
-        the embeddings go in as the transformer's dtype (embeddings stored by a run in another dtype too)."""
+        """The velocity, float32 ``[B, C, F, h, w]``. ``sigma``: a scalar tensor, or one σ per sample ``[B]``
+        (training batches mix steps). The latents and the embeddings go in as the transformer's dtype (embeddings
+        stored by a run in another dtype too). A bfloat16 transformer's output is cast up before anything combines
+        it: the sampler's SDE mean and GRPO's recomputation of it then round alike (a 0-dim σ times a bf16 tensor
+        stays bf16, so leaving the cast to the caller would round one of them in bf16)."""
         model_input = x.to(self.dtype)
         timestep = (sigma * NUM_TRAIN_TIMESTEPS).to(x.device).reshape(-1).expand(x.shape[0])
         velocity = self.transformer(hidden_states=model_input, timestep=timestep,
-                                    encoder_hidden_states=self.prompt_embeds.to(self.dtype), return_dict=False)[0]
+                                    encoder_hidden_states=self.prompt_embeds.to(self.dtype),
+                                    return_dict=False)[0].float()
         if self.guidance > 1.0:
             unconditional = self.transformer(hidden_states=model_input, timestep=timestep,
                                              encoder_hidden_states=self.negative_embeds.to(self.dtype),
-                                             return_dict=False)[0]
+                                             return_dict=False)[0].float()
             velocity = unconditional + self.guidance * (velocity - unconditional)
         return velocity
 
