@@ -403,7 +403,15 @@ CASES: dict[str, Case] = {
     "sample-rollouts/height not a multiple of 16": Case(
         sample("--height", "40"),
         const("--frames 5 --height 40 --width 32: height must be a positive multiple of 16, got 40")),
-    "sample-rollouts/dtype": Case(sample("--dtype", "float16"), const("--dtype float16: choose float32 or bfloat16")),
+    "sample-rollouts/dtype": Case(sample("--dtype", "float16"), const("--dtype float16: choose bf16 or fp32")),
+    "guide/dtype": Case(guide("--dtype", "fp16"), const("--dtype fp16: choose bf16 or fp32")),
+    "score/dtype": Case(score(lambda w, t: w.toy, "--dtype", "half"), const("--dtype half: choose bf16 or fp32")),
+    "sft/dtype": Case(sft("--dtype", "float16"), const("--dtype float16: choose bf16 or fp32")),
+    "dpo/dtype": Case(dpo("--dtype", "bfloat"), const("--dtype bfloat: choose bf16 or fp32")),
+    "grpo-step/dtype": Case(grpo("--dtype", "fp8"), const("--dtype fp8: choose bf16 or fp32")),
+    "train-reward/dtype": Case(reward("-o", tmp("out"), "--dtype", "int8"), const("--dtype int8: choose bf16 or fp32")),
+    "train-reward latent/dtype": Case(reward("-o", tmp("out"), "--dtype", "fp64", kind="latent"),
+                                      const("--dtype fp64: choose bf16 or fp32")),
     "sample-rollouts/device": Case(sample("--device", "tpu"),
                                    const("--device tpu: not a device; choose auto, cpu, cuda or cuda:N")),
     "sample-rollouts/no such model": Case(
