@@ -54,6 +54,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_rollouts.py
 	$(BIN)/python benchmarks/bench_grpo.py
 	$(BIN)/python benchmarks/bench_dpo.py
+	$(BIN)/python benchmarks/bench_scale.py
 
 clean:
 	rm -rf demo build dist *.egg-info
