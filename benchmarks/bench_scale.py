@@ -62,8 +62,8 @@ modules as above and the LoRA as above; with FSDP2 over all G GPUs:
   forward and backward (no optimizer) of the transformer with 2 and with 3 blocks at the full 32,760 tokens and 512
   text tokens; the difference is one block's share, extrapolated linearly to 40 blocks:
   ``A(40) = A(3) + 37 (A(3) - A(2))`` (not from 1 block: with checkpointing, A(1) peaks at another point of the
-  step, and A(2) - A(1) is three times A(3) - A(2); A(4) - A(3) = A(3) - A(2) was checked for both). On the meta device ``scaled_dot_product_attention`` takes the math path,
-  which keeps the full attention matrix (N^2); the estimate replaces it by the flash-attention op
+  step, and A(2) - A(1) is three times A(3) - A(2); A(4) - A(3) = A(3) - A(2) was checked for both). On the meta
+  device ``scaled_dot_product_attention`` takes the math path, which keeps the full attention matrix (N^2); the estimate replaces it by the flash-attention op
   (``_scaled_dot_product_flash_attention_for_cpu``, whose meta kernel exists), which saves, as FlashAttention does
   on GPUs, only the output and the log-sum-exp. Without checkpointing one block's share is its saved activations;
   with it, its input (kept for the recompute), the one recomputed block then being in the intercept;
