@@ -19,8 +19,9 @@ text length) of
 
 in four setups: (a) float32 weights; (b) bf16 frozen weights, LoRA float32; (c) (b) with diffusers' gradient
 checkpointing (``enable_gradient_checkpointing()``, each block recomputed in backward); (d) (c) sharded over 2
-processes (gloo, CPU) with FSDP2, ``fully_shard`` on each transformer block and then on the transformer, each
-process training its own sample. Each setup and loss runs in its own process(es), so peaks do not mix.
+processes (gloo, CPU) with FSDP2 as the harness shards (``vpt.distributed.shard_model``: ``fully_shard`` on each
+transformer block, then on the transformer), each process training its own sample. Each setup and loss runs in its
+own process(es), so peaks do not mix.
 
 *How peak memory is measured.* The CPU allocator keeps no peak, and RSS counts freed pages the allocator keeps and
 the libraries' own memory. ``LiveBytes`` (below) is a ``TorchDispatchMode`` that sees every tensor an operator
@@ -63,8 +64,9 @@ modules as above and the LoRA as above; with FSDP2 over all G GPUs:
   text tokens; the difference is one block's share, extrapolated linearly to 40 blocks:
   ``A(40) = A(3) + 37 (A(3) - A(2))`` (not from 1 block: with checkpointing, A(1) peaks at another point of the
   step, and A(2) - A(1) is three times A(3) - A(2); A(4) - A(3) = A(3) - A(2) was checked for both). On the meta
-  device ``scaled_dot_product_attention`` takes the math path, which keeps the full attention matrix (N^2); the estimate replaces it by the flash-attention op
-  (``_scaled_dot_product_flash_attention_for_cpu``, whose meta kernel exists), which saves, as FlashAttention does
+  device ``scaled_dot_product_attention`` takes the math path, which keeps the full attention matrix (N^2); the
+  estimate replaces it by the flash-attention op (``_scaled_dot_product_flash_attention_for_cpu``, whose meta
+  kernel exists), which saves, as FlashAttention does
   on GPUs, only the output and the log-sum-exp. Without checkpointing one block's share is its saved activations;
   with it, its input (kept for the recompute), the one recomputed block then being in the intercept;
 - sft: one forward with gradients; dpo: two (winner and loser; the reference forward runs without gradients and
@@ -254,15 +256,6 @@ def step_inputs(loss: str, dtype: torch.dtype, text_dim: int, text_tokens: int, 
                               embeds=embeds)
 
 
-def shard(transformer) -> None:
-    """FSDP2 over all processes: each transformer block its own group, then the rest with the transformer."""
-    from torch.distributed.fsdp import fully_shard
-
-    for block in transformer.blocks:
-        fully_shard(block)
-    fully_shard(transformer)
-
-
 def measure(setup: str, loss: str, layers: int) -> dict:
     """One step of ``loss`` in ``setup`` (in this process): resident weight bytes, peak bytes, seconds."""
     from vpt.models.wan import MAX_SEQUENCE_LENGTH
@@ -270,8 +263,6 @@ def measure(setup: str, loss: str, layers: int) -> dict:
     from vpt.train.optim import build_optimizer
     from vpt.train.policy import DEFAULT_LORA_TARGETS, new_policy
 
-    if setup == "d":
-        torch.distributed.init_process_group("gloo")
     torch.manual_seed(0)
     dtype = torch.float32 if setup == "a" else torch.bfloat16
     config = {**WAN_1_3B, "num_layers": layers}
@@ -279,8 +270,10 @@ def measure(setup: str, loss: str, layers: int) -> dict:
     policy = new_policy(transformer, DEFAULT_LORA_TARGETS, LORA_RANK, LORA_ALPHA, seed=0)
     if setup in ("c", "d"):
         transformer.enable_gradient_checkpointing()
-    if setup == "d":
-        shard(transformer)
+    if setup == "d":  # as the harness shards: each WanTransformerBlock one FSDP2 unit, then the root
+        from vpt.distributed import current_processes, shard_model
+
+        shard_model(transformer, current_processes())
     optimizer = build_optimizer(policy, TrainConfig(max_steps=1))
     task, batch = step_inputs(loss, dtype, config["text_dim"], MAX_SEQUENCE_LENGTH)
     tracker = LiveBytes()
