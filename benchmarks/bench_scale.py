@@ -17,10 +17,14 @@ text length) of
 - ``grpo-step``: vpt's GRPO loss (``vpt.stages.grpo.GrpoLoss`` on a ``RolloutBatch`` of one recorded state;
   ``GrpoOptions`` defaults: no KL term, so one forward; guidance 1),
 
-in four setups: (a) float32 weights; (b) bf16 frozen weights, LoRA float32; (c) (b) with diffusers' gradient
-checkpointing (``enable_gradient_checkpointing()``, each block recomputed in backward); (d) (c) sharded over 2
-processes (gloo, CPU) with FSDP2 as the harness shards (``vpt.distributed.shard_model``: ``fully_shard`` on each
-transformer block, then on the transformer), each process training its own sample. Each setup and loss runs in its
+in four setups: (a) float32 weights; (b) bf16 frozen weights, LoRA float32, computed as ``--dtype bf16
+--mixed-precision bf16`` trains: under bf16 autocast, with the LoRA layers fed their bf16 inputs as the harness feeds
+them (``peft.helpers.disable_input_dtype_casting``; peft would otherwise keep a float32 copy of every targeted
+layer's input for the backward, and the rest of the step would shrink by a quarter only); (c) (b) with diffusers'
+gradient checkpointing (``enable_gradient_checkpointing()``, each block recomputed in backward); (d) (c) sharded
+over 2 processes (gloo, CPU) with FSDP2 as the harness shards (``vpt.distributed.shard_model``: ``fully_shard`` on
+each transformer block and on the embedders and output projection beside them, then on the transformer), each
+process training its own sample. Each setup and loss runs in its
 own process(es), so peaks do not mix.
 
 *How peak memory is measured.* The CPU allocator keeps no peak, and RSS counts freed pages the allocator keeps and
@@ -54,7 +58,7 @@ LoRA parameters. So no LoRA module needs a group of its own.
 
 **Estimated (14B, per GPU).** ``WAN_14B`` (40 layers, 40 heads x 128, FFN 13824) at 480x832x81: latent
 ``[16, 21, 60, 104]``, 21 x 30 x 52 = 32,760 tokens. Built on the meta device (no memory), bf16 with the float32
-modules as above and the LoRA as above; with FSDP2 over all G GPUs:
+modules as above and the LoRA as above, run as (b) runs (bf16 autocast); with FSDP2 over all G GPUs:
 
 - weights: the bf16/float32 parameter bytes and the float32 LoRA bytes, / G (buffers: the RoPE tables, unsharded);
 - LoRA gradients + AdamW: 3 x the LoRA bytes (gradient, two moments), / G;
@@ -90,6 +94,7 @@ import unittest.mock
 from contextlib import contextmanager
 
 import torch
+from peft.helpers import disable_input_dtype_casting
 from torch.distributed._tools.common_utils import get_untyped_storages
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -104,7 +109,7 @@ WAN_14B = {**WAN_1_3B, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers"
 LATENT = (1, 16, 4, 16, 32)  # 13 frames at 128x256: 4 x 8 x 16 = 512 tokens
 LATENT_14B = (1, 16, 21, 60, 104)  # 81 frames at 480x832
 LORA_RANK, LORA_ALPHA = 8, 16.0
-SETUPS = {"a": "(a) fp32, no checkpointing", "b": "(b) bf16 base, LoRA fp32", "c": "(c) bf16 + checkpointing",
+SETUPS = {"a": "(a) fp32, no checkpointing", "b": "(b) bf16 base+autocast", "c": "(c) bf16 + checkpointing",
           "d": "(d) (c) + FSDP2 x2, per process"}
 LOSSES = ("sft", "grpo-step")
 GiB = 2**30
@@ -270,7 +275,7 @@ def measure(setup: str, loss: str, layers: int) -> dict:
     policy = new_policy(transformer, DEFAULT_LORA_TARGETS, LORA_RANK, LORA_ALPHA, seed=0)
     if setup in ("c", "d"):
         transformer.enable_gradient_checkpointing()
-    if setup == "d":  # as the harness shards: each WanTransformerBlock one FSDP2 unit, then the root
+    if setup == "d":  # as the harness shards
         from vpt.distributed import current_processes, shard_model
 
         shard_model(transformer, current_processes())
@@ -281,7 +286,9 @@ def measure(setup: str, loss: str, layers: int) -> dict:
                   *(value for value in vars(batch).values() if isinstance(value, torch.Tensor)))
     began = time.perf_counter()
     with tracker:
-        value, _ = task(policy, batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=setup != "a"), \
+                disable_input_dtype_casting(policy, active=setup != "a"):
+            value, _ = task(policy, batch)
         value.backward()
         optimizer.step()
     seconds = time.perf_counter() - began
@@ -345,7 +352,8 @@ def meta_activations(layers: int, checkpointing: bool) -> int:
     tracker.track(*policy.parameters(), *policy.buffers())
     weights = tracker.live
     with tracker, flash_attention():
-        value, _ = task(policy, batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16), disable_input_dtype_casting(policy):
+            value, _ = task(policy, batch)
         value.backward()
     return tracker.peak - weights
 

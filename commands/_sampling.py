@@ -19,4 +19,6 @@ FPS = typer.Option(16.0, "--fps", help="Frame rate of the written mp4s.")
 SEED = typer.Option(0, "--seed", help="Seed of every noise draw (with the prompt id and sample index).")
 DEVICE = typer.Option("auto", "--device", help="auto (this process's GPU when there is one), cpu, cuda.")
 DTYPE = typer.Option("fp32", "--dtype", help="Weights dtype of the generator and reward model: bf16 or fp32.")
+CONTEXT_PARALLEL = typer.Option(1, "--context-parallel", help="Processes that share each video, each holding 1/N of "
+                                                             "its tokens (Ulysses context parallelism; CUDA).")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress or summary.")

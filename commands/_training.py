@@ -37,6 +37,7 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "--dtype": ("fp32", "Weights dtype of the frozen models (generator, text encoder, VAE; a reward model's frozen "
                         "part): bf16 or fp32; what trains, its optimizer state and the losses stay float32."),
     "--gradient-checkpointing": (False, "Recompute activations in the backward pass (less memory, more compute)."),
+    "--context-parallel": (1, "Processes that share each video, each holding 1/N of its tokens (Ulysses; CUDA)."),
     "--save-every": (0, "Checkpoint into OUT.run/ every N steps (0: only at the end)."),
     "--log-every": (10, "Metrics every N steps."),
     "--lora-rank": (8, "LoRA rank (new policy)."),
@@ -69,11 +70,7 @@ def option(name: str, default: Any = _SAME, help: str | None = None):
                         help=shared_help if help is None else help)
 
 
-FLOW_STAGE = ("--model", "--policy", "--init-lora", "--out", "--lr", "--batch-size", "--grad-accum", "--max-steps",
-              "--epochs", "--warmup-steps", "--lr-schedule", "--weight-decay", "--max-grad-norm", "--mixed-precision",
-              "--dtype", "--gradient-checkpointing", "--save-every", "--log-every", "--lora-rank", "--lora-alpha",
-              "--lora-targets", "--timesteps", "--logit-mean", "--logit-std", "--shift", "--frames", "--height",
-              "--width", "--cache", "--resume", "--seed", "--quiet")
+FLOW_STAGE = tuple(OPTIONS)  # sft and dpo take every shared option
 PARAMETERS = {"--lr": "learning_rate"}  # the rest: the flag's words joined by "_"
 INTEGERS = {"--max-steps", "--epochs", "--frames", "--height", "--width"}
 
@@ -99,7 +96,8 @@ CONFIG_FIELDS = {"learning_rate": "learning_rate", "batch_size": "batch_size",
                  "grad_accum": "gradient_accumulation_steps", "max_steps": "max_steps", "epochs": "epochs",
                  "warmup_steps": "warmup_steps", "lr_schedule": "lr_schedule", "weight_decay": "weight_decay",
                  "max_grad_norm": "max_grad_norm", "mixed_precision": "mixed_precision", "save_every": "save_every",
-                 "log_every": "log_every", "eval_every": "eval_every", "seed": "seed"}
+                 "log_every": "log_every", "eval_every": "eval_every", "seed": "seed",
+                 "context_parallel": "context_parallel"}
 
 
 def train_config(values: Mapping[str, Any], default_epochs: int = 1, **fields):

@@ -70,6 +70,7 @@ def grpo_step(
     dtype: str = shared.option("--dtype", help="Weights dtype of the frozen transformer: bf16 or fp32 (as the "
                                "rollouts were sampled; LoRA, optimizer, log-probs and loss stay float32)."),
     gradient_checkpointing: bool = shared.option("--gradient-checkpointing"),
+    context_parallel: int = shared.option("--context-parallel"),
     seed: int = shared.option("--seed", help="Seed of the data order and the timestep subsets."),
     quiet: bool = shared.option("--quiet"),
 ) -> None:

@@ -38,6 +38,7 @@ def guide(
                                                "sample-rollouts."),
     device: str = sampling.DEVICE,
     dtype: str = sampling.DTYPE,
+    context_parallel: int = sampling.CONTEXT_PARALLEL,
     quiet: bool = sampling.QUIET,
 ) -> None:
     """Sample videos steered by a noisy-latent reward model (Flow-NRG; no fine-tuning).
@@ -78,14 +79,15 @@ def guide(
     settings = GuidanceSettings(weights=chosen, scale=scale, reward_path=str(Path(reward).resolve()))
     settings.check(reward_model.dimensions)
     check_reward_fits(reward_model, resolve_wan_directory(model))  # before the generator is loaded
-    generator = open_generator(model, policy, target, weights_dtype)
+    generator = open_generator(model, policy, target, weights_dtype, processes, context_parallel)
     for parameter in reward_model.parameters():
         parameter.requires_grad_(False)  # guidance differentiates the input only
-    mine = len(processes.shard(range(len(items))))
+    mine = len(processes.data_groups(context_parallel).shard(range(len(items))))
     total = mine * steps * -(-samples // (batch_size or samples))
     with _ui.progress(total, "guiding", quiet or not processes.is_main) as advance:
         summary = guide_videos(generator.pipe, items, options, reward_model, settings, out, processes,
-                               policy_id=generator.policy_id, model_id=generator.model_id, on_step=advance)
+                               policy_id=generator.policy_id, model_id=generator.model_id, on_step=advance,
+                               context_parallel=context_parallel)
     if not quiet and processes.is_main:
         typer.echo(f"guide: {summary.videos} videos of {summary.prompts} prompts (scale {scale:g}, weights "
                    f"{settings.describe(reward_model.dimensions)}) in {out}", err=True)

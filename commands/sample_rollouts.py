@@ -52,6 +52,7 @@ def sample_rollouts(
     seed: int = sampling.SEED,
     device: str = sampling.DEVICE,
     dtype: str = sampling.DTYPE,
+    context_parallel: int = sampling.CONTEXT_PARALLEL,
     quiet: bool = sampling.QUIET,
 ) -> None:
     """Sample groups of videos per prompt with per-step log-probs (the input of grpo-step).
@@ -79,12 +80,12 @@ def sample_rollouts(
                              sde_window=_window(sde_window), negative_prompt=negative_prompt, shift=shift,
                              batch_size=batch_size, latent_dtype=latent_dtype)
     options.check()
-    generator = open_generator(model, policy, target, weights_dtype)
-    mine = len(processes.shard(range(len(items))))
+    generator = open_generator(model, policy, target, weights_dtype, processes, context_parallel)
+    mine = len(processes.data_groups(context_parallel).shard(range(len(items))))
     total = mine * steps * -(-group_size // (batch_size or group_size))
     with _ui.progress(total, "sampling", quiet or not processes.is_main) as advance:
         summary = run(generator.pipe, items, options, out, processes, policy_id=generator.policy_id,
-                      model_id=generator.model_id, on_step=advance)
+                      model_id=generator.model_id, on_step=advance, context_parallel=context_parallel)
     if not quiet and processes.is_main:
         typer.echo(f"sample-rollouts: {summary.videos} videos of {summary.prompts} prompts "
                    f"({group_size} per prompt, {len(options.sde_steps())} recorded steps each) in {out}", err=True)

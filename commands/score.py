@@ -45,7 +45,7 @@ def score(
     \b
       vpt score --model motion-smoothness videos/ > scores.parquet
     """
-    from vpt.distributed import current_processes
+    from vpt.distributed import current_processes, sharded_launch
     from vpt.io.manifest import collect_videos
     from vpt.models.dtypes import check_dtype
     from vpt.io.tables import TableWriter
@@ -55,6 +55,7 @@ def score(
     names = comma_list(models, "--model", "brightness,motion")
     check_dtype(dtype)  # a bad value stops the command even when only heuristics are named
     processes = current_processes()
+    sharded_launch(processes, "score", can_shard=False)  # each process scores its share with whole models
     reward_models = [load_reward_model(name, model_dir, device, batch_size, raw, dtype) for name in names]
     columns = output_columns(reward_models)
     items = collect_videos(inputs or [], prompts, base_dir)

@@ -68,6 +68,12 @@ class Processes:
         """This process's share of ``items``: every ``count``-th item from its rank (each item exactly once)."""
         return list(items[self.rank :: self.count])
 
+    def data_groups(self, context_parallel: int = 1) -> "DataGroups":
+        """The data-parallel view of this launch when its processes run each sample in groups of
+        ``context_parallel`` consecutive ranks (context parallelism; 1: every process is its own group)."""
+        return DataGroups(group=self.rank // context_parallel, groups=self.count // context_parallel,
+                          member=self.rank % context_parallel, degree=context_parallel)
+
     def share(self, value: T) -> T:
         """The main process's ``value``, in every process."""
         if self.count == 1:
@@ -89,6 +95,26 @@ class Processes:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+@dataclass(frozen=True)
+class DataGroups:
+    """Processes that share each sample (context parallelism) form one data-parallel group: the data is dealt to
+    ``groups`` groups, this process is member ``member`` of group ``group``, and every member of a group works on
+    the same items (member 0 writes what the group produces)."""
+
+    group: int
+    groups: int
+    member: int
+    degree: int
+
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """The items of this process's group: every ``groups``-th item from its group index."""
+        return list(items[self.group :: self.groups])
+
+    @property
+    def writes(self) -> bool:
+        return self.member == 0
 
 
 def current_processes() -> Processes:
@@ -153,10 +179,28 @@ def shard_model(model, processes: "Processes"):
     if plugin.cpu_offload is not None:
         settings["offload_policy"] = plugin.cpu_offload
     units = [module for module in model.modules() if type(module).__name__ in wrap and module is not model]
-    for unit in units:
+    for unit in units + _beside_units(model, units):
         fully_shard(unit, **settings)
     fully_shard(model, **settings)
     return model
+
+
+def _beside_units(model, units: list) -> list:
+    """The other children, holding parameters, of the modules whose block list holds the units (a Wan transformer's
+    patch and condition embedders and output projection): units of their own, so that they too are gathered only
+    for their own forward and backward — the root's parameters stay gathered from its forward to its backward."""
+    unit_ids = {id(unit) for unit in units}
+    holders = [module for module in model.modules()
+               if any(id(grandchild) in unit_ids for child in module.children() for grandchild in child.children())]
+    inside = {id(module) for unit in units for module in unit.modules()}
+    beside = []
+    for holder in holders:
+        for child in holder.children():
+            if id(child) in inside or any(id(module) in unit_ids for module in child.modules()):
+                continue
+            if any(True for _ in child.parameters()):
+                beside.append(child)
+    return beside
 
 
 def is_sharded(model) -> bool:

@@ -323,8 +323,8 @@ def test_a_resume_of_another_parent_stage_or_batch_is_refused(run_vpt, world, ti
         (["--resume", sft], f"{sft}: holds a run of the sft stage, not of dpo; --resume continues a run of the same "
                             "stage, --policy starts this stage from a finished checkpoint"),
         (["--resume", d1, "--batch-size", "2"],
-         f"{d1}: was trained with batch_size=1, now batch_size=2; resume with the same batch_size (it fixes the data "
-         "order) or start a new run"),
+         f"{d1}: was trained with 1 examples per optimizer step (--batch-size x --grad-accum x processes), now 2; "
+         "resume with the same product (e.g. twice the --grad-accum on half the processes)"),
     ]
     for extra, message in cases:
         result = run_vpt(["dpo", "--model", tiny_zoo, "--prefs", world / "prefs.parquet", "--max-steps", "3",

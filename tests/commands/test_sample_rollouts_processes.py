@@ -1,5 +1,6 @@
-"""sample-rollouts across processes and under signals: 2 CPU processes give the same rollouts as 1, and a killed
-run leaves no output directory."""
+"""sample-rollouts across processes and under signals: 2 CPU processes give the same rollouts as 1 — each with the
+whole transformer, or sharing it sharded with FSDP2 (then the process with fewer prompts runs padding groups to
+keep in step) —, and a killed run leaves no output directory."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 VPT = str(Path(sys.executable).with_name("vpt"))
+FSDP2 = str(Path(__file__).resolve().parents[2] / "examples" / "accelerate" / "fsdp2.yaml")
+LAUNCH = {"ddp": ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+          "fsdp2": ["--config_file", FSDP2]}
 SMALL = ["--frames", "9", "--height", "32", "--width", "32", "--steps", "3", "-g", "2", "--guidance", "1", "-q"]
 
 
@@ -22,12 +27,12 @@ def command(zoo, prompts, out, *extra):
             *SMALL, *extra]
 
 
-def test_two_processes_write_the_same_rollouts_as_one(tiny_zoo, tmp_path):
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+def test_two_processes_write_the_same_rollouts_as_one(tiny_zoo, tmp_path, mode):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"prompt number {i}\n" for i in range(5)))  # uneven split: 3 + 2
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf")}
-    launched = subprocess.run([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                               "--mixed_precision", "no", "--dynamo_backend", "no",
+    launched = subprocess.run([ACCELERATE, "launch", *LAUNCH[mode], "--num_processes", "2",
                                *command(tiny_zoo, prompts, tmp_path / "two")], capture_output=True, text=True,
                               env=env, timeout=300)
     assert launched.returncode == 0, launched.stderr[-3000:]

@@ -318,3 +318,46 @@ def test_the_dataset_hears_each_epoch_before_its_items_and_again_on_resume(tmp_p
     assert dataset.epochs_seen == [1, 2]  # stopped inside epoch 1: the resumed run starts there
     for a, b in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+def test_bf16_mixed_precision_keeps_one_copy_of_each_lora_input(tmp_path):
+    """A LoRA over a bf16 base under bf16 autocast: the harness feeds the LoRA layers their bf16 inputs (peft would
+    first copy each to float32, a second saved activation); the adapter stays float32 and learns."""
+    from peft import LoraConfig, get_peft_model
+
+    def lora_mlp():
+        torch.manual_seed(0)
+        base = torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1)).to(torch.bfloat16)
+        return get_peft_model(base, LoraConfig(r=4, target_modules=["0", "2"], init_lora_weights=False))
+
+    def saved_bytes(model, batch, cast: bool) -> int:
+        from peft.helpers import disable_input_dtype_casting
+
+        storages = {}
+
+        def keep(tensor):
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor), \
+                torch.autocast("cpu", dtype=torch.bfloat16), disable_input_dtype_casting(model, active=not cast):
+            model(batch["x"]).float().sum()
+        return sum(storages.values())
+
+    flags = []
+
+    def loss_fn(model, batch):
+        flags.extend(layer.cast_input_dtype_enabled for layer in model.modules() if hasattr(layer, "lora_A"))
+        prediction = model(batch["x"]).float()
+        return torch.nn.functional.mse_loss(prediction, batch["y"]), {}
+
+    model = lora_mlp()
+    batch = {"x": torch.randn(32, 4)}
+    assert saved_bytes(model, batch, cast=False) < saved_bytes(model, batch, cast=True)
+    cfg = config(tmp_path, max_steps=20, log_every=10, mixed_precision="bf16", learning_rate=0.02)
+    result = Trainer(model, cfg, dataset=Regression(16), loss_fn=loss_fn, quiet=True).train()
+    rows = read_metrics(result.metrics_file)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert flags and not any(flags)  # the harness's forward fed bf16 inputs
+    assert all(layer.cast_input_dtype_enabled for layer in model.modules() if hasattr(layer, "lora_A"))
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}

@@ -115,3 +115,27 @@ def test_every_step_is_the_weighted_mean_of_its_examples(size, micro_batch, step
                        sum(weights[i] for i in micro.indices)
                        for micro_batches in per_rank for micro in micro_batches) / processes
         assert float(averaged) == pytest.approx(float(expected), rel=1e-12)
+
+
+def test_context_parallel_groups_share_their_micro_batches_and_the_gradient_averages_right():
+    """4 processes in context-parallel groups of 2: members of a group get the same items and micro-batches; each
+    member's loss scaled by the degree and averaged over all 4 processes (as data-parallel averaging does, each
+    member holding half of a micro-batch's gradient) gives the step's mean."""
+    from vpt.distributed import Processes
+
+    views = [Processes(rank=rank, count=4).data_groups(2) for rank in range(4)]
+    assert [(view.group, view.member, view.writes) for view in views] == [
+        (0, 0, True), (0, 1, False), (1, 0, True), (1, 1, False)]
+    assert views[0].shard(range(5)) == views[1].shard(range(5)) == [0, 2, 4]
+    assert views[2].shard(range(5)) == views[3].shard(range(5)) == [1, 3]
+    values = torch.arange(7, dtype=torch.float64) ** 2
+    order = [3, 6, 0, 5, 1, 4, 2]
+    plans = [StepPlan(7, 1, 3, view.groups, view.group) for view in views]
+    for step in range(plans[0].steps_per_epoch):
+        per_process = [plan.step(order, step) for plan in plans]
+        assert per_process[0] == per_process[1] and per_process[2] == per_process[3]
+        chunk = order[step * 3:(step + 1) * 3]
+        # each member's backward carries half of its micro-batch's gradient
+        averaged = sum(micro.scale * views[rank].degree * float(values[list(micro.indices)].mean()) / 2
+                       for rank, micro_batches in enumerate(per_process) for micro in micro_batches) / 4
+        assert averaged == pytest.approx(float(values[chunk].mean()), rel=1e-12)

@@ -24,7 +24,7 @@ import torch
 
 from vpt.algo.guidance import RewardGuidedVelocity
 from vpt.errors import VptError
-from vpt.rollouts.run import PromptItem, RunSummary, checked_output, group_id, sample_ids, sample_into
+from vpt.rollouts.run import PromptItem, RunSummary, checked_output, group_id, in_step, sample_ids, sample_into
 from vpt.rollouts.sampling import RolloutOptions, sample_group
 
 TABLE_FILE = "videos.parquet"
@@ -78,13 +78,14 @@ def reward_steer(reward_model, weights: torch.Tensor, scale: float):
 
 def guide_videos(pipe, prompts: Sequence[PromptItem], options: RolloutOptions, reward_model,
                  guidance: GuidanceSettings, out: str | os.PathLike, processes, policy_id: str, model_id: str,
-                 on_step: Callable[[int], None] | None = None) -> RunSummary:
-    """Sample ``options.group_size`` guided videos per prompt into ``out`` (see the module docstring)."""
+                 on_step: Callable[[int], None] | None = None, context_parallel: int = 1) -> RunSummary:
+    """Sample ``options.group_size`` guided videos per prompt into ``out`` (see the module docstring);
+    ``context_parallel``: the degree the generator's transformer runs with."""
     from vpt.io.video import write_video
     from vpt.models.wan import encode_prompts, warn_long_prompts
 
     guidance.check(reward_model.dimensions)
-    out = checked_output(out, pipe, options)
+    out = checked_output(out, pipe, options, context_parallel)
     weights = reward_model.weight_vector(guidance.weights)
     steer = reward_steer(reward_model, weights, guidance.scale)
     order = [sample_id for item in prompts for sample_id in sample_ids(options, item.prompt_id)]
@@ -111,6 +112,12 @@ def guide_videos(pipe, prompts: Sequence[PromptItem], options: RolloutOptions, r
                          **{f"nrg_{name}": float(rewards[k, d]) for d, name in enumerate(reward_model.dimensions)}})
         return rows
 
-    sample_into(out, TABLE_FILE, "videos", prompts, order, processes, sample)
+    def pad(item: PromptItem) -> None:
+        embeds, negative = encode_prompts(pipe, [item.prompt], options.negative_prompt, options.guidance,
+                                          options.max_sequence_length)
+        sample_group(pipe, embeds, negative, item.prompt_id, options, steer=steer)
+
+    sample_into(out, TABLE_FILE, "videos", prompts, order, processes, sample,
+                pad=pad if in_step(pipe, context_parallel) else None, context_parallel=context_parallel)
     return RunSummary(prompts=len(prompts), videos=len(order), directory=out)
 

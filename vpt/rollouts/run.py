@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from vpt.distributed import is_sharded
 from vpt.errors import VptError
 from vpt.io.atomic import check_new_directory, commit, temporary_sibling
 from vpt.io.names import file_stems
@@ -58,24 +59,37 @@ class RunSummary:
     directory: Path
 
 
-def checked_output(out: str | os.PathLike, pipe, options: RolloutOptions) -> Path:
-    """``out`` as a Path, once the options fit the pipeline and ``out`` is a new directory (VptError otherwise)."""
+def checked_output(out: str | os.PathLike, pipe, options: RolloutOptions, context_parallel: int = 1) -> Path:
+    """``out`` as a Path, once the options fit the pipeline (and the video's tokens split over ``context_parallel``
+    processes) and ``out`` is a new directory (VptError otherwise)."""
+    from vpt.models.parallel import check_token_split
+
     options.check()
     try:
-        latent_shape(pipe, options.frames, options.height, options.width)
+        _, frames, height, width = latent_shape(pipe, options.frames, options.height, options.width)
     except ValueError as error:
         raise VptError(f"--frames {options.frames} --height {options.height} --width {options.width}: {error}") \
             from None
+    check_token_split(pipe.transformer, context_parallel, frames, height, width)
     return check_new_directory(out, "--out")
+
+
+def in_step(pipe, context_parallel: int) -> bool:
+    """Whether this launch's processes must run the generator's transformer in step (see :func:`sample_into`)."""
+    return context_parallel > 1 or is_sharded(pipe.transformer)
 
 
 def sample_into(out: Path, table: str, schema: str, prompts: Sequence[PromptItem], order: Sequence[str],
                 processes, sample: Callable[[Path, PromptItem, str], list[dict]],
-                finish: Callable[[Path], None] | None = None) -> None:
+                finish: Callable[[Path], None] | None = None,
+                pad: Callable[[PromptItem], None] | None = None, context_parallel: int = 1) -> None:
     """Fill the new directory ``out``: each process runs ``sample(directory, prompt, stem)`` (which writes its files
     under ``directory`` and returns its table rows) for its share of ``prompts``, into one hidden directory whose
     ``table`` (rows sorted into ``order`` of their ids) the main process writes, then ``finish(directory)``, before
-    renaming it to ``out``."""
+    renaming it to ``out``. ``pad(prompt)`` (samples a prompt and keeps nothing): for processes that run the
+    transformer in step, sharded or ``context_parallel`` — a process left without a prompt in a round samples the
+    first one, and the members of a context-parallel group other than the first sample their group's prompts
+    alongside it without writing."""
     from vpt.io.tables import gather_parts
 
     stems = file_stems([item.prompt_id for item in prompts])
@@ -85,9 +99,17 @@ def sample_into(out: Path, table: str, schema: str, prompts: Sequence[PromptItem
         temporary.mkdir(parents=True)
     temporary = Path(processes.share(None if temporary is None else str(temporary)))
     try:
+        groups = processes.data_groups(context_parallel)
+        mine = groups.shard(range(len(prompts)))
+        rounds = -(-len(prompts) // groups.groups) if pad is not None else len(mine)
         with gather_parts(temporary / table, schema, processes, order=order) as part:
-            for index in processes.shard(range(len(prompts))):
-                part.write(sample(temporary, prompts[index], stems[index]))
+            for round_index in range(rounds):
+                if round_index >= len(mine):
+                    pad(prompts[0])
+                elif groups.writes:
+                    part.write(sample(temporary, prompts[mine[round_index]], stems[mine[round_index]]))
+                else:
+                    pad(prompts[mine[round_index]])
         if processes.is_main:
             if finish is not None:
                 finish(temporary)
@@ -100,10 +122,11 @@ def sample_into(out: Path, table: str, schema: str, prompts: Sequence[PromptItem
 
 def sample_rollouts(pipe, prompts: Sequence[PromptItem], options: RolloutOptions, out: str | os.PathLike,
                     processes, policy_id: str, model_id: str,
-                    on_step: Callable[[int], None] | None = None) -> RunSummary:
+                    on_step: Callable[[int], None] | None = None, context_parallel: int = 1) -> RunSummary:
     """Sample ``options.group_size`` videos for every prompt into the rollouts directory ``out`` (see
-    :mod:`vpt.rollouts.store`). ``processes``: :class:`vpt.distributed.Processes` of this launch."""
-    out = checked_output(out, pipe, options)
+    :mod:`vpt.rollouts.store`). ``processes``: :class:`vpt.distributed.Processes` of this launch;
+    ``context_parallel``: the degree the generator's transformer runs with (:func:`open_generator`)."""
+    out = checked_output(out, pipe, options, context_parallel)
     order = [sample_id for item in prompts for sample_id in sample_ids(options, item.prompt_id)]
     common = {"policy_id": policy_id, "model_id": model_id, "noise_level": float(options.noise_level),
               "guidance": float(options.guidance), "frames": options.frames, "height": options.height,
@@ -120,5 +143,11 @@ def sample_rollouts(pipe, prompts: Sequence[PromptItem], options: RolloutOptions
                            sample_ids(options, item.prompt_id), [f"{stem}-{k:03d}" for k in range(options.group_size)],
                            embeds_shard, negative_key, common, options.fps)
 
-    sample_into(out, TABLE_FILE, "rollouts", prompts, order, processes, sample, finish=write_checksums)
+    def pad(item: PromptItem) -> None:
+        embeds, negative = encode_prompts(pipe, [item.prompt], options.negative_prompt, options.guidance,
+                                          options.max_sequence_length)
+        sample_group(pipe, embeds, negative, item.prompt_id, options)
+
+    sample_into(out, TABLE_FILE, "rollouts", prompts, order, processes, sample, finish=write_checksums,
+                pad=pad if in_step(pipe, context_parallel) else None, context_parallel=context_parallel)
     return RunSummary(prompts=len(prompts), videos=len(order), directory=out)

@@ -15,7 +15,7 @@ import torch
 
 from vpt.algo.dpo import BETA_SCHEDULES, decoupled_dpo_backward, dpo_beta, flow_dpo_loss
 from vpt.algo.flow_matching import noised, velocity_errors, velocity_target
-from vpt.distributed import unwrapped
+from vpt.distributed import is_sharded, unwrapped
 from vpt.errors import VptError
 from vpt.models.wan import WanVelocity, wan_dtype
 from vpt.stages.examples import (Example, Examples, LatentItems, NoiseOptions, lora_record, pair_clips,
@@ -165,8 +165,11 @@ class FlowDpoTask:
                 return branch_errors(unwrapped(model), branches[branch], noise, sigma, embeds, self.dtype)
 
             trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+            # a sharded model's gradients exist only through its backward hooks (reduce-scattered into the
+            # shards), not as autograd.grad results: it takes the path that back-propagates twice
+            single = None if is_sharded(model) else local_errors
             loss, stats = decoupled_dpo_backward(policy_errors, reference_chosen, reference_rejected, beta, backward,
-                                                 local_errors, trainable)
+                                                 single, trainable)
         else:
             errors = branch_errors(model, torch.cat([chosen, rejected]), noise.repeat(2, 1, 1, 1, 1),
                                    sigma.repeat(2), embeds.repeat(2, 1, 1), self.dtype)

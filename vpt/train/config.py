@@ -22,7 +22,7 @@ OPTION_OF = {"learning_rate": "--lr", "batch_size": "--batch-size", "gradient_ac
              "max_steps": "--max-steps", "epochs": "--epochs", "warmup_steps": "--warmup-steps",
              "lr_schedule": "--lr-schedule", "weight_decay": "--weight-decay", "max_grad_norm": "--max-grad-norm",
              "mixed_precision": "--mixed-precision", "save_every": "--save-every", "log_every": "--log-every",
-             "eval_every": "--eval-every", "seed": "--seed"}
+             "eval_every": "--eval-every", "seed": "--seed", "context_parallel": "--context-parallel"}
 
 
 @dataclass
@@ -32,7 +32,8 @@ class TrainConfig:
     ``batch_size`` is examples per micro-batch *per process*; one optimizer step sees ``batch_size x
     gradient_accumulation_steps x processes`` examples, or ``step_examples`` when set (a stage that fixes the step
     itself, whatever the processes; see :mod:`vpt.train.plan` for how a step's examples are dealt out, exactly
-    the same gradient on any number of processes). ``max_steps`` counts optimizer steps; with ``epochs`` too,
+    the same gradient on any number of processes); with ``context_parallel`` N, groups of N processes share each
+    micro-batch (each holding 1/N of its tokens), so "processes" counts groups. ``max_steps`` counts optimizer steps; with ``epochs`` too,
     training stops at whichever comes first (at least one is required). ``param_group_lrs`` maps glob patterns over
     parameter names (as ``model.named_parameters()`` gives them, e.g. ``"*.lora_*"``) to a learning rate; the first
     matching pattern wins, the rest use ``learning_rate``. ``no_decay`` lists glob patterns of parameters without
@@ -52,6 +53,7 @@ class TrainConfig:
     batch_size: int = 8
     gradient_accumulation_steps: int = 1
     step_examples: int | None = None
+    context_parallel: int = 1
     max_steps: int | None = None
     epochs: int | None = None
     warmup_steps: int = 0
@@ -90,7 +92,7 @@ class TrainConfig:
                 raise bad(name, "a positive integer")
         if self.step_examples is not None and (not isinstance(self.step_examples, int) or self.step_examples < 1):
             raise bad("step_examples", "a positive integer (or None)")
-        for name in ("batch_size", "gradient_accumulation_steps", "log_every"):
+        for name in ("batch_size", "gradient_accumulation_steps", "log_every", "context_parallel"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise bad(name, "a positive integer")
         for name in ("eval_every", "save_every", "keep_last"):

@@ -18,14 +18,14 @@ import torch
 from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from vpt.distributed import unwrapped
+from vpt.distributed import current_processes, unwrapped
 from vpt.errors import VptError
 from vpt.io.atomic import atomic_directory, check_new_directory, claim_directory
 from vpt.io.tensors import load_torch
 import vpt.train.checkpoint as ckpt
 from vpt.train.config import RESUME_LOCKED, TrainConfig
 from vpt.train.lora import is_peft_model
-from vpt.train.optim import LrLambda, build_optimizer, build_scheduler
+from vpt.train.optim import ROWS_ATTRIBUTE, LrLambda, build_optimizer, build_scheduler
 from vpt.train.plan import StepPlan
 
 WALL_CLOCK_METRICS = ("examples_per_s",)  # logged rows that measure the machine rather than the training
@@ -90,8 +90,6 @@ def finish_distributed(exit_code: int = 0) -> None:
     Multi-process CPU (gloo) runs sometimes abort in interpreter teardown after finishing, which would turn a good
     run into a failed one; call this as the last thing in a command's entry point. With one process it returns.
     """
-    from vpt.distributed import current_processes
-
     processes = current_processes()
     processes.wait()
     processes.leave(exit_code)
@@ -253,9 +251,9 @@ class Trainer:
     def _check_resumable(self, checkpoint: Path, state: dict[str, Any], step_examples: int) -> None:
         saved_examples = state.get("step_examples")
         if saved_examples is not None and saved_examples != step_examples:
-            raise VptError(f"{checkpoint}: was trained with {saved_examples} examples per optimizer step (batch size "
-                           f"x grad accum x processes), now {step_examples}; resume with the same product (e.g. "
-                           "double --grad-accum on half the processes)")
+            raise VptError(f"{checkpoint}: was trained with {saved_examples} examples per optimizer step (--batch-size "
+                           f"x --grad-accum x processes), now {step_examples}; resume with the same product (e.g. "
+                           "twice the --grad-accum on half the processes)")
         if saved_examples is None and state.get("num_processes") != self.accelerator.num_processes:
             raise VptError(f"{checkpoint}: written by an older vpt on {state.get('num_processes')} process(es); "
                            "resume it with the same number of processes")
@@ -292,8 +290,12 @@ class Trainer:
             raise RuntimeError("Trainer.train() runs once per Trainer; build a new Trainer to train again")
         self._trained = True
         acc, cfg = self.accelerator, self.config
-        processes = acc.num_processes
-        step_examples = cfg.step_examples or cfg.batch_size * cfg.gradient_accumulation_steps * processes
+        if cfg.context_parallel > 1:
+            from vpt.models.parallel import check_context_parallel
+
+            check_context_parallel(self.model, cfg.context_parallel, acc.num_processes)
+        groups = current_processes().data_groups(cfg.context_parallel)
+        step_examples = cfg.step_examples or cfg.batch_size * cfg.gradient_accumulation_steps * groups.groups
         checkpoint = self._resolve_resume(resume)
         state = ckpt.read_trainer_state(checkpoint) if checkpoint is not None else None
         start = None if warm_start is None else Path(warm_start)
@@ -317,7 +319,10 @@ class Trainer:
         if size == 0:
             raise VptError("the training dataset is empty; give it at least one example")
         weights = self.dataset.item_weights() if hasattr(self.dataset, "item_weights") else None
-        plan = StepPlan(size, cfg.batch_size, step_examples, processes, acc.process_index, weights)
+        plan = StepPlan(size, cfg.batch_size, step_examples, groups.groups, groups.group, weights)
+        # data-parallel averaging divides by every process, but the members of a context-parallel group each hold
+        # only their tokens' share of one micro-batch's gradient
+        share = float(groups.degree)
         sampler = EpochSampler(size, cfg.seed, cfg.shuffle)
         model = self._distribute(self.model)
         optimizer = build_optimizer(model, cfg)
@@ -341,7 +346,7 @@ class Trainer:
             ckpt.set_rng_state(_own_rng_state(load_torch(start / "rng_state.pt"), acc.process_index))
             step, epoch, step_in_epoch = offset, 0, 0
         else:
-            ckpt.seed_everything(cfg.seed + acc.process_index)
+            ckpt.seed_everything(cfg.seed + groups.group)  # a group's members draw alike
             step, epoch, step_in_epoch = 0, 0, 0
 
         main = acc.is_main_process
@@ -377,15 +382,15 @@ class Trainer:
             for step_plan in steps:
                 for position, micro in enumerate(step_plan):
                     batch = send_to_device(next(batches), acc.device)
-                    with _gradient_sync(model, position == len(step_plan) - 1), acc.autocast():
+                    with _gradient_sync(model, position == len(step_plan) - 1), self._precision(model):
                         if self.own_backward:
-                            loss, metrics = self.loss_fn(model, batch, _scaled_backward(acc, micro.scale))
+                            loss, metrics = self.loss_fn(model, batch, _scaled_backward(acc, micro.scale * share))
                         else:
                             loss, metrics = self.loss_fn(model, batch)
                         if not torch.is_tensor(loss) or loss.numel() != 1:
                             raise TypeError("loss_fn must return (scalar loss tensor, metrics dict)")
                         if not self.own_backward:
-                            acc.backward(loss * micro.scale)
+                            acc.backward(loss * (micro.scale * share))
                     if micro.examples:
                         window.add(loss, metrics or {}, micro.examples, micro.weight)
                 grad_norm = _clip(params, cfg.max_grad_norm if cfg.clipping else None)
@@ -446,11 +451,23 @@ class Trainer:
     def _distribute(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model as this launch trains it: sharded with FSDP2 when the accelerate config asks for it, else
         (several processes) wrapped for data-parallel gradient averaging, else itself."""
-        from vpt.distributed import current_processes, shard_model, sharded_launch
+        from vpt.distributed import shard_model, sharded_launch
 
         processes = current_processes()
         device = self.accelerator.device
+        if self.config.context_parallel > 1:
+            from vpt.models.parallel import enable_context_parallel
+
+            if sharded_launch(processes, "training"):
+                raise VptError(f"--context-parallel {self.config.context_parallel} with an FSDP config: vpt runs "
+                               "context parallelism over data-parallel groups; launch it with a DDP config "
+                               "(examples/accelerate/ddp.yaml)")
+            enable_context_parallel(unwrapped(model).to(device), self.config.context_parallel, processes)
         if sharded_launch(processes, "training"):
+            if any(hasattr(param, ROWS_ATTRIBUTE) for param in model.parameters()):
+                raise VptError("this model trains embedding rows (train-reward's reward tokens), which FSDP2 sharding "
+                               "cannot keep apart from the frozen rows; launch it with a DDP config "
+                               "(examples/accelerate/ddp.yaml)")
             return shard_model(model.to(device), processes)
         model = model.to(device)
         if processes.count == 1:
@@ -459,6 +476,20 @@ class Trainer:
 
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                        find_unused_parameters=self.config.find_unused_parameters)
+
+    def _precision(self, model: torch.nn.Module):
+        """The forward's precision: with ``mixed_precision="bf16"``, autocast, and a peft model's LoRA layers fed
+        their bf16 inputs as they are (peft would first copy every targeted layer's input to the float32 of the
+        LoRA weights, a second activation to keep for the backward; autocast computes in bf16 either way)."""
+        import contextlib
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.accelerator.autocast())
+        if self.config.mixed_precision == "bf16" and is_peft_model(unwrapped(model)):
+            from peft.helpers import disable_input_dtype_casting
+
+            stack.enter_context(disable_input_dtype_casting(unwrapped(model)))
+        return stack
 
     def _load_optimizer_and_schedule(self, checkpoint: Path, model, optimizer, scheduler, total: int) -> None:
         """Restore optimizer moments and the schedule position; hyperparameters (learning rates, weight decay,
@@ -484,11 +515,10 @@ class Trainer:
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
     def _evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        acc = self.accelerator
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad(), ckpt.isolated_rng(), acc.autocast():
+            with torch.no_grad(), ckpt.isolated_rng(), self._precision(model):
                 result = self.eval_fn(unwrapped(model))
         finally:
             model.train(was_training)
