@@ -289,7 +289,7 @@ def measure(setup: str, loss: str, layers: int) -> dict:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=setup != "a"), \
                 disable_input_dtype_casting(policy, active=setup != "a"):
             value, _ = task(policy, batch)
-        value.backward()
+            value.backward()
         optimizer.step()
     seconds = time.perf_counter() - began
     if not torch.isfinite(value):
@@ -352,9 +352,11 @@ def meta_activations(layers: int, checkpointing: bool) -> int:
     tracker.track(*policy.parameters(), *policy.buffers())
     weights = tracker.live
     with tracker, flash_attention():
+        # the backward inside too, as the harness runs it: a checkpointed block's recompute must see the same
+        # precision settings as its forward
         with torch.autocast("cpu", dtype=torch.bfloat16), disable_input_dtype_casting(policy):
             value, _ = task(policy, batch)
-        value.backward()
+            value.backward()
     return tracker.peak - weights
 
 

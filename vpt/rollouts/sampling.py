@@ -147,8 +147,10 @@ def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tenso
                                 for g in generators]).to(like.device)
 
         size = len(members)
-        velocity = WanVelocity(pipe.transformer, prompt_embeds.expand(size, -1, -1),
-                               None if negative_embeds is None else negative_embeds.expand(size, -1, -1),
+        # repeated, not expanded: in bf16 a stride-0 batch takes another matmul path (velocities ~1e-2 apart), and
+        # grpo-step recomputes the log-probs from a contiguous batch of the same embeddings
+        velocity = WanVelocity(pipe.transformer, prompt_embeds.repeat(size, 1, 1),
+                               None if negative_embeds is None else negative_embeds.repeat(size, 1, 1),
                                options.guidance)
         if steer is not None:
             velocity = steer(velocity, prompt_embeds.expand(size, -1, -1))
