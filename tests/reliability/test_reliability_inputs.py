@@ -410,7 +410,7 @@ CASES: dict[str, Case] = {
     "dpo/dtype": Case(dpo("--dtype", "bfloat"), const("--dtype bfloat: choose bf16 or fp32")),
     "grpo-step/dtype": Case(grpo("--dtype", "fp8"), const("--dtype fp8: choose bf16 or fp32")),
     "train-reward/dtype": Case(reward("-o", tmp("out"), "--dtype", "int8"), const("--dtype int8: choose bf16 or fp32")),
-    "train-reward latent/dtype": Case(reward("-o", tmp("out"), "--dtype", "fp64", kind="latent"),
+    "train-reward/latent dtype": Case(reward("-o", tmp("out"), "--dtype", "fp64", kind="latent"),
                                       const("--dtype fp64: choose bf16 or fp32")),
     "sample-rollouts/device": Case(sample("--device", "tpu"),
                                    const("--device tpu: not a device; choose auto, cpu, cuda or cuda:N")),
