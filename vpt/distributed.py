@@ -203,6 +203,15 @@ def _beside_units(model, units: list) -> list:
     return beside
 
 
+def full_state_dict(model) -> dict:
+    """Every parameter and buffer of ``model`` as full CPU tensors by name, gathered from the slices when it is
+    sharded (torch distributed checkpoint's ``get_model_state_dict``): every process must call it, in step; the
+    main process gets the tensors."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
 def is_sharded(model) -> bool:
     """Whether ``model`` was sharded by :func:`shard_model` (its parameters are DTensor slices)."""
     from torch.distributed.fsdp import FSDPModule

@@ -1,5 +1,6 @@
 """``vpt train-reward --kind latent`` on the tiny zoo: the run directory and the model it writes, one or two prefs
-tables, seeded and resumed runs bit-identical, recorded versus encoded clip latents, and one-line errors.
+tables, seeded and resumed runs bit-identical, recorded versus encoded clip latents, sharded with FSDP2 over two
+processes as on one, and one-line errors.
 
 One rollouts directory (4 prompts x 4 samples of the tiny generator) is sampled once; its brightness pairs are
 labelled vq and its motion pairs mq, as in tests/stages/test_nrg_learning.py."""
@@ -263,6 +264,39 @@ def invalid_prefs(world: Path, tmp_path: Path) -> Path:
                    path_b=str(world / row["path_b"]))
     write_table(rows, tmp_path / "invalid.parquet", "prefs")
     return tmp_path / "invalid.parquet"
+
+
+def test_two_sharded_processes_train_the_model_one_process_trains(run_vpt, tiny_zoo, world, tmp_path):
+    """The shipped examples/accelerate/fsdp2.yaml on 2 CPU processes, one pair per micro-batch, against one process
+    with two micro-batches per step: the same model (the sharded run's trunk gathered from its slices and written
+    as save_pretrained writes it) and the same held-out accuracy."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    bin_dir = Path(sys.executable).parent
+    fsdp2 = Path(__file__).resolve().parents[2] / "examples" / "accelerate" / "fsdp2.yaml"
+    common = ["--batch-size", "1", "--max-steps", "3", "--save-every", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf")}
+    data = [arg for label in ("vq", "mq") for arg in ("--data", str(world / f"prefs-{label}.parquet"))]
+    launched = subprocess.run(
+        [str(bin_dir / "accelerate"), "launch", "--config_file", str(fsdp2), "--num_processes", "2",
+         "--main_process_port", port, str(bin_dir / "vpt"), "train-reward", "--kind", "latent", "--model",
+         str(tiny_zoo), *data, *TRAIN, *common, "--cache", str(world / "cache"), "--out", str(tmp_path / "two"), "-q"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    alone = train(run_vpt, tiny_zoo, world, tmp_path / "one", *common, "--grad-accum", "2", steps=3)
+    assert alone.exit_code == 0, alone.stderr
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert one.keys() == two.keys()
+    for name in one:  # three Adam steps of lr 1e-3: float summation order shows at ~1e-6
+        torch.testing.assert_close(two[name], one[name], rtol=0, atol=2e-5)
+    summaries = [json.loads((tmp_path / name / "reward_training.json").read_text()) for name in ("one", "two")]
+    assert summaries[0]["accuracy"] == summaries[1]["accuracy"]
 
 
 @pytest.mark.parametrize("case", ["lora-rank", "blocks-videoreward", "no-prefs", "kind", "dims", "loss",

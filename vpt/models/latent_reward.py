@@ -126,15 +126,28 @@ def _kept(name: str, blocks: int) -> bool:
 
 
 def save_latent_reward(model: LatentRewardModel, directory: str | os.PathLike,
-                       extra: Mapping[str, Any] | None = None) -> None:
-    """Write ``model`` into ``directory`` (created; see the module docstring); ``extra`` joins the JSON record."""
+                       extra: Mapping[str, Any] | None = None,
+                       state: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Write ``model`` into ``directory`` (created; see the module docstring); ``extra`` joins the JSON record.
+    ``state``: the model's full state dict when its own parameters are slices of a sharded model
+    (:func:`vpt.distributed.full_state_dict`); the trunk is then written as ``save_pretrained`` writes it, its
+    config and one safetensors file."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    model.trunk.save_pretrained(directory / TRUNK_DIR, safe_serialization=True)
-    save_file({name: tensor.detach().contiguous() for name, tensor in model.head.state_dict().items()},
-              str(directory / HEAD_FILE))
+    if state is None:
+        model.trunk.save_pretrained(directory / TRUNK_DIR, safe_serialization=True)
+        head = model.head.state_dict()
+    else:
+        from diffusers.utils.constants import SAFETENSORS_WEIGHTS_NAME
+
+        model.trunk.save_config(directory / TRUNK_DIR)
+        trunk = {name.removeprefix("trunk."): tensor.contiguous() for name, tensor in state.items()
+                 if name.startswith("trunk.")}
+        save_file(trunk, str(directory / TRUNK_DIR / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
+        head = {name.removeprefix("head."): tensor for name, tensor in state.items() if name.startswith("head.")}
+    save_file({name: tensor.detach().contiguous() for name, tensor in head.items()}, str(directory / HEAD_FILE))
     record = {"kind": KIND, "version": FORMAT_VERSION, "dimensions": list(model.dimensions), "blocks": model.blocks,
               "head_channels": int(model.trunk.config.out_channels), **model.info, **dict(extra or {})}
     (directory / CONFIG_FILE).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")

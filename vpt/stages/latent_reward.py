@@ -228,7 +228,7 @@ def train_latent_reward(model: str | os.PathLike, prefs: Sequence[str], config, 
     """Cut a reward model from the generator at ``model`` and train it on the pairs of ``prefs``; write
     checkpoints, metrics and the final model into ``config.output_dir``. See the module docstring. ``resume``
     continues where that run stopped (see :func:`vpt.stages.reward.check_run`), bit-identical to not stopping."""
-    from vpt.distributed import current_processes
+    from vpt.distributed import current_processes, full_state_dict, is_sharded
     from vpt.io.atomic import atomic_path, publish_into
     from vpt.models.latent_reward import CONFIG_FILE, checked_blocks, cut_generator, save_latent_reward
     from vpt.models.dtypes import weights_dtype
@@ -272,16 +272,19 @@ def train_latent_reward(model: str | os.PathLike, prefs: Sequence[str], config, 
     result = trainer.train(resume=resume)
     processes = current_processes()
     accuracy: dict[str, float] = {}
-    if processes.is_main:
+    sharded = is_sharded(reward_model)  # then every process takes part in its forward passes and its gathering
+    state = full_state_dict(reward_model) if sharded else None
+    if processes.is_main or sharded:
         reward_model.eval()
         accuracy = held_out(reward_model)
+    if processes.is_main:
         summary = {"prefs": [str(Path(name).resolve()) if name != "-" else name for name in prefs],
                    **examples.counts, "train_pairs": len(train_indices), "eval_pairs": len(eval_indices),
                    "accuracy_from": "eval" if len(eval_indices) else "train", "steps": result.step,
                    "seed": config.seed, "recorded_clips": len(known), "dimensions": list(dimensions),
                    "accuracy": accuracy, "options": {**asdict(options), **asdict(noise)}, "size": size,
                    "eval_pair_ids": [encoded[i].key for i in eval_indices]}
-        publish_into(out, lambda directory: save_latent_reward(reward_model, directory), CONFIG_FILE)
+        publish_into(out, lambda directory: save_latent_reward(reward_model, directory, state=state), CONFIG_FILE)
         with atomic_path(out / SUMMARY_FILE) as temporary:
             temporary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     processes.wait()
