@@ -2,7 +2,8 @@
 
 It knows nothing about reward models or video: a stage describes its *task* with a few callables and the
 harness does the rest (accelerate, AdamW + schedule, accumulation, clipping, mixed precision, metrics log,
-evaluation, atomic checkpoints, bit-identical resume, several processes).
+evaluation, atomic checkpoints, bit-identical resume, several processes: data-parallel, FSDP2-sharded or
+context-parallel, every step the exact gradient of one process).
 
 The policy stages (sft, dpo, grpo-step) go through :func:`vpt.train.run.train_stage`, which runs the trainer in
 ``OUT.run/`` and publishes the policy checkpoint; a stage that trains another kind of model plugs in directly::
@@ -23,7 +24,7 @@ The policy stages (sft, dpo, grpo-step) go through :func:`vpt.train.run.train_st
     config = TrainConfig(output_dir=out, learning_rate=2e-6, batch_size=2, gradient_accumulation_steps=8,
                          max_steps=1000, save_every=100, mixed_precision="bf16")
     result = Trainer(model, config, dataset=dataset, collate_fn=collate, loss_fn=loss_fn, eval_fn=eval_fn,
-                     save_model=export_official_layout,        # optional export hook (model, directory)
+                     save_model=export_official_layout,        # optional export hook (model, directory, weights)
                      extra_state=curriculum,                   # optional: state_dict()/load_state_dict()
                      quiet=quiet).train(resume=resume)
     finish_distributed()                                       # last line of the command under accelerate launch
@@ -32,9 +33,10 @@ A task that back-propagates itself (gradient-decoupled DPO: one backward pass pe
 ``own_backward=True``; its ``loss_fn(model, batch, backward)`` calls ``backward(tensor)`` and returns the detached
 loss. A dataset with ``set_epoch(epoch)`` hears each epoch before its items are read (per-epoch noise).
 
-``save_model(model, directory)`` / ``load_model(model, directory)`` decide how trainable weights sit in a
-checkpoint (defaults: a peft adapter via ``save_pretrained`` plus ``non_adapter.safetensors``, or
-``trainable.safetensors``); a ``save_model`` alone is an extra export written beside the harness's own weights.
+``save_model(model, directory, weights)`` / ``load_model(model, directory)`` decide how trainable weights sit in a
+checkpoint (``weights``: the trainable tensors by name, gathered from every process when the model is sharded;
+defaults: a peft adapter via ``save_pretrained`` plus ``non_adapter.safetensors``, or ``trainable.safetensors``); a
+``save_model`` alone is an extra export written beside the harness's own weights.
 Checkpoint layout: see :mod:`vpt.train.checkpoint`. Everything here logs to stderr only, never to stdout.
 """
 

@@ -153,9 +153,13 @@ def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) ->
 
 
 def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """Load :func:`optimizer_state`'s output (every process reads the whole file and keeps its slice)."""
+    """Load :func:`optimizer_state`'s output (every process reads the whole file and keeps its slice), or the
+    ``optimizer.state_dict()`` (keyed by parameter position) that checkpoints of earlier vpt versions hold."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+    if all(isinstance(key, int) for key in state.get("state", {})):
+        optimizer.load_state_dict(state)
+        return
     set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 

@@ -31,15 +31,15 @@ class TrainConfig:
 
     ``batch_size`` is examples per micro-batch *per process*; one optimizer step sees ``batch_size x
     gradient_accumulation_steps x processes`` examples, or ``step_examples`` when set (a stage that fixes the step
-    itself, whatever the processes; see :mod:`vpt.train.plan` for how a step's examples are dealt out, exactly
-    the same gradient on any number of processes); with ``context_parallel`` N, groups of N processes share each
-    micro-batch (each holding 1/N of its tokens), so "processes" counts groups. ``max_steps`` counts optimizer steps; with ``epochs`` too,
-    training stops at whichever comes first (at least one is required). ``param_group_lrs`` maps glob patterns over
-    parameter names (as ``model.named_parameters()`` gives them, e.g. ``"*.lora_*"``) to a learning rate; the first
-    matching pattern wins, the rest use ``learning_rate``. ``no_decay`` lists glob patterns of parameters without
-    weight decay (e.g. ``"*.bias"``). ``eval_every`` / ``save_every`` of ``None`` or 0 mean "only at the end";
-    ``keep_last`` of ``None`` or 0 keeps every checkpoint; ``max_grad_norm`` of ``None`` or 0 turns clipping off
-    (the gradient norm is still measured and logged).
+    itself, whatever the processes; see :mod:`vpt.train.plan` for how a step's examples are dealt out, exactly the
+    same gradient on any number of processes); with ``context_parallel`` N, groups of N processes share each
+    micro-batch (each holding 1/N of its tokens), so "processes" counts groups. ``max_steps`` counts optimizer
+    steps; with ``epochs`` too, training stops at whichever comes first (at least one is required).
+    ``param_group_lrs`` maps glob patterns over parameter names (as ``model.named_parameters()`` gives them, e.g.
+    ``"*.lora_*"``) to a learning rate; the first matching pattern wins, the rest use ``learning_rate``.
+    ``no_decay`` lists glob patterns of parameters without weight decay (e.g. ``"*.bias"``). ``eval_every`` /
+    ``save_every`` of ``None`` or 0 mean "only at the end"; ``keep_last`` of ``None`` or 0 keeps every checkpoint;
+    ``max_grad_norm`` of ``None`` or 0 turns clipping off (the gradient norm is still measured and logged).
     """
 
     output_dir: str = "runs/train"

@@ -43,11 +43,8 @@ class Stateful(Protocol):
 
 
 class EpochSampler(Sampler[int]):
-    """Dataset indices in an order fixed by ``(seed, epoch)`` alone: the same on every process and in every run.
-
-    Deliberately has no ``generator`` attribute, so accelerate does not try to synchronise it (it needs no
-    synchronisation) and no global RNG is consumed when an epoch starts.
-    """
+    """Dataset indices in an order fixed by ``(seed, epoch)`` alone: the same on every process and in every run,
+    without consuming a global RNG when an epoch starts (:class:`vpt.train.plan.StepPlan` deals it out)."""
 
     def __init__(self, size: int, seed: int, shuffle: bool = True):
         self.size, self.seed, self.shuffle, self.epoch = int(size), int(seed), bool(shuffle), 0
@@ -180,7 +177,7 @@ class Trainer:
     """Train ``model`` on a task given as callables; see :mod:`vpt.train` for the contract.
 
     ``loss_fn(model, batch) -> (loss, metrics)``: the mean loss of one micro-batch (a scalar tensor with grad) and
-    scalar metrics to average into the log. ``model`` is the prepared model (DDP-wrapped under several processes):
+    scalar metrics to average into the log. ``model`` is the prepared model (DDP-wrapped or FSDP2-sharded, launched):
     call it (``model(...)``) rather than its methods so gradients synchronise. ``dataset`` is map-style;
     ``collate_fn`` builds a batch from a list of items (torch's default when None). ``eval_fn(model) -> metrics``
     runs on every process (in eval mode, under no_grad, without disturbing the training RNG) every ``eval_every``
@@ -188,16 +185,18 @@ class Trainer:
     directory, weights)`` / ``load_model(model, directory)`` write / restore the trainable weights of a checkpoint
     (``weights``: the full trainable tensors by name, gathered from every process when the model is sharded;
     defaults: :func:`~vpt.train.checkpoint.save_peft` / ``load_peft`` for peft models,
-    :func:`~vpt.train.checkpoint.save_trainable` / ``load_trainable`` otherwise); a ``save_model`` without ``load_model`` is an export, and the harness then also writes its own
-    ``trainable.safetensors`` to resume from. ``extra_state`` (``state_dict()`` / ``load_state_dict()``, plain
-    types and tensors) is saved and restored with each checkpoint, e.g. a curriculum.
+    :func:`~vpt.train.checkpoint.save_trainable` / ``load_trainable`` otherwise); a ``save_model`` without
+    ``load_model`` is an export, and the harness then also writes its own ``trainable.safetensors`` to resume from.
+    ``extra_state`` (``state_dict()`` / ``load_state_dict()``, plain types and tensors) is saved and restored with
+    each checkpoint, e.g. a curriculum.
 
-    ``own_backward``: the task back-propagates itself, one or more times per micro-batch (gradient-decoupled DPO
-    runs one backward pass per branch): ``loss_fn(model, batch, backward)`` calls ``backward(tensor)`` (the
-    accelerator's, scaled for the micro-batch's share of the step) and returns the detached loss for the log. A dataset with a
-    ``set_epoch(epoch)`` method is told each epoch before its items are read (per-epoch noise drawn from item keys);
-    one with ``item_weights()`` (one positive number per item) weighs its items by them in each step's mean (e.g.
-    GRPO's blocks by their samples). How a step's examples are dealt to processes: :mod:`vpt.train.plan`.
+    ``own_backward``: the task back-propagates itself, one or more times per micro-batch (gradient-decoupled DPO runs
+    one backward pass per branch): ``loss_fn(model, batch, backward)`` calls ``backward(tensor)`` (the
+    accelerator's, scaled for the micro-batch's share of the step) and returns the detached loss for the log. A
+    dataset with a ``set_epoch(epoch)`` method is told each epoch before its items are read (per-epoch noise drawn
+    from item keys); one with ``item_weights()`` (one positive number per item) weighs its items by them in each
+    step's mean (e.g. GRPO's blocks by their samples). How a step's examples are dealt to processes:
+    :mod:`vpt.train.plan`.
     """
 
     def __init__(self, model: torch.nn.Module, config: TrainConfig, *, dataset: Dataset, loss_fn: LossFn,
