@@ -39,9 +39,8 @@ def open_generator(model: str | os.PathLike, policy: str | os.PathLike | None, d
     over ``processes`` (:class:`vpt.distributed.Processes`) when the launch's accelerate config asks for FSDP2, or
     run with ``context_parallel`` (:func:`vpt.models.parallel.enable_context_parallel`)."""
     from vpt.distributed import current_processes, shard_model, sharded_launch
-    from vpt.models.parallel import enable_context_parallel
-
     from vpt.models.loading import load_policy, load_wan_pipeline, resolve_wan_directory
+    from vpt.models.parallel import enable_context_parallel
 
     directory = resolve_wan_directory(model)
     pipe = load_wan_pipeline(directory, dtype=dtype, device=device)

@@ -24,7 +24,7 @@ import torch
 
 from vpt.algo.guidance import RewardGuidedVelocity
 from vpt.errors import VptError
-from vpt.rollouts.run import PromptItem, RunSummary, checked_output, group_id, in_step, sample_ids, sample_into
+from vpt.rollouts.run import PromptItem, RunSummary, checked_output, group_id, padding, sample_ids, sample_into
 from vpt.rollouts.sampling import RolloutOptions, sample_group
 
 TABLE_FILE = "videos.parquet"
@@ -112,12 +112,7 @@ def guide_videos(pipe, prompts: Sequence[PromptItem], options: RolloutOptions, r
                          **{f"nrg_{name}": float(rewards[k, d]) for d, name in enumerate(reward_model.dimensions)}})
         return rows
 
-    def pad(item: PromptItem) -> None:
-        embeds, negative = encode_prompts(pipe, [item.prompt], options.negative_prompt, options.guidance,
-                                          options.max_sequence_length)
-        sample_group(pipe, embeds, negative, item.prompt_id, options, steer=steer)
-
     sample_into(out, TABLE_FILE, "videos", prompts, order, processes, sample,
-                pad=pad if in_step(pipe, context_parallel) else None, context_parallel=context_parallel)
+                pad=padding(pipe, options, context_parallel, steer), context_parallel=context_parallel)
     return RunSummary(prompts=len(prompts), videos=len(order), directory=out)
 

@@ -18,7 +18,7 @@ from vpt.errors import VptError
 from vpt.io.atomic import check_new_directory, commit, temporary_sibling
 from vpt.io.names import file_stems
 from vpt.models.wan import encode_prompts, latent_shape, warn_long_prompts
-from vpt.rollouts.sampling import RolloutOptions, sample_group
+from vpt.rollouts.sampling import RolloutOptions, Steer, sample_group
 from vpt.rollouts.store import TABLE_FILE, write_checksums, write_embeddings, write_group
 
 
@@ -74,9 +74,20 @@ def checked_output(out: str | os.PathLike, pipe, options: RolloutOptions, contex
     return check_new_directory(out, "--out")
 
 
-def in_step(pipe, context_parallel: int) -> bool:
-    """Whether this launch's processes must run the generator's transformer in step (see :func:`sample_into`)."""
-    return context_parallel > 1 or is_sharded(pipe.transformer)
+def padding(pipe, options: RolloutOptions, context_parallel: int,
+            steer: Steer | None = None) -> Callable[[PromptItem], None] | None:
+    """The ``pad`` of :func:`sample_into` when this launch's processes must run the generator's transformer in step
+    (sharded, or ``context_parallel``): sample a prompt's group as ``sample`` would (with ``steer``) and keep
+    nothing; None otherwise."""
+    if context_parallel == 1 and not is_sharded(pipe.transformer):
+        return None
+
+    def pad(item: PromptItem) -> None:
+        embeds, negative = encode_prompts(pipe, [item.prompt], options.negative_prompt, options.guidance,
+                                          options.max_sequence_length)
+        sample_group(pipe, embeds, negative, item.prompt_id, options, steer=steer)
+
+    return pad
 
 
 def sample_into(out: Path, table: str, schema: str, prompts: Sequence[PromptItem], order: Sequence[str],
@@ -143,11 +154,6 @@ def sample_rollouts(pipe, prompts: Sequence[PromptItem], options: RolloutOptions
                            sample_ids(options, item.prompt_id), [f"{stem}-{k:03d}" for k in range(options.group_size)],
                            embeds_shard, negative_key, common, options.fps)
 
-    def pad(item: PromptItem) -> None:
-        embeds, negative = encode_prompts(pipe, [item.prompt], options.negative_prompt, options.guidance,
-                                          options.max_sequence_length)
-        sample_group(pipe, embeds, negative, item.prompt_id, options)
-
     sample_into(out, TABLE_FILE, "rollouts", prompts, order, processes, sample, finish=write_checksums,
-                pad=pad if in_step(pipe, context_parallel) else None, context_parallel=context_parallel)
+                pad=padding(pipe, options, context_parallel), context_parallel=context_parallel)
     return RunSummary(prompts=len(prompts), videos=len(order), directory=out)

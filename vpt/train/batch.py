@@ -9,18 +9,13 @@ import torch
 
 
 class TensorBatch:
-    """Base of a stage's batch dataclass. accelerate moves a batch to the device by calling its ``.to``; the
-    harness weighs a micro-batch's metrics by :attr:`batch_size` (the first dimension of the first tensor field)."""
+    """Base of a stage's batch dataclass: the harness moves a batch to the device by calling its ``.to``
+    (accelerate's ``send_to_device``); how many examples it holds the harness knows from its step plan."""
 
     def to(self, device: Any, non_blocking: bool = False) -> "TensorBatch":
         moved = {field.name: value.to(device, non_blocking=non_blocking)
                  for field in dataclasses.fields(self) if isinstance(value := getattr(self, field.name), torch.Tensor)}
         return dataclasses.replace(self, **moved)
-
-    @property
-    def batch_size(self) -> int:
-        return next(value.shape[0] for field in dataclasses.fields(self)
-                    if isinstance(value := getattr(self, field.name), torch.Tensor))
 
     @classmethod
     def collate(cls, items: Sequence[Mapping[str, torch.Tensor]]) -> "TensorBatch":
