@@ -20,8 +20,8 @@ def clips(tmp_path_factory):
 
 def test_rows_stream_in_input_order_with_bounded_prefetch(clips, monkeypatch):
     decoded = []
-    real_decode = engine.decode
-    monkeypatch.setattr(engine, "decode", lambda file, sampling: decoded.append(file) or real_decode(file, sampling))
+    real_decode = engine.decode_for
+    monkeypatch.setattr(engine, "decode_for", lambda file, samplings: decoded.append(file) or real_decode(file, samplings))
     stream = engine.score_videos(clips, [load_reward_model("brightness")], batch_size=4, workers=2)
     first = next(stream)
     assert [row["id"] for row in first] == ["c00", "c01", "c02", "c03"]

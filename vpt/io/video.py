@@ -55,6 +55,7 @@ __all__ = [
     "FrameSampling",
     "VideoInfo",
     "decode",
+    "decode_for",
     "probe",
     "read_frames",
     "resize_frames",
@@ -383,6 +384,29 @@ def decode(path, sampling: FrameSampling = FrameSampling()) -> DecodedVideo:
     if sampling.height is not None:
         frames = resize_frames(frames, sampling.height, sampling.width)
     return DecodedVideo(frames=frames, info=info, indices=indices)
+
+
+def decode_for(path, samplings) -> dict[FrameSampling, DecodedVideo]:
+    """One probe and one decode of ``path`` serving several consumers: ``{sampling: DecodedVideo}``.
+
+    The union of every sampling's frame indices is decoded once at the file's size; each sampling then takes its own
+    frames from that clip (and its own resize), so a model that wants more frames or another size costs no second
+    decode. Each result equals ``decode(path, sampling)``.
+    """
+    samplings = list(dict.fromkeys(samplings))
+    info = probe(path)
+    wanted = {sampling: sampling.indices(info) for sampling in samplings}
+    union = np.unique(np.concatenate(list(wanted.values()))) if wanted else np.zeros(0, dtype=np.int64)
+    frames = _decode(info, union)
+    if frames.shape[1:3] != (info.height, info.width):
+        info = replace(info, height=int(frames.shape[1]), width=int(frames.shape[2]))
+    decoded = {}
+    for sampling, indices in wanted.items():
+        mine = frames if np.array_equal(indices, union) else frames[np.searchsorted(union, indices)]
+        if sampling.height is not None:
+            mine = resize_frames(mine, sampling.height, sampling.width)
+        decoded[sampling] = DecodedVideo(frames=mine, info=info, indices=indices)
+    return decoded
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -4,6 +4,10 @@ Videos are decoded by a pool of background threads (decord releases the GIL whil
 of the model, grouped into batches, scored, and handed back as rows in input order as soon as each batch is done,
 so a long run streams its table and memory stays flat. A video that cannot be read becomes a row with ``error``
 set (or stops the run when ``strict``).
+
+Each video is decoded once for all the models of a run (:func:`~vpt.io.video.decode_for`): a model that wants other
+frames or another size takes them from the same decoded clip. A model whose ``sampling`` is ``None`` reads the file
+itself (the reward-server client sends it on) and is handed the files' paths.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ from typing import Callable, Iterator, Sequence
 
 from vpt.errors import VideoReadError, VptError
 from vpt.io.manifest import VideoItem
-from vpt.io.video import DecodedVideo, FrameSampling, decode
-from vpt.rewards.model import RewardModel
+from vpt.io.video import DecodedVideo, FrameSampling, decode_for
+from vpt.rewards.model import ERROR_KEY, RewardModel
 
 
 @dataclass
@@ -60,8 +64,20 @@ def output_columns(models: Sequence[RewardModel]) -> list[str]:
     return columns
 
 
-def _decode_all(item: VideoItem, samplings: Sequence[FrameSampling]) -> dict[FrameSampling, DecodedVideo]:
-    return {sampling: decode(item.file, sampling) for sampling in samplings}
+def frame_samplings(models: Sequence[RewardModel]) -> list[FrameSampling]:
+    """The distinct samplings the models want decoded (models that read files themselves want none)."""
+    return list(dict.fromkeys(model.sampling for model in models if model.sampling is not None))
+
+
+def decode_for_models(file, samplings: Sequence[FrameSampling]) -> dict[FrameSampling, DecodedVideo]:
+    """``file`` decoded once for all ``samplings``; nothing is decoded when no model wants frames, but the file must
+    still exist and be a video."""
+    if not samplings:
+        from vpt.io.video import probe
+
+        probe(file)
+        return {}
+    return decode_for(file, samplings)
 
 
 def score_videos(
@@ -89,7 +105,7 @@ def score_videos(
                     "give a manifest with a prompt column or --prompts TABLE"
                 )
     columns = output_columns(models)
-    samplings = list(dict.fromkeys(model.sampling for model in models))
+    samplings = frame_samplings(models)
     model_names = ",".join(model.name for model in models)
     window = max(2 * batch_size, 2 * workers)
 
@@ -102,7 +118,7 @@ def score_videos(
                 item = next(upcoming, None)
                 if item is None:
                     return
-                pending.append((item, pool.submit(_decode_all, item, samplings)))
+                pending.append((item, pool.submit(decode_for_models, item.file, samplings)))
 
         refill()
         while pending:
@@ -130,15 +146,35 @@ def _score_batch(batch, models, columns, model_names) -> list[dict]:
                "error": error, **item.carried}
         row.update({column: None for column in columns})
         rows.append(row)
-    decoded = [(row, videos) for row, (_, videos, _) in zip(rows, batch) if videos is not None]
+    decoded = [(row, item, videos) for row, (item, videos, _) in zip(rows, batch) if videos is not None]
     if not decoded:
         return rows
-    prompts = [row["prompt"] for row, _ in decoded]
-    for index, model in enumerate(models):
-        scores = model.score([videos[model.sampling] for _, videos in decoded], prompts)
-        for position, (row, _) in enumerate(decoded):
-            for dimension in model.dimensions:
-                row[dimension] = float(scores[dimension][position])
-            if index == 0:
-                row["score"] = row[model.primary]
+    results = score_decoded(models, [videos for _, _, videos in decoded], [item.file for _, item, _ in decoded],
+                            [row["prompt"] for row, _, _ in decoded])
+    for (row, _, _), result in zip(decoded, results):
+        row.update(result)
+        if row["error"] is None:
+            row["score"] = row[models[0].primary]
     return rows
+
+
+def score_decoded(models: Sequence[RewardModel], videos: Sequence[dict[FrameSampling, DecodedVideo]],
+                  files: Sequence, prompts: Sequence[str | None]) -> list[dict]:
+    """Score a batch with every model: per video, ``{dimension: float}`` or, when a model could not score it (a
+    remote model's server refused the file), ``{"error": reason}``."""
+    results: list[dict] = [{} for _ in videos]
+    for model in models:
+        if model.sampling is None:
+            scores = model.score(list(files), list(prompts))
+        else:
+            scores = model.score([decoded[model.sampling] for decoded in videos], list(prompts))
+        errors = scores.get(ERROR_KEY) or [None] * len(videos)
+        for position, result in enumerate(results):
+            if ERROR_KEY in result:
+                continue
+            if errors[position] is not None:
+                results[position] = {ERROR_KEY: f"{model.name}: {errors[position]}"}
+                continue
+            for dimension in model.dimensions:
+                result[dimension] = float(scores[dimension][position])
+    return results
