@@ -43,20 +43,20 @@ def score(
     Example:
 
     \b
-      vpt score --model motion-smoothness videos/ > scores.parquet
+      vpt score --model brightness,motion videos/ > scores.parquet
     """
     from vpt.distributed import current_processes, sharded_launch
     from vpt.io.manifest import collect_videos
     from vpt.models.dtypes import check_dtype
     from vpt.io.tables import TableWriter
     from vpt.rewards.engine import ScoreSummary, output_columns, score_videos
-    from vpt.rewards.registry import load_reward_model
+    from vpt.rewards.registry import load_reward_models
 
     names = comma_list(models, "--model", "brightness,motion")
     check_dtype(dtype)  # a bad value stops the command even when only heuristics are named
     processes = current_processes()
     sharded_launch(processes, "score", can_shard=False)  # each process scores its share with whole models
-    reward_models = [load_reward_model(name, model_dir, device, batch_size, raw, dtype) for name in names]
+    reward_models = load_reward_models(names, model_dir, device, batch_size, raw, dtype)
     columns = output_columns(reward_models)
     items = collect_videos(inputs or [], prompts, base_dir)
     summary = ScoreSummary()

@@ -87,8 +87,10 @@ def test_prompts_table_supplies_prompts_by_id(run_vpt, mixed_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["-m", "sharpness", "x"], "unknown reward model 'sharpness'; available: brightness, flicker, motion, "
-                               "motion-smoothness, videoreward, or a VideoReward checkpoint directory"),
+    (["-m", "sharpness", "x"], "unknown reward model 'sharpness'; available: aesthetic, background-consistency, "
+                               "brightness, clip, dynamic-degree, flicker, motion, motion-smoothness, "
+                               "pixel-smoothness, subject-consistency, videoreward, KIND:DIR (e.g. clip:DIR), a "
+                               "VideoReward checkpoint directory, or a reward server http://HOST:PORT/"),
     (["-m", "brightness"], "no videos given; name a directory, files, a glob or a videos manifest"),
     (["-m", "brightness", "missing/"], "missing/: no such file or directory"),
     (["-m", "brightness", "nothing-*.mp4"], "nothing-*.mp4: no video file matches this pattern"),
@@ -121,7 +123,7 @@ def test_manifest_problems_are_reported(run_vpt, tmp_path):
 def test_the_documented_shell_pipeline(tmp_path, toy_manifest):
     videos = toy_manifest.parent / "clips"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(f"'{VPT}' score --model motion-smoothness '{videos}' > scores.parquet", shell=True, check=True,
+    subprocess.run(f"'{VPT}' score --model pixel-smoothness '{videos}' > scores.parquet", shell=True, check=True,
                    cwd=tmp_path, env=env, capture_output=True)
     assert pq.read_table(tmp_path / "scores.parquet").num_rows == 24
     piped = subprocess.run(f"'{VPT}' score -q -m brightness '{toy_manifest}' | '{VPT}' schema check -", shell=True,

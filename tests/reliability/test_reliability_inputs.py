@@ -214,8 +214,10 @@ CASES: dict[str, Case] = {
         lambda w, t: f"{w.prompts}: needs an 'id' column naming the video each prompt belongs to"),
     "score/unknown model": Case(
         lambda w, t: ["score", "-m", "sharpness", w.toy, "-o", t / "out"],
-        const("unknown reward model 'sharpness'; available: brightness, flicker, motion, motion-smoothness, "
-              "videoreward, or a VideoReward checkpoint directory")),
+        const("unknown reward model 'sharpness'; available: aesthetic, background-consistency, brightness, clip, "
+              "dynamic-degree, flicker, motion, motion-smoothness, pixel-smoothness, subject-consistency, "
+              "videoreward, KIND:DIR (e.g. clip:DIR), a VideoReward checkpoint directory, or a reward server "
+              "http://HOST:PORT/")),
     "score/--batch-size 0": Case(score("--batch-size", "0", lambda w, t: w.toy, "-o", tmp("out")),
                                  const("--batch-size and --workers must be at least 1")),
     "score/--batch-size not a number": Case(

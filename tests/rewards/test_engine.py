@@ -49,3 +49,30 @@ def test_summary_statistics_match_numpy():
     assert (name, n, summary.errors, summary.videos) == ("x", 4, 1, 5)
     assert mean == pytest.approx(np.mean(values)) and std == pytest.approx(np.std(values))
     assert (low, high) == (0.1, 0.9)
+
+
+def test_one_decode_per_video_for_models_that_want_other_frames(clips, monkeypatch):
+    import vpt.io.video as video
+    from vpt.io.video import FrameSampling, decode
+    from vpt.rewards.model import RewardModel
+
+    class FirstFrameMean(RewardModel):
+        def __init__(self, name, sampling):
+            self.name, self.sampling, self.dimensions, self.primary = name, sampling, (name,), name
+
+        def score(self, videos, prompts):
+            return {self.name: np.array([v.frames[0].mean() + 1000 * v.frames.shape[0] + 1e6 * v.frames.shape[1]
+                                         for v in videos])}
+
+    samplings = {"all": FrameSampling(), "two": FrameSampling(mode="count", count=2),
+                 "small": FrameSampling(mode="count", count=3, height=8, width=8)}
+    models = [FirstFrameMean(name, sampling) for name, sampling in samplings.items()]
+    decodes = []
+    real = video._decode
+    monkeypatch.setattr(video, "_decode", lambda info, indices: decodes.append(info.path) or real(info, indices))
+    rows = [row for batch in engine.score_videos(clips[:3], models, batch_size=2) for row in batch]
+    assert sorted(decodes) == sorted(str(item.file) for item in clips[:3])  # one decode per video
+    monkeypatch.setattr(video, "_decode", real)
+    for row, item in zip(rows, clips[:3]):
+        for name, sampling in samplings.items():
+            assert row[name] == models[0].__class__(name, sampling).score([decode(item.file, sampling)], [None])[name][0]

@@ -29,7 +29,7 @@ def spearman(a, b) -> float:
 def scored_world(request, tmp_path_factory, run_vpt):
     """A 24-clip toy world per seed, scored by `vpt score` with all four heuristics."""
     manifest = write_toy_videos(tmp_path_factory.mktemp(f"world{request.param}"), n=24, seed=request.param)
-    result = run_vpt(["score", "-q", "-m", "brightness,motion,motion-smoothness,flicker", manifest])
+    result = run_vpt(["score", "-q", "-m", "brightness,motion,pixel-smoothness,flicker", manifest])
     assert result.exit_code == 0, result.stderr
     return pq.read_table(manifest).to_pylist(), pq.read_table(io.BytesIO(result.stdout)).to_pylist()
 
@@ -75,7 +75,7 @@ def test_motion_grows_with_speed(tmp_path, seed):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_smoothness_falls_with_jitter(tmp_path, seed):
     scores = sweep(tmp_path, seed, "jitter", [0.0, 1.0, 2.0, 3.0])
-    assert strictly_increasing(scores["motion-smoothness"][::-1])
+    assert strictly_increasing(scores["pixel-smoothness"][::-1])
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

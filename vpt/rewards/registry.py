@@ -16,29 +16,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
-import numpy as np
+from typing import Sequence
 
 from vpt.errors import VptError
-from vpt.io.video import FrameSampling
 from vpt.rewards.model import RewardModel
-
-
-@dataclass
-class HeuristicReward(RewardModel):
-    """A weight-free metric computed per video on all of its frames."""
-
-    name: str
-    metric: Callable[[np.ndarray], float]
-
-    def __post_init__(self):
-        self.dimensions = (self.name.replace("-", "_"),)
-        self.primary = self.dimensions[0]
-        self.sampling = FrameSampling(mode="all")
-
-    def score(self, videos, prompts):
-        return {self.primary: np.array([self.metric(video.frames) for video in videos], dtype=np.float64)}
 
 
 VIDEOREWARD_HUB_REPO = "KwaiVGI/VideoReward"
@@ -122,10 +103,10 @@ def load_reward_model(
     the raw head outputs of VideoReward as extra columns. ``dtype`` (``bf16`` or ``fp32``): what a learned model's
     weights are loaded in (the heuristics have none).
     """
-    from vpt.rewards.heuristic import HEURISTICS
+    from vpt.rewards.heuristic import HEURISTICS, HeuristicReward
 
     if name in HEURISTICS:
-        return HeuristicReward(name, HEURISTICS[name])
+        return HeuristicReward([name])
     if name.startswith(REMOTE_SCHEMES):
         from vpt.rewards.remote import load_remote
 
@@ -148,8 +129,25 @@ def load_reward_model(
         scorer.name = name  # the scores table records which checkpoint scored
         return scorer
     raise VptError(
-        f"unknown reward model '{name}'; available: {', '.join(available_models())}, or a VideoReward checkpoint directory"
+        f"unknown reward model '{name}'; available: {', '.join(available_models())}, KIND:DIR (e.g. clip:DIR), a "
+        "VideoReward checkpoint directory, or a reward server http://HOST:PORT/"
     )
+
+
+def load_reward_models(names: Sequence[str], model_dir: str | None = None, device: str = "auto",
+                       batch_size: int = 4, raw: bool = False, dtype: str = "fp32") -> list[RewardModel]:
+    """The models ``names`` name, in order, except that all the heuristics among them become one model (at the
+    place of the first), so one luma pass per video serves them all. Arguments as :func:`load_reward_model`."""
+    from vpt.rewards.heuristic import HEURISTICS, HeuristicReward
+
+    heuristics = [name for name in names if name in HEURISTICS]
+    models: list[RewardModel] = []
+    for name in names:
+        if name not in HEURISTICS:
+            models.append(load_reward_model(name, model_dir, device, batch_size, raw, dtype))
+        elif name == heuristics[0]:
+            models.append(HeuristicReward(heuristics))
+    return models
 
 
 def _device(device: str) -> str:
