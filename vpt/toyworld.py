@@ -171,6 +171,37 @@ def render_clip(attrs: dict, frames: int = 17, height: int = 64, width: int = 64
     return video
 
 
+def timeline(attrs: dict, frames: int) -> np.ndarray:
+    """Which instant of the shape's path each rendered frame shows: ``int [frames]``, ``t`` except inside a frozen
+    span, where every frame repeats the span's first one (see :func:`render_clip`)."""
+    shown = np.arange(frames)
+    start, length = int(attrs["frozen_start"]), int(attrs["frozen_frames"])
+    if length > 1 and start < frames:
+        shown[start + 1 : min(start + length, frames)] = start
+    return shown
+
+
+def true_flow(attrs: dict, frames: int = 17, height: int = 64, width: int = 64) -> np.ndarray:
+    """The exact forward optical flow of :func:`render_clip`'s clip: ``float32 [frames - 1, height, width, 2]``.
+
+    ``flow[t, y, x] = (dx, dy)``: where the content at pixel ``(x, y)`` of frame ``t`` is in frame ``t + 1``, in
+    pixels. Pixels of the shape in frame ``t`` move by the difference of its corners (:func:`trajectory`, jitter
+    included; 0 inside a frozen span, and the jump back to the timeline after one); every other pixel is background,
+    which stands still (0). Flicker changes brightness, not positions, so it does not show. The flow is defined at
+    every pixel (the background is flat and static, the shape moves rigidly), so no validity mask goes with it;
+    shape pixels whose target lies outside the frame keep their motion.
+    """
+    side = shape_side(attrs, height, width)
+    my, mx = np.nonzero(_shape_mask(attrs["shape"], side))
+    xy = trajectory(attrs, frames, height, width)[timeline(attrs, frames)]
+    flow = np.zeros((max(frames - 1, 0), height, width, 2), np.float32)
+    for t in range(frames - 1):
+        ys, xs = my + xy[t, 1], mx + xy[t, 0]
+        inside = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
+        flow[t, ys[inside], xs[inside]] = xy[t + 1] - xy[t]
+    return flow
+
+
 def brightness_word(brightness: float) -> str:
     if brightness < 0.3:
         return "dark"
@@ -242,12 +273,17 @@ def write_toy_videos(
     height: int = 64,
     width: int = 64,
     fps: float = 8.0,
+    flow: bool = False,
 ) -> Path:
     """Write ``n`` clips as ``out_dir/clips/toy-NNNN.mp4`` and their ``videos`` manifest; return the manifest path.
 
     The manifest (``out_dir/videos.parquet``) holds the declared ``videos`` columns plus every true attribute as a
     flat column (``brightness``, ``color``, ``shape``, ``speed``, ``direction``, ``jitter``, ``frozen_start``,
     ``frozen_frames``, ``flicker``, ``size``, ``start_x``, ``start_y``, ``noise_seed``).
+
+    With ``flow`` each clip's exact optical flow (:func:`true_flow`) is written too, as
+    ``out_dir/flow/toy-NNNN.flow.safetensors`` in the layout of :mod:`vpt.io.flow`: the reference directory of
+    ``vpt eval flow``.
     """
     from vpt.io.tables import write_table
     from vpt.io.video import write_video
@@ -261,6 +297,10 @@ def write_toy_videos(
         clip_id = f"toy-{index:04d}"
         relative = f"clips/{clip_id}.mp4"
         write_video(out_dir / relative, video, fps=fps)
+        if flow:
+            from vpt.io.flow import flow_path, write_flow
+
+            write_flow(flow_path(out_dir / "flow", clip_id), true_flow(attrs, frames, height, width))
         prompt = describe(attrs)
         row = {
             "id": clip_id,
