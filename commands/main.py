@@ -18,7 +18,8 @@ from vpt.errors import VptError
 from vpt.io.atomic import request_stop, stop_requested
 from vpt.commands import _ui
 from vpt.commands import eval as eval_command
-from vpt.commands import build_prefs, dpo, grpo_step, guide, sample_rollouts, schema, score, sft, train_reward, zoo
+from vpt.commands import build_prefs, dpo, grpo_step, guide, sample_rollouts, schema, score, serve, sft, train_reward
+from vpt.commands import zoo
 
 
 class VptGroup(TyperGroup):
@@ -85,6 +86,7 @@ app.command("grpo-step")(grpo_step.grpo_step)
 app.command("guide")(guide.guide)
 app.command("sample-rollouts")(sample_rollouts.sample_rollouts)
 app.command("score")(score.score)
+app.command("serve")(serve.serve)
 app.command("sft")(sft.sft)
 app.command("train-reward")(train_reward.train_reward)
 
