@@ -24,7 +24,7 @@ def lines(text: str) -> list[list[str]]:
 def test_true_flow_carries_every_shape_pixel_to_where_it_is_drawn_next():
     rng = np.random.default_rng(3)
     for _ in range(6):
-        attrs = {**sample_attributes(rng, 9), "flicker": 0.0, "speed": 2.0, "jitter": 1.0}
+        attrs = {**sample_attributes(rng, 9), "flicker": 0.0, "speed": 2.0, "jitter": 1.0, "frozen_frames": 0}
         clip, flow = render_clip(attrs, 9, 40, 48), true_flow(attrs, 9, 40, 48)
         assert flow.shape == (8, 40, 48, 2) and flow.dtype == np.float32
         for t in range(8):
