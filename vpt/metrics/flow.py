@@ -14,6 +14,10 @@ column          formula                                          source
 
 The rates are fractions in [0, 1] (KITTI prints them in percent). A clip's values pool every valid pixel of every
 frame pair, so each pixel counts once, as in the benchmarks. Sums are accumulated in float64.
+
+:func:`flow_errors` is the pure computation; :func:`evaluate_video` is one row of ``vpt eval flow``'s
+``flow_metrics`` table (a video's estimated flow, or another estimator's flow file, against its reference flow
+file), and :func:`mean_row` the mean over videos the command prints last.
 """
 
 from __future__ import annotations
@@ -91,7 +95,8 @@ def evaluate_video(item, reference: str | os.PathLike, flow_dir: str | os.PathLi
 
             frames = decode(item.file).frames
             flow = estimate_flow(frames)
-            what = f"the video has {len(frames)} frames of {frames.shape[1]}x{frames.shape[2]} (flow {list(flow.shape)})"
+            what = (f"the video has {len(frames)} frames of {frames.shape[1]}x{frames.shape[2]} "
+                    f"(flow {list(flow.shape)})")
         if flow.shape != truth.shape:
             raise VptError(f"{what}, its reference {flow_path(reference, item.file.stem)} {list(truth.shape)}")
     except VptError as error:
