@@ -7,7 +7,10 @@ variationally. It needs no weights and runs in about a millisecond per 64x64 fra
 Settings (:func:`estimate_flow`):
 
 * the ``MEDIUM`` preset (patch 8, stride 3, 25 gradient-descent iterations, finest scale 1, 5 variational
-  refinement iterations): on the toy world it has the lowest error of the three presets (see ``vpt eval flow``);
+  refinement iterations), the most accurate of the three: on a smooth random texture translated by up to 12 px at
+  256x256 its end-point error is about 0.01 px where ``FAST`` and ``ULTRAFAST`` err by about 0.1 px, and on the toy
+  world (24 clips of 64x64, ``vpt eval flow`` against the true flow) all three reach a mean EPE of 0.5 px but
+  ``MEDIUM`` has the fewest outliers (Fl-all 2.6 % against 2.9 % and 3.8 %);
 * frames converted to Rec.601 grey (``cv2.COLOR_RGB2GRAY``), the only input DIS takes;
 * one OpenCV thread (``cv2.setNumThreads(1)``, process-wide), so the result is the same on every run and machine
   load; a new DIS instance per clip, so nothing carries over between clips;
