@@ -17,7 +17,8 @@ frame towards ``direction``. Defects, each often absent:
 The shape is small enough that the mean luma of a clip is monotone in ``brightness`` up to small swaps between
 near-equal clips. A path that does not fit in the frame is centred, and the shape crosses the frame edges.
 
-Everything is a function of a seed (``numpy.random.default_rng``) and deterministic.
+Everything is a function of a seed (``numpy.random.default_rng``) and deterministic. :func:`true_flow` is a clip's
+exact optical flow, the reference of ``vpt eval flow``.
 """
 
 from __future__ import annotations
