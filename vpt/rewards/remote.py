@@ -129,8 +129,9 @@ class RemoteReward(RewardModel):
                     raise VptError(f"reward server {self.name}: {reason}")
             if attempt < self.retries:
                 time.sleep(min(_MAX_BACKOFF, _BACKOFF * 2 ** attempt))
-        raise VptError(f"reward server {self.name} is unreachable after {self.retries + 1} attempts ({reason}); "
-                       "start it with `vpt serve -m MODEL --port PORT` or check the URL")
+        tries = f"{self.retries + 1} tries" if self.retries else "1 try"
+        raise VptError(f"reward server {self.name} is unreachable ({reason}; {tries}); start it with `vpt serve -m "
+                       "MODEL --port PORT`, check the URL, or allow more ?retries=N")
 
 
 def _server_error(response) -> str:
