@@ -55,6 +55,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_grpo.py
 	$(BIN)/python benchmarks/bench_dpo.py
 	$(BIN)/python benchmarks/bench_scale.py
+	$(BIN)/python benchmarks/bench_serve.py
 
 clean:
 	rm -rf demo build dist *.egg-info
