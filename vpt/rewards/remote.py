@@ -117,7 +117,7 @@ class RemoteReward(RewardModel):
         for attempt in range(self.retries + 1):
             try:
                 response = self._client.request(method, url, json=json)
-            except (httpx.TransportError, httpx.TimeoutException) as error:
+            except httpx.TransportError as error:  # connection refused or dropped, timeouts
                 reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
                 retry = True
             else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import signal
 import socket
 import sys
@@ -38,6 +39,7 @@ from vpt.server.batching import Batcher, Closed, Job
 from vpt.server.protocol import Limits, ProtocolError, VideoRequest, dumps, parse_score_request
 
 logger = logging.getLogger(__name__)
+SHUTTING_DOWN = "the server is shutting down; retry on another server or later"
 
 
 def describe(model: RewardModel, source: str) -> dict:
@@ -90,7 +92,7 @@ def create_app(models: Sequence[RewardModel], sources: Sequence[str], limits: Li
     @app.get("/health")
     async def health():
         if state["batcher"].closed:
-            return reply(503, {"error": "the server is shutting down"})
+            return reply(503, {"error": SHUTTING_DOWN})
         return reply(200, {"status": "ok"})
 
     @app.get("/info")
@@ -102,7 +104,7 @@ def create_app(models: Sequence[RewardModel], sources: Sequence[str], limits: Li
     async def score(request: Request):
         try:
             body = await _read_body(request, limits.max_body_bytes)
-            name, videos = parse_score_request(body)
+            name, videos = await asyncio.get_running_loop().run_in_executor(state["pool"], parse_score_request, body)
             return reply(200, await _score(name, videos))
         except ProtocolError as error:
             return Response(error.body(), status_code=error.status, media_type="application/json")
@@ -125,28 +127,27 @@ def create_app(models: Sequence[RewardModel], sources: Sequence[str], limits: Li
         dimensions = [d for model in chosen for d in model.dimensions]
         batcher: Batcher = state["batcher"]
         if batcher.closed:
-            raise ProtocolError(503, "the server is shutting down; retry on another server or later")
-        files = [_file(video) for video in videos]
+            raise ProtocolError(503, SHUTTING_DOWN)
+        loop = asyncio.get_running_loop()
+        folder = state["scratch"] / uuid.uuid4().hex  # this request's files, removed when it is answered
         try:
-            loop = asyncio.get_running_loop()
+            files = await loop.run_in_executor(state["pool"], _files, videos, folder)
             samplings = frame_samplings(chosen)
             decoded = await asyncio.gather(*(loop.run_in_executor(state["pool"], _decode, file, samplings)
                                              for file in files))
-            jobs = {i: Job(selection, videos_, file, video.prompt)
-                    for i, (video, file, videos_) in enumerate(zip(videos, files, decoded))
-                    if not isinstance(videos_, str)}
+            jobs = {i: Job(selection, frames, file, video.prompt)
+                    for i, (video, file, frames) in enumerate(zip(videos, files, decoded))
+                    if not isinstance(frames, str)}
             try:
                 batcher.submit(list(jobs.values()))
             except Closed:
-                raise ProtocolError(503, "the server is shutting down; retry on another server or later") from None
+                raise ProtocolError(503, SHUTTING_DOWN) from None
             try:
                 outcomes = await asyncio.gather(*(asyncio.wrap_future(job.future) for job in jobs.values()))
             except VptError as error:
                 raise ProtocolError(400, str(error)) from None
         finally:
-            for video, file in zip(videos, files):
-                if video.data is not None:
-                    file.unlink(missing_ok=True)
+            shutil.rmtree(folder, ignore_errors=True)
         by_position = dict(zip(jobs, outcomes))
         results = []
         for i, video in enumerate(videos):
@@ -169,14 +170,20 @@ def create_app(models: Sequence[RewardModel], sources: Sequence[str], limits: Li
         raise ProtocolError(404, f"unknown model '{name}'; this server serves: "
                                  f"{', '.join(model.name for model in models)}")
 
-    def _file(video: VideoRequest) -> Path:
-        if video.data is None:
-            return Path(video.path)
-        file = state["scratch"] / f"{uuid.uuid4().hex}.video"
-        file.write_bytes(video.data)
-        return file
-
     return app
+
+
+def _files(videos: Sequence[VideoRequest], folder: Path) -> list[Path]:
+    """Where each video is read: its path, or its bytes written to ``folder``."""
+    files = []
+    for position, video in enumerate(videos):
+        if video.data is None:
+            files.append(Path(video.path))
+            continue
+        folder.mkdir(exist_ok=True)
+        files.append(folder / f"{position}.video")
+        files[-1].write_bytes(video.data)
+    return files
 
 
 def _decode(file: Path, samplings) -> dict | str:

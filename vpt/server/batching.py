@@ -106,6 +106,9 @@ class Batcher:
                 return
 
     def _score(self, batch: list[Job]) -> None:
+        batch = [job for job in batch if job.future.set_running_or_notify_cancel()]  # not the requests given up
+        if not batch:
+            return
         self.stats.batches += 1
         self.stats.videos += len(batch)
         self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
