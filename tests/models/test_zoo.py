@@ -246,3 +246,37 @@ def test_zoo_command_module_does_not_import_torch():
     code = "import sys, vpt.commands.zoo; print(sorted({'torch', 'diffusers', 'vpt.models'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_clip_family_is_deterministic_from_the_seed(quick_builds):
+    for component, name in (("clip", "model.safetensors"), ("siglip", "model.safetensors")):
+        a, b, c = (load_file(build / component / name) for build in quick_builds)
+        assert a.keys() == b.keys() == c.keys() and len(a) > 10
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert any(not torch.equal(a[k], c[k]) for k in a)
+    heads = [torch.load(build / "aesthetic" / zoo.AESTHETIC_HEAD_FILE, weights_only=True) for build in quick_builds]
+    assert all(torch.equal(heads[0][k], heads[1][k]) for k in heads[0])
+    assert any(not torch.equal(heads[0][k], heads[2][k]) for k in heads[0])
+    for name in ("tokenizer.json", "preprocessor_config.json", "config.json"):
+        assert (quick_builds[0] / "clip" / name).read_bytes() == (quick_builds[1] / "clip" / name).read_bytes()
+
+
+def test_clip_family_layout_and_index(tiny_zoo):
+    from transformers import AutoTokenizer
+
+    components = json.loads((tiny_zoo / "zoo.json").read_text())["components"]
+    assert {name: components[name]["class"] for name in ("clip", "siglip", "aesthetic")} == {
+        "clip": "CLIPModel", "siglip": "SiglipModel", "aesthetic": "CLIPModel"}
+    for name in ("clip", "siglip", "aesthetic"):
+        assert zoo_component(tiny_zoo, name) == tiny_zoo / name
+        for file in ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"):
+            assert (tiny_zoo / name / file).is_file(), (name, file)
+    assert (tiny_zoo / "aesthetic" / "sac+logos+ava1-l14-linearMSE.pth").is_file()
+    assert (tiny_zoo / "aesthetic" / "model.safetensors").read_bytes() == (tiny_zoo / "clip" / "model.safetensors").read_bytes()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_zoo / "clip")
+    assert type(tokenizer).__name__ == "CLIPTokenizer"
+    ids = tokenizer(PROMPT)["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id == 0 and ids[-1] == tokenizer.eos_token_id == 1
+    assert tokenizer.decode(ids, skip_special_tokens=True) == PROMPT
+    unseen = tokenizer("A Zebra, surfing!")["input_ids"]
+    assert tokenizer.unk_token_id not in unseen[1:-1]  # byte-level: no unknowns (CLIP's unk is its end-of-text)

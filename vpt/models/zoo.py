@@ -14,7 +14,13 @@ Layout of a zoo directory (``build_tiny_zoo(out_dir)``)::
       dinov2/         tiny random transformers Dinov2Model (config.json, model.safetensors): ViPO's frozen
                       patch-feature extractor; load with ``vpt.models.loading.load_dinov2``
 
-Later components (CLIP, ...) go to ``out_dir/<name>`` with an entry under
+      clip/           tiny random transformers CLIPModel + CLIPTokenizer + preprocessor_config.json: the ``clip``
+                      and ``background-consistency`` rewards (``dinov2/`` serves ``subject-consistency``)
+      siglip/         tiny random SiglipModel with the same tokenizer: ``clip`` on a SigLIP checkpoint
+      aesthetic/      the clip/ checkpoint plus a random LAION aesthetic head (sac+logos+ava1-l14-linearMSE.pth,
+                      the public state-dict layout): the ``aesthetic`` reward
+
+Later components go to ``out_dir/<name>`` with an entry under
 ``components`` in ``zoo.json``; bump :data:`ZOO_VERSION` whenever what a seed builds changes.
 
 The VAE is *trained* briefly on toy-world clips (a random tiny Wan VAE decodes every latent to the same grey,
@@ -41,7 +47,7 @@ if TYPE_CHECKING:
 
     from vpt.models.videoreward import VideoRewardConfig, VideoRewardModel
 
-ZOO_VERSION = 3
+ZOO_VERSION = 5
 """Version of what :func:`build_tiny_zoo` produces for a seed; part of the cache key."""
 
 DEFAULT_SHIFT = 3.0
@@ -363,6 +369,150 @@ def _build_dinov2(out_dir: Path, seed: int) -> dict:
     }
 
 
+# --------------------------------------------------------------------------------------- CLIP, SigLIP, aesthetic
+
+CLIP_TOKENIZER_VOCAB = 1000  # 2 special + 512 byte symbols + 486 merges
+CLIP_SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")  # ids 0, 1 (bos; eos = pad) as CLIP's own
+CLIP_VISION_CONFIG = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                      "image_size": 32, "patch_size": 8}
+CLIP_TEXT_CONFIG = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                    "max_position_embeddings": 77}
+CLIP_PROJECTION_DIM = 16
+SIGLIP_TEXT_LENGTH = 16  # SigLIP pads every prompt to max_position_embeddings (64 in the released models)
+AESTHETIC_HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"  # the LAION release's file name and state-dict layout
+AESTHETIC_HEAD_WIDTHS = (1024, 128, 64, 16, 1)  # improved-aesthetic-predictor simple_inference.py: MLP
+
+
+def build_clip_tokenizer():
+    """A tiny CLIP tokenizer: byte-level BPE with CLIP's ``</w>`` word ends, normaliser and pre-tokeniser, as a
+    transformers ``CLIPTokenizer``. Its merges are learnt here from the toy prompts and generic words by plain BPE
+    (the most frequent adjacent pair, ties to the smallest pair), not by ``tokenizers``' trainer, whose order among
+    equally frequent pairs changes from run to run. The vocabulary holds every byte symbol with and without
+    ``</w>``, as CLIP's does, so no text is unknown."""
+    from collections import Counter
+
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    probe = CLIPTokenizer(vocab={token: i for i, token in enumerate(CLIP_SPECIAL_TOKENS)}, merges=[])
+    normalizer, pre_tokenizer = probe.backend_tokenizer.normalizer, probe.backend_tokenizer.pre_tokenizer
+    words: Counter = Counter()
+    for line in tokenizer_corpus():
+        words.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line)))
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = [*CLIP_SPECIAL_TOKENS, *alphabet, *(symbol + "</w>" for symbol in alphabet)]
+    splits = {word: [*word[:-1], word[-1] + "</w>"] for word in words}
+    merges: list[tuple[str, str]] = []
+    while len(vocab) < CLIP_TOKENIZER_VOCAB:
+        pairs: Counter = Counter()
+        for word, count in words.items():
+            for pair in zip(splits[word], splits[word][1:]):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        vocab.append(best[0] + best[1])
+        for word, symbols in splits.items():
+            merged, i = [], 0
+            while i < len(symbols):
+                if tuple(symbols[i : i + 2]) == best:
+                    merged.append(best[0] + best[1])
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            splits[word] = merged
+    return CLIPTokenizer(vocab={token: i for i, token in enumerate(vocab)}, merges=merges,
+                         model_max_length=CLIP_TEXT_CONFIG["max_position_embeddings"])
+
+
+def build_clip(vocab_size: int, seed: int):
+    """A tiny random transformers ``CLIPModel`` (:data:`CLIP_VISION_CONFIG`, :data:`CLIP_TEXT_CONFIG`), eval mode."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    text = dict(CLIP_TEXT_CONFIG, vocab_size=vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    torch.manual_seed(seed)
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=dict(CLIP_VISION_CONFIG),
+                                projection_dim=CLIP_PROJECTION_DIM)).eval()
+
+
+def build_siglip(vocab_size: int, seed: int):
+    """A tiny random transformers ``SiglipModel`` of the CLIP sizes (text length :data:`SIGLIP_TEXT_LENGTH`)."""
+    import torch
+    from transformers import SiglipConfig, SiglipModel
+
+    text = dict(CLIP_TEXT_CONFIG, vocab_size=vocab_size, max_position_embeddings=SIGLIP_TEXT_LENGTH, pad_token_id=1,
+                eos_token_id=1, bos_token_id=0)
+    torch.manual_seed(seed)
+    return SiglipModel(SiglipConfig(text_config=text, vision_config=dict(CLIP_VISION_CONFIG))).eval()
+
+
+def build_aesthetic_head(embedding_dim: int, seed: int) -> dict:
+    """A random LAION improved-aesthetic-predictor head as its public state dict: ``layers.{0,2,4,6,7}.{weight,
+    bias}`` of Linear(D,1024), Dropout, Linear(1024,128), Dropout, Linear(128,64), Dropout, Linear(64,16),
+    Linear(16,1) (``simple_inference.py``: ``MLP``)."""
+    import torch
+
+    torch.manual_seed(seed)
+    widths = (embedding_dim, *AESTHETIC_HEAD_WIDTHS)
+    state = {}
+    for index, (fan_in, fan_out) in zip((0, 2, 4, 6, 7), zip(widths[:-1], widths[1:])):
+        layer = torch.nn.Linear(fan_in, fan_out)
+        state[f"layers.{index}.weight"], state[f"layers.{index}.bias"] = layer.weight.detach(), layer.bias.detach()
+    return state
+
+
+def _save_image_processor(directory: Path, side: int, mean, std) -> None:
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    CLIPImageProcessorPil(size={"shortest_edge": side}, crop_size={"height": side, "width": side},
+                          image_mean=list(mean), image_std=list(std)).save_pretrained(directory)
+
+
+def _build_clip_family(out_dir: Path, seed: int) -> dict[str, dict]:
+    """``clip/`` (CLIPModel + tokenizer + image processor), ``siglip/`` (SiglipModel, the same tokenizer, mean/std
+    0.5 as SigLIP's) and ``aesthetic/`` (the clip checkpoint + a random head in the LAION layout)."""
+    import torch
+    from transformers.utils import logging as transformers_logging
+
+    from vpt.models.clip_features import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    from vpt.models.loading import quiet_loading
+
+    tokenizer = build_clip_tokenizer()
+    clip = build_clip(len(tokenizer), component_seed(seed, "clip"))
+    siglip = build_siglip(len(tokenizer), component_seed(seed, "siglip"))
+    head = build_aesthetic_head(CLIP_PROJECTION_DIM, component_seed(seed, "aesthetic"))
+    side = CLIP_VISION_CONFIG["image_size"]
+    verbosity = transformers_logging.get_verbosity()
+    # SiglipConfig's default text config fails transformers' own token-id check: a spurious warning on every save
+    transformers_logging.set_verbosity_error()
+    try:
+        with quiet_loading():
+            for name, model, mean, std in (("clip", clip, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
+                                           ("aesthetic", clip, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD),
+                                           ("siglip", siglip, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))):
+                model.save_pretrained(out_dir / name, safe_serialization=True)
+                tokenizer.save_pretrained(out_dir / name)
+                _save_image_processor(out_dir / name, side, mean, std)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    torch.save(head, out_dir / "aesthetic" / AESTHETIC_HEAD_FILE)
+    common = {"format": "transformers", "image_size": side, "projection_dim": CLIP_PROJECTION_DIM,
+              "tokenizer_vocab": len(tokenizer)}
+    return {
+        "clip": {"path": "clip", "class": "CLIPModel", **common,
+                 "parameters": sum(p.numel() for p in clip.parameters()), "load": "vpt.rewards.clip.load_clip(path)"},
+        "siglip": {"path": "siglip", "class": "SiglipModel", **common, "text_length": SIGLIP_TEXT_LENGTH,
+                   "parameters": sum(p.numel() for p in siglip.parameters()),
+                   "load": "vpt.rewards.clip.load_clip(path)"},
+        "aesthetic": {"path": "aesthetic", "class": "CLIPModel", **common, "head": AESTHETIC_HEAD_FILE,
+                      "head_parameters": sum(t.numel() for t in head.values()),
+                      "load": "vpt.rewards.aesthetic.load_aesthetic(path)"},
+    }
+
+
 # ------------------------------------------------------------------------------------------------- VideoReward
 
 QWEN_TEXT_CONFIG = {
@@ -596,12 +746,14 @@ def build_tiny_zoo(
         videoreward = write_zoo_videoreward(out_dir, seed)
         log("  dinov2 (tiny, random): ViPO's patch features")
         dinov2 = _build_dinov2(out_dir, seed)
+        log("  clip, siglip, aesthetic (tiny, random): the learned reward models")
+        clip_family = _build_clip_family(out_dir, seed)
     index = {
         "zoo": "tiny",
         "zoo_version": ZOO_VERSION,
         "seed": seed,
         "versions": library_versions(),
-        "components": {"wan": wan, **videoreward, "dinov2": dinov2},
+        "components": {"wan": wan, **videoreward, "dinov2": dinov2, **clip_family},
         "build_seconds": round(time.perf_counter() - started, 2),
     }
     (out_dir / "zoo.json").write_text(json.dumps(index, indent=2, sort_keys=False) + "\n", encoding="utf-8")
