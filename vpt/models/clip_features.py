@@ -14,12 +14,14 @@ torchvision's ``Resize`` calls on tensors), cropped, scaled by 1/255 and normali
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -100,7 +102,7 @@ def load_model(weights: Weights, what: str, component: str, model_types: Sequenc
     else:
         where = weights.source
     try:
-        with quiet_loading():
+        with quiet_loading(), _without_siglip_default_warning():
             config = AutoConfig.from_pretrained(where)
             if config.model_type not in model_types:
                 raise VptError(f"{where}: not a {what} checkpoint (model_type {config.model_type!r}, expected "
@@ -139,6 +141,27 @@ def read_image_processor(where: str | Path) -> dict:
         raise VptError(f"{where}: no preprocessor_config.json ({_first_line(error)}); copy the image processor "
                        "config of the checkpoint's base model into it (PickScore: "
                        "laion/CLIP-ViT-H-14-laion2B-s32B-b79K)") from None
+
+
+class _SiglipDefaultWarning(logging.Filter):
+    """Drops transformers' "Model config: bos_token_id must be ... within the vocabulary" warning, which it gives on
+    every SigLIP load about its own ``SiglipTextConfig()`` defaults (vocabulary 32000, token ids 49406/49407), not
+    about the checkpoint's config."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Model config: ") and "within the vocabulary" in message)
+
+
+@contextlib.contextmanager
+def _without_siglip_default_warning() -> Iterator[None]:
+    logger = logging.getLogger("transformers.configuration_utils")
+    drop = _SiglipDefaultWarning()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def _unavailable(weights: Weights, error: BaseException) -> VptError:
