@@ -272,7 +272,8 @@ def test_clip_family_layout_and_index(tiny_zoo):
         for file in ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"):
             assert (tiny_zoo / name / file).is_file(), (name, file)
     assert (tiny_zoo / "aesthetic" / "sac+logos+ava1-l14-linearMSE.pth").is_file()
-    assert (tiny_zoo / "aesthetic" / "model.safetensors").read_bytes() == (tiny_zoo / "clip" / "model.safetensors").read_bytes()
+    aesthetic, clip = tiny_zoo / "aesthetic" / "model.safetensors", tiny_zoo / "clip" / "model.safetensors"
+    assert aesthetic.read_bytes() == clip.read_bytes()
     tokenizer = AutoTokenizer.from_pretrained(tiny_zoo / "clip")
     assert type(tokenizer).__name__ == "CLIPTokenizer"
     ids = tokenizer(PROMPT)["input_ids"]

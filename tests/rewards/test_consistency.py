@@ -83,7 +83,8 @@ def background(tiny_zoo):
 
 
 def test_formula_on_hand_made_features():
-    # t=1: cos(f1, f0) = 0 twice -> 0; t=2: cos(f2, f1) = cos(f2, f0) = 1/sqrt(2) -> 1/sqrt(2); mean over t = 1/(2 sqrt 2)
+    # t=1: cos(f1, f0) = 0 twice -> 0; t=2: cos(f2, f1) = cos(f2, f0) = 1/sqrt(2) -> 1/sqrt(2);
+    # mean over t = 1/(2 sqrt 2)
     assert consistency([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0]]) == pytest.approx(1 / (2 * math.sqrt(2)), abs=1e-12)
     # negative cosines count as 0: t=1 -> 0; t=2: cos(f2, f1) = -1 -> 0, cos(f2, f0) = 1 -> 1/2; mean 1/4
     assert consistency([[1.0, 0.0], [-1.0, 0.0], [2.0, 0.0]]) == pytest.approx(0.25, abs=1e-12)
