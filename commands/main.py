@@ -18,6 +18,7 @@ from vpt.errors import VptError
 from vpt.io.atomic import request_stop, stop_requested
 from vpt.commands import _ui
 from vpt.commands import eval as eval_command
+from vpt.commands import eval_flow
 from vpt.commands import build_prefs, dpo, grpo_step, guide, sample_rollouts, schema, score, serve, sft, train_reward
 from vpt.commands import zoo
 
@@ -77,6 +78,7 @@ def root(
     """Post-training toolkit for video generators."""
 
 
+eval_command.app.command("flow")(eval_flow.flow)
 app.add_typer(eval_command.app, name="eval")
 app.add_typer(schema.app, name="schema")
 app.add_typer(zoo.app, name="zoo")

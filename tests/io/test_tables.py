@@ -21,8 +21,8 @@ SCORES = [
 
 
 def test_every_table_kind_is_declared():
-    assert schema_names() == ["annotations", "gsb", "gsb_counts", "gsb_judgements", "metrics", "prefs", "prompts",
-                              "rewardbench", "rollouts", "scores", "videos"]
+    assert schema_names() == ["annotations", "flow_metrics", "gsb", "gsb_counts", "gsb_judgements", "metrics", "prefs",
+                              "prompts", "rewardbench", "rollouts", "scores", "videos"]
     for name in schema_names():
         schema = load_schema(name)
         assert schema.name == name and schema.version == 1
@@ -40,8 +40,8 @@ def test_unknown_schema_names_the_known_ones():
     with pytest.raises(VptError) as error:
         load_schema("nope")
     assert str(error.value) == (
-        "unknown schema 'nope'; known schemas: annotations, gsb, gsb_counts, gsb_judgements, metrics, prefs, "
-        "prompts, rewardbench, rollouts, scores, videos"
+        "unknown schema 'nope'; known schemas: annotations, flow_metrics, gsb, gsb_counts, gsb_judgements, metrics, "
+        "prefs, prompts, rewardbench, rollouts, scores, videos"
     )
 
 

@@ -654,8 +654,8 @@ CASES: dict[str, Case] = {
                                     const("--height and --width must be even for H.264 (got 33x64)")),
     "schema/unknown schema": Case(
         lambda w, t: ["schema", "check", w.scores, "--as", "clips"],
-        const("unknown schema 'clips'; known schemas: annotations, gsb, gsb_counts, gsb_judgements, metrics, prefs, "
-              "prompts, rewardbench, rollouts, scores, videos")),
+        const("unknown schema 'clips'; known schemas: annotations, flow_metrics, gsb, gsb_counts, gsb_judgements, "
+              "metrics, prefs, prompts, rewardbench, rollouts, scores, videos")),
     "schema/a video as a table": Case(
         lambda w, t: ["schema", "check", w.clips / "toy-0000.mp4"],
         lambda w, t: f"{w.clips / 'toy-0000.mp4'}: only Parquet files name their schema; say which one with --as NAME"),

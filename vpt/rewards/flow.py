@@ -25,12 +25,14 @@ toy clip with flicker 0.2 scores about 0.91, one with jitter 3 about 0.99, a ste
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from vpt.errors import VptError
 from vpt.io.video import FrameSampling, check_frames
+from vpt.metrics.flow import METRICS, flow_errors
 from vpt.models.optical_flow import dis_estimator, estimate_flow, flow_between, grey
 from vpt.rewards.model import RewardModel
 
@@ -136,3 +138,45 @@ def load_motion_smoothness(source: str | None, *, device: str, batch_size: int, 
     apply)."""
     _weight_free("motion-smoothness", source)
     return MotionSmoothness()
+
+
+def check_stems(items) -> None:
+    """Flow files are found by the video's file name stem, so two videos of one stem would share one; VptError."""
+    seen: dict[str, str] = {}
+    for item in items:
+        stem = item.file.stem
+        if stem in seen:
+            raise VptError(f"two videos have the file name '{stem}' ({seen[stem]} and {item.path}); flow files are "
+                           "found by file name (DIR/<name>.flow.safetensors), so give the videos distinct names")
+        seen[stem] = item.path
+
+
+def evaluate_video(item, reference: str | os.PathLike, flow_dir: str | os.PathLike | None = None) -> dict:
+    """One ``flow_metrics`` row: the flow of the video ``item`` (a :class:`~vpt.io.manifest.VideoItem`), estimated
+    (:func:`vpt.models.optical_flow.estimate_flow` on all frames) or read from ``flow_dir``, against its reference
+    file in ``reference`` (layout of :mod:`vpt.io.flow`). A video, or file, that cannot be read or whose flow does
+    not match its reference in shape gives a row with ``error`` and null metrics."""
+    from vpt.errors import VptError
+    from vpt.io.flow import flow_path, read_flow
+
+    row = {"id": item.id, "path": item.path, **dict.fromkeys(METRICS), "pairs": None, "error": None}
+    try:
+        truth, valid = read_flow(flow_path(reference, item.file.stem))
+        if flow_dir is not None:
+            flow, _ = read_flow(flow_path(flow_dir, item.file.stem))
+            what = f"{flow_path(flow_dir, item.file.stem)} has shape {list(flow.shape)}"
+        else:
+            from vpt.io.video import decode
+
+            frames = decode(item.file).frames
+            flow = estimate_flow(frames)
+            what = (f"the video has {len(frames)} frames of {frames.shape[1]}x{frames.shape[2]} "
+                    f"(flow {list(flow.shape)})")
+        if flow.shape != truth.shape:
+            raise VptError(f"{what}, its reference {flow_path(reference, item.file.stem)} {list(truth.shape)}")
+    except VptError as error:
+        return {**row, "error": str(error)}
+    values = flow_errors(flow, truth, valid)
+    if values["pixels"] == 0:
+        return {**row, "error": f"{flow_path(reference, item.file.stem)}: marks no pixel valid"}
+    return {**row, **{name: values[name] for name in METRICS}, "pairs": int(len(flow))}
