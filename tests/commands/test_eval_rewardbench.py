@@ -49,8 +49,8 @@ def test_with_a_model_every_unique_video_is_scored_once(run_vpt, bench, tmp_path
     import vpt.rewards.engine as engine
 
     decoded = []
-    real = engine.decode
-    monkeypatch.setattr(engine, "decode", lambda file, sampling: decoded.append(file) or real(file, sampling))
+    real = engine.decode_for
+    monkeypatch.setattr(engine, "decode_for", lambda file, samplings: decoded.append(file) or real(file, samplings))
     out = tmp_path / "rb.parquet"
     result = run_vpt(["eval", "rewardbench", bench, "-m", "brightness", "-q", *MAP, "-o", out])
     assert result.exit_code == 0, result.stderr
