@@ -176,12 +176,24 @@ def float64_reference(frames: np.ndarray) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("seed, shape", [(0, (7, 9, 11, 3)), (1, (2, 5, 5, 3)), (2, (1, 4, 6, 3)), (3, (12, 16, 8, 3))])
-def test_one_pass_equals_the_float64_formulas(seed, shape):
+@pytest.mark.parametrize("block_frames", [1, 2, 3, None])  # frames per block: block edges anywhere, or one block
+@pytest.mark.parametrize("black", [(), (0,), ("middle",), ("middle", -1)])
+def test_one_pass_equals_the_float64_formulas(seed, shape, block_frames, black, monkeypatch):
+    import vpt.rewards.heuristic as heuristic
+
+    if block_frames is not None:
+        monkeypatch.setattr(heuristic, "_BLOCK_VALUES", block_frames * shape[1] * shape[2])
     frames = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
-    frames[len(frames) // 2] = 0  # a black frame keeps its own values
+    for position in black:  # a black frame keeps its own values
+        frames[len(frames) // 2 if position == "middle" else position] = 0
     expected = float64_reference(frames)
     for name, metric in HEURISTICS.items():
         assert metric(frames) == pytest.approx(expected[name], rel=1e-6, abs=1e-7), name
+
+
+def test_an_all_black_clip():
+    frames = np.zeros((5, 4, 6, 3), np.uint8)
+    assert [metric(frames) for metric in METRICS] == [0.0, 0.0, 1.0, 1.0]
 
 
 def test_heuristics_together_are_one_model_with_the_same_values():

@@ -6,8 +6,10 @@ so a long run streams its table and memory stays flat. A video that cannot be re
 set (or stops the run when ``strict``).
 
 Each video is decoded once for all the models of a run (:func:`~vpt.io.video.decode_for`): a model that wants other
-frames or another size takes them from the same decoded clip. A model whose ``sampling`` is ``None`` reads the file
-itself (the reward-server client sends it on) and is handed the files' paths.
+frames or another size takes them from the same decoded clip, and each model's per-video work
+(:meth:`~vpt.rewards.model.RewardModel.prepare`) runs right there on the decode thread (:func:`model_inputs`). A model
+whose ``sampling`` is ``None`` reads the file itself (the reward-server client sends it on) and is handed the file's
+path.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Callable, Iterator, Sequence
 
 from vpt.errors import VideoReadError, VptError
 from vpt.io.manifest import VideoItem
-from vpt.io.video import DecodedVideo, FrameSampling, decode_for
+from vpt.io.video import FrameSampling, decode_for
 from vpt.rewards.model import ERROR_KEY, RewardModel
 
 
@@ -69,15 +71,18 @@ def frame_samplings(models: Sequence[RewardModel]) -> list[FrameSampling]:
     return list(dict.fromkeys(model.sampling for model in models if model.sampling is not None))
 
 
-def decode_for_models(file, samplings: Sequence[FrameSampling]) -> dict[FrameSampling, DecodedVideo]:
-    """``file`` decoded once for all ``samplings``; nothing is decoded when no model wants frames, but the file must
+def model_inputs(file, models: Sequence[RewardModel]) -> tuple:
+    """What each of ``models`` scores for ``file``: its prepared decoded video, or the path itself for a model that
+    reads files. One decode serves every model; nothing is decoded when no model wants frames, but the file must
     still exist and be a video."""
-    if not samplings:
+    samplings = frame_samplings(models)
+    if samplings:
+        decoded = decode_for(file, samplings)
+    else:
         from vpt.io.video import probe
 
         probe(file)
-        return {}
-    return decode_for(file, samplings)
+    return tuple(file if model.sampling is None else model.prepare(decoded[model.sampling]) for model in models)
 
 
 def score_videos(
@@ -105,7 +110,6 @@ def score_videos(
                     "give a manifest with a prompt column or --prompts TABLE"
                 )
     columns = output_columns(models)
-    samplings = frame_samplings(models)
     model_names = ",".join(model.name for model in models)
     window = max(2 * batch_size, 2 * workers)
 
@@ -118,11 +122,11 @@ def score_videos(
                 item = next(upcoming, None)
                 if item is None:
                     return
-                pending.append((item, pool.submit(decode_for_models, item.file, samplings)))
+                pending.append((item, pool.submit(model_inputs, item.file, models)))
 
         refill()
         while pending:
-            batch: list[tuple[VideoItem, dict | None, str | None]] = []
+            batch: list[tuple[VideoItem, tuple | None, str | None]] = []
             while pending and len(batch) < batch_size:
                 item, future = pending.popleft()
                 refill()
@@ -146,29 +150,25 @@ def _score_batch(batch, models, columns, model_names) -> list[dict]:
                "error": error, **item.carried}
         row.update({column: None for column in columns})
         rows.append(row)
-    decoded = [(row, item, videos) for row, (item, videos, _) in zip(rows, batch) if videos is not None]
-    if not decoded:
+    scored = [(row, inputs) for row, (_, inputs, _) in zip(rows, batch) if inputs is not None]
+    if not scored:
         return rows
-    results = score_decoded(models, [videos for _, _, videos in decoded], [item.file for _, item, _ in decoded],
-                            [row["prompt"] for row, _, _ in decoded])
-    for (row, _, _), result in zip(decoded, results):
+    results = score_inputs(models, [inputs for _, inputs in scored], [row["prompt"] for row, _ in scored])
+    for (row, _), result in zip(scored, results):
         row.update(result)
         if row["error"] is None:
             row["score"] = row[models[0].primary]
     return rows
 
 
-def score_decoded(models: Sequence[RewardModel], videos: Sequence[dict[FrameSampling, DecodedVideo]],
-                  files: Sequence, prompts: Sequence[str | None]) -> list[dict]:
-    """Score a batch with every model: per video, ``{dimension: float}`` or, when a model could not score it (a
-    remote model's server refused the file), ``{"error": reason}``."""
-    results: list[dict] = [{} for _ in videos]
-    for model in models:
-        if model.sampling is None:
-            scores = model.score(list(files), list(prompts))
-        else:
-            scores = model.score([decoded[model.sampling] for decoded in videos], list(prompts))
-        errors = scores.get(ERROR_KEY) or [None] * len(videos)
+def score_inputs(models: Sequence[RewardModel], inputs: Sequence[tuple], prompts: Sequence[str | None]) -> list[dict]:
+    """Score a batch with every model (``inputs``: :func:`model_inputs` of each video): per video,
+    ``{dimension: float}`` or, when a model could not score it (a remote model's server refused the file),
+    ``{"error": reason}``."""
+    results: list[dict] = [{} for _ in inputs]
+    for index, model in enumerate(models):
+        scores = model.score_prepared([video[index] for video in inputs], list(prompts))
+        errors = scores.get(ERROR_KEY) or [None] * len(inputs)
         for position, result in enumerate(results):
             if ERROR_KEY in result:
                 continue

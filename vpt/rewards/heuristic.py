@@ -1,10 +1,9 @@
 """Heuristic video metrics that need no model weights: pure numpy on ``uint8 [T, H, W, 3]`` RGB frames.
 
 Every metric works on Rec.601 luma ``L = 0.299 R + 0.587 G + 0.114 B`` (0..255, float32) and returns a Python
-``float`` in ``[0, 1]``. All four come from one pass over the frames (:func:`luma_statistics`): luma is computed
-frame by frame while the frame is in cache, each frame's sums are float32 pairwise sums and the sums over frames are
-float64. Asking for several heuristics together costs what one costs (:class:`HeuristicReward` scores them as one
-model).
+``float`` in ``[0, 1]``. All four come from one pass over the frames (:func:`luma_statistics`), a cache-sized block of
+frames at a time: no clip-sized float array is made, and few array calls let decode threads run alongside. Asking
+for several heuristics together costs what one costs (:class:`HeuristicReward` scores them as one model).
 
 ========================  =================================================================  ==========================
 name                      formula                                                            reading
@@ -55,15 +54,29 @@ _LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _BLACK = 1e-3  # a frame whose mean luma is at most this has no gain to undo
 
 
+_BLOCK_VALUES = 1 << 17  # pixels per array operation: a block stays in cache, and few calls hand the GIL over rarely
+
+
+def _block_frames(count: int, pixels: int) -> int:
+    return max(1, min(count, _BLOCK_VALUES // pixels))
+
+
+def _luma_into(frames: np.ndarray, rgb: np.ndarray, out: np.ndarray) -> None:
+    """Luma of ``uint8 [n, H, W, 3]`` frames into ``out`` (``float32 [n, H*W]``), through the float scratch ``rgb``."""
+    part = rgb[: out.size]
+    part[...] = frames.reshape(-1, 3)
+    np.matmul(part, _LUMA_WEIGHTS, out=out.reshape(-1))
+
+
 def luma(frames: np.ndarray) -> np.ndarray:
     """Rec.601 luma ``0.299 R + 0.587 G + 0.114 B`` of ``uint8 [T, H, W, 3]`` frames: ``float32 [T, H, W]``, 0..255."""
     frames = check_frames(frames)
     count, height, width, _ = frames.shape
+    block = _block_frames(count, height * width)
     out = np.empty((count, height * width), dtype=np.float32)
-    rgb = np.empty((height * width, 3), dtype=np.float32)
-    for t in range(count):  # one frame at a time: its float copy stays in cache for the product
-        rgb[...] = frames[t].reshape(-1, 3)
-        np.matmul(rgb, _LUMA_WEIGHTS, out=out[t])
+    rgb = np.empty((block * height * width, 3), dtype=np.float32)
+    for start in range(0, count, block):
+        _luma_into(frames[start:start + block], rgb, out[start:start + block])
     return out.reshape(count, height, width)
 
 
@@ -90,32 +103,65 @@ def luma_statistics(frames: np.ndarray) -> LumaStatistics:
     """All four heuristics' inputs from ``uint8 [T, H, W, 3]`` frames in one pass.
 
     Gain normalisation ``L'[t] = L[t] * level / m[t]`` (``level`` the mean of ``m``) is applied as ``L[t] / m[t]``
-    and the common factor ``level`` taken out of the sums, so the frame differences are formed as each frame is
-    reached. A black frame (``m[t] <= 1e-3``) keeps its own values: its factor is ``1 / level``.
+    and the common factor ``level`` taken out of the sums, so a frame is normalised as soon as its luma is known. A
+    black frame (``m[t] <= 1e-3``) keeps its own values: its factor is ``1 / level``, known only at the end, so a clip
+    with a black frame takes a second pass.
     """
-    lum = luma(frames)
-    count = lum.shape[0]
-    pixels = lum.shape[1] * lum.shape[2]
-    flat = lum.reshape(count, pixels)
-    means = np.array([float(frame.sum()) for frame in flat]) / pixels
+    frames = check_frames(frames)
+    means, change, roughness = _luma_pass(frames, black_factor=None)
     level = float(means.mean())
     reference = level if level > 0 else 1.0
-    factors = np.where(means > _BLACK, 1.0 / np.maximum(means, _BLACK), 1.0 / reference).astype(np.float32)
-    scratch = np.empty(pixels, dtype=np.float32)
-    change = roughness = 0.0
-    for t in range(count):
-        flat[t] *= factors[t]
-        if t >= 1:
-            np.subtract(flat[t], flat[t - 1], out=scratch)
-            change += float(np.abs(scratch, out=scratch).sum())
-        if t >= 2:
-            np.add(flat[t], flat[t - 2], out=scratch)
-            scratch *= np.float32(0.5)
-            np.subtract(flat[t - 1], scratch, out=scratch)
-            roughness += float(np.abs(scratch, out=scratch).sum())
+    if change is None:
+        means, change, roughness = _luma_pass(frames, black_factor=1.0 / reference)
+    count = len(means)
+    pixels = frames.shape[1] * frames.shape[2]
     motion_value = reference * change / (pixels * (count - 1)) / 255.0 if count >= 2 else 0.0
     smoothness = 1.0 - reference * roughness / (pixels * (count - 2)) / 255.0 if count >= 3 else 1.0
     return LumaStatistics(frame_means=means, motion=motion_value, pixel_smoothness=smoothness)
+
+
+def _luma_pass(frames: np.ndarray, black_factor: float | None) -> tuple[np.ndarray, float | None, float | None]:
+    """One streaming pass, a cache-sized block of frames at a time: the frame means ``m`` (float64 ``[T]``) and the
+    sums over the clip of ``|L[t]/m[t] - L[t-1]/m[t-1]|`` and ``|L[t]/m[t] - (L[t-1]/m[t-1] + L[t+1]/m[t+1]) / 2|``
+    (each frame's sum float32 pairwise, the sum over frames float64). A black frame is scaled by ``black_factor``;
+    with none given, the first one stops the sums (returned as ``None``) and only the means are finished."""
+    count, height, width, _ = frames.shape
+    pixels = height * width
+    block = _block_frames(count, pixels)
+    rgb = np.empty((block * pixels, 3), dtype=np.float32)
+    window = np.empty((block + 2, pixels), dtype=np.float32)  # the last two frames of the previous block, then this
+    scratch = np.empty((block + 1, pixels), dtype=np.float32)
+    means = np.empty(count, dtype=np.float64)
+    change = roughness = 0.0
+    summing, kept = True, 0
+    for start in range(0, count, block):
+        stop = min(start + block, count)
+        current = window[2:2 + stop - start]
+        _luma_into(frames[start:stop], rgb, current)
+        block_means = current.sum(axis=1).astype(np.float64) / pixels
+        means[start:stop] = block_means
+        black = block_means <= _BLACK
+        if black.any() and black_factor is None:
+            summing = False
+        if not summing:
+            continue
+        factors = np.where(black, black_factor or 0.0, 1.0 / np.maximum(block_means, _BLACK)).astype(np.float32)
+        current *= factors[:, None]
+        frames_now = window[2 - kept:2 + stop - start]
+        stepping = frames_now[1:] if kept == 2 else frames_now  # the steps into this block's frames
+        if len(stepping) >= 2:  # steps L'[t] - L'[t-1]
+            step = scratch[: len(stepping) - 1]
+            np.subtract(stepping[1:], stepping[:-1], out=step)
+            change += float(np.abs(step, out=step).sum(axis=1).sum(dtype=np.float64))
+        if len(frames_now) >= 3:  # bends L'[t] - (L'[t-1] + L'[t+1]) / 2, each centred at most one frame back
+            bend = scratch[: len(frames_now) - 2]
+            np.add(frames_now[2:], frames_now[:-2], out=bend)
+            bend *= np.float32(0.5)
+            np.subtract(frames_now[1:-1], bend, out=bend)
+            roughness += float(np.abs(bend, out=bend).sum(axis=1).sum(dtype=np.float64))
+        kept = min(2, len(frames_now))
+        window[2 - kept:2] = frames_now[len(frames_now) - kept:].copy()
+    return (means, change, roughness) if summing else (means, None, None)
 
 
 def brightness(frames: np.ndarray) -> float:
@@ -196,6 +242,11 @@ class HeuristicReward(RewardModel):
         self.sampling = FrameSampling(mode="all")
 
     def score(self, videos, prompts):
-        statistics = [luma_statistics(video.frames) for video in videos]
-        return {dimension: np.array([_FROM_STATISTICS[name](s) for s in statistics], dtype=np.float64)
+        return self.score_prepared([self.prepare(video) for video in videos], prompts)
+
+    def prepare(self, video) -> LumaStatistics:
+        return luma_statistics(video.frames)
+
+    def score_prepared(self, prepared, prompts):
+        return {dimension: np.array([_FROM_STATISTICS[name](s) for s in prepared], dtype=np.float64)
                 for name, dimension in zip(self.names, self.dimensions)}

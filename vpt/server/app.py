@@ -5,8 +5,8 @@
 then stops accepting, finishes the requests in flight and returns normally (the command exits 0).
 
 A request's videos are written to a temporary directory the server owns (bytes sent in the body) or read where
-they are (a path), decoded by a small thread pool as they arrive (:func:`~vpt.rewards.engine.decode_for_models`,
-one decode for every model asked), and queued for the :class:`~vpt.server.batching.Batcher`, whose one worker
+they are (a path), decoded by a small thread pool as they arrive (:func:`~vpt.rewards.engine.model_inputs`,
+one decode for every model asked, each model's per-video work done there), and queued for the :class:`~vpt.server.batching.Batcher`, whose one worker
 thread scores the videos of concurrent requests together. Temporary files are deleted when their request is
 answered, and the directory when the server stops.
 """
@@ -33,7 +33,7 @@ from starlette.requests import ClientDisconnect
 
 from vpt import __version__
 from vpt.errors import VideoReadError, VptError
-from vpt.rewards.engine import decode_for_models, frame_samplings, output_columns
+from vpt.rewards.engine import model_inputs, output_columns
 from vpt.rewards.model import ERROR_KEY, RewardModel
 from vpt.server.batching import Batcher, Closed, Job
 from vpt.server.protocol import Limits, ProtocolError, VideoRequest, dumps, parse_score_request
@@ -132,12 +132,10 @@ def create_app(models: Sequence[RewardModel], sources: Sequence[str], limits: Li
         folder = state["scratch"] / uuid.uuid4().hex  # this request's files, removed when it is answered
         try:
             files = await loop.run_in_executor(state["pool"], _files, videos, folder)
-            samplings = frame_samplings(chosen)
-            decoded = await asyncio.gather(*(loop.run_in_executor(state["pool"], _decode, file, samplings)
+            decoded = await asyncio.gather(*(loop.run_in_executor(state["pool"], _decode, file, chosen)
                                              for file in files))
-            jobs = {i: Job(selection, frames, file, video.prompt)
-                    for i, (video, file, frames) in enumerate(zip(videos, files, decoded))
-                    if not isinstance(frames, str)}
+            jobs = {i: Job(selection, inputs, video.prompt)
+                    for i, (video, inputs) in enumerate(zip(videos, decoded)) if not isinstance(inputs, str)}
             try:
                 batcher.submit(list(jobs.values()))
             except Closed:
@@ -186,10 +184,10 @@ def _files(videos: Sequence[VideoRequest], folder: Path) -> list[Path]:
     return files
 
 
-def _decode(file: Path, samplings) -> dict | str:
-    """The decoded video, or why it cannot be read (the reason becomes that video's ``error``)."""
+def _decode(file: Path, models) -> tuple | str:
+    """What each model scores for the video, or why it cannot be read (the reason becomes that video's ``error``)."""
     try:
-        return decode_for_models(file, samplings)
+        return model_inputs(file, models)
     except VideoReadError as error:
         return error.reason
 

@@ -1,7 +1,7 @@
 """Dynamic batching: decoded videos of concurrent requests scored together by one worker thread.
 
 Requests put their decoded videos on one queue. The worker takes the first, waits at most ``max_wait_ms`` for more
-(or until ``max_batch`` are there), scores them with :func:`~vpt.rewards.engine.score_decoded` - the same call
+(or until ``max_batch`` are there), scores them with :func:`~vpt.rewards.engine.score_inputs` - the same call
 ``vpt score`` makes - and resolves each video's future. Videos that asked for different served models (``/score``
 with and without ``"model"``) are scored in separate groups of the same round. All inference runs in this one
 thread, never on the server's event loop, and models see one batch at a time.
@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from vpt.rewards.engine import score_decoded
+from vpt.rewards.engine import score_inputs
 from vpt.rewards.model import RewardModel
 
 
@@ -29,8 +29,7 @@ class Job:
     """One decoded video waiting to be scored by the served models at ``selection`` (indices)."""
 
     selection: tuple[int, ...]
-    decoded: dict
-    file: object
+    inputs: tuple  # what each selected model scores (vpt.rewards.engine.model_inputs)
     prompt: str | None
     future: Future = field(default_factory=Future)  # -> {dimension: float} or {"error": reason}
 
@@ -117,8 +116,8 @@ class Batcher:
             groups.setdefault(job.selection, []).append(job)
         for selection, jobs in groups.items():
             try:
-                results = score_decoded([self.models[i] for i in selection], [job.decoded for job in jobs],
-                                        [job.file for job in jobs], [job.prompt for job in jobs])
+                results = score_inputs([self.models[i] for i in selection], [job.inputs for job in jobs],
+                                       [job.prompt for job in jobs])
             except Exception as error:  # noqa: BLE001 - handed to the requests; the worker keeps serving
                 for job in jobs:
                     job.future.set_exception(error)
