@@ -4,9 +4,17 @@ Wan convention: ``x_σ = (1 − σ)·x0 + σ·ε`` with σ = 1 pure noise, the m
 and sampling walks a decreasing schedule ``σ_0 = 1 > σ_1 > … > σ_N = 0``. One step σ → σ' (``dt = σ' − σ < 0``):
 
 - ODE (Euler, noise level ``a = 0``): ``x' = x + v·dt`` — exactly diffusers' ``FlowMatchEulerDiscreteScheduler.step``.
-- SDE (``a > 0``): ``σ_t = a·sqrt(σ / (1 − σ))`` (at σ = 1 the denominator uses the next sigma, ``1 − σ'``),
-  ``μ = x + [v + σ_t²/(2σ)·(x + (1 − σ)·v)]·dt``, ``s = σ_t·sqrt(−dt)``, ``x' = μ + s·z`` with ``z ~ N(0, I)``.
-  ``log p(x' | x)`` is the Gaussian log-density of ``x'`` under ``N(μ, s²)``, averaged over the non-batch dimensions.
+- SDE (``a > 0``), one of three forms (``SDE_FORMS``); every one draws ``x' = μ + s·z`` with ``z ~ N(0, I)``:
+
+  - ``flow-grpo`` (default): ``σ_t = a·sqrt(σ / (1 − σ))`` (at σ = 1 the denominator uses the next sigma, ``1 − σ'``),
+    ``μ = x + [v + σ_t²/(2σ)·(x + (1 − σ)·v)]·dt``, ``s = σ_t·sqrt(−dt)``.
+  - ``dancegrpo``: the same ``μ`` and ``s`` with a constant ``σ_t = a`` (DanceGRPO, arXiv 2505.07818).
+  - ``cps`` (coefficient-preserving sampling, arXiv 2509.05952): ``s = σ'·sin(a·π/2)``,
+    ``μ = (1 − σ')·x̂0 + σ'·cos(a·π/2)·x̂1`` with ``x̂0 = x − σ·v`` and ``x̂1 = x + (1 − σ)·v``, so the coefficient
+    of ``x0`` stays ``1 − σ'`` and the noise keeps total variance ``σ'²`` (``a`` in [0, 1]).
+
+  ``log p(x' | x)`` is the Gaussian log-density of ``x'`` under ``N(μ, s²)``, averaged over the non-batch dimensions,
+  for every form.
 
 The sampler is one pure function over a velocity callable, k-diffusion style: no model, file or global state here.
 """
@@ -25,26 +33,71 @@ StepCallback = Callable[["StepInfo"], None]
 _HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 
 
+SDE_FORMS = ("flow-grpo", "dancegrpo", "cps")
+
+
+def check_sde_form(form: str, noise_level: float) -> None:
+    """Raise ValueError unless ``form`` is one of ``SDE_FORMS`` and ``noise_level`` suits it."""
+    if form not in SDE_FORMS:
+        raise ValueError(f"sde form must be one of {', '.join(SDE_FORMS)}, got {form!r}")
+    if noise_level < 0:
+        raise ValueError(f"noise level must be >= 0, got {noise_level}")
+    # past a = 1, sin(aπ/2) falls again and cos(aπ/2) turns negative: the x̂1 coefficient would flip sign
+    if form == "cps" and noise_level > 1:
+        raise ValueError(f"the cps noise level must lie in [0, 1], got {noise_level}")
+
+
 def sde_std_scale(sigma: torch.Tensor, sigma_next: torch.Tensor, noise_level: float,
-                  first_next_sigma: torch.Tensor | None = None) -> torch.Tensor:
-    """``σ_t = a·sqrt(σ / (1 − σ))``; at σ = 1 the denominator is ``1 − first_next_sigma`` (default ``σ'``)."""
+                  first_next_sigma: torch.Tensor | None = None, form: str = "flow-grpo") -> torch.Tensor:
+    """Diffusion coefficient ``σ_t`` of one step σ → σ', the one with step std ``σ_t·sqrt(σ − σ')``.
+
+    - ``flow-grpo``: ``σ_t = a·sqrt(σ / (1 − σ))``; at σ ≥ 1 the denominator is ``1 − first_next_sigma`` (default
+      ``σ'``) — flow_grpo, flow_grpo/diffusers_patch/sd3_sde_with_logprob.py:sde_step_with_logprob (``sde_type="sde"``).
+    - ``dancegrpo``: ``σ_t = a`` — TeleBoost release, teleboost/algorithms/grpo/sigma_schedule.py:compute_sde_step.
+    - ``cps``: no diffusion coefficient of its own; the equivalent ``σ'·sin(aπ/2) / sqrt(σ − σ')`` is returned so
+      that ``σ_t·sqrt(σ − σ')`` is the step std for every form.
+    """
+    check_sde_form(form, noise_level)
+    if form == "dancegrpo":
+        return torch.full_like(sigma, noise_level)
+    if form == "cps":
+        return sde_step_std(sigma, sigma_next, noise_level, form=form) / torch.sqrt(sigma - sigma_next)
     below = sigma_next if first_next_sigma is None else first_next_sigma
     denominator = torch.where(sigma >= 1, 1 - below, 1 - sigma)
     return noise_level * torch.sqrt(sigma / denominator)
 
 
+def sde_step_std(sigma: torch.Tensor, sigma_next: torch.Tensor, noise_level: float,
+                 first_next_sigma: torch.Tensor | None = None, form: str = "flow-grpo") -> torch.Tensor:
+    """Standard deviation ``s`` of one SDE step σ → σ' (shape of ``sigma``): ``σ_t·sqrt(σ − σ')``, or
+    ``σ'·sin(aπ/2)`` for ``cps`` (flow_grpo, flow_grpo/diffusers_patch/sd3_sde_with_logprob.py:sde_step_with_logprob,
+    ``sde_type="cps"``)."""
+    check_sde_form(form, noise_level)
+    if form == "cps":
+        return sigma_next * math.sin(noise_level * math.pi / 2)
+    return sde_std_scale(sigma, sigma_next, noise_level, first_next_sigma, form) * torch.sqrt(sigma - sigma_next)
+
+
 def sde_step_mean_std(x: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
-                      noise_level: float, first_next_sigma: torch.Tensor | None = None,
+                      noise_level: float, first_next_sigma: torch.Tensor | None = None, form: str = "flow-grpo",
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean ``μ`` [B, ...] and standard deviation ``s`` (scalar tensor) of one step σ → σ' (see the module docstring).
 
-    With ``noise_level = 0`` the mean is the Euler step ``x + v·dt`` computed in the same order as diffusers, and
-    ``s = 0``.
+    With ``noise_level = 0`` every form is the Euler step ``x + v·dt``, computed in the same order as diffusers, and
+    ``s = 0``. ``cps``: flow_grpo, flow_grpo/diffusers_patch/sd3_sde_with_logprob.py:sde_step_with_logprob
+    (``sde_type="cps"``), whose x̂1 coefficient ``sqrt(σ'² − s²)`` is written here as ``σ'·cos(aπ/2)`` (equal, and
+    never the square root of a rounded-negative number at ``a = 1``).
     """
+    check_sde_form(form, noise_level)
     dt = sigma_next - sigma
     if noise_level == 0:
         return x + dt * velocity, torch.zeros((), dtype=x.dtype, device=x.device)
-    std_scale = sde_std_scale(sigma, sigma_next, noise_level, first_next_sigma)
+    if form == "cps":
+        angle = noise_level * math.pi / 2
+        clean = x - sigma * velocity
+        noise = x + (1 - sigma) * velocity
+        return (1 - sigma_next) * clean + sigma_next * math.cos(angle) * noise, sigma_next * math.sin(angle)
+    std_scale = sde_std_scale(sigma, sigma_next, noise_level, first_next_sigma, form)
     mean = x + (velocity + std_scale**2 / (2 * sigma) * (x + (1 - sigma) * velocity)) * dt
     return mean, std_scale * torch.sqrt(-dt)
 
@@ -53,6 +106,17 @@ def gaussian_log_prob(sample: torch.Tensor, mean: torch.Tensor, std: torch.Tenso
     """``log N(sample; mean, std²)`` averaged over every dimension but the first: [B, ...] -> [B]."""
     log_density = -((sample - mean) ** 2) / (2 * std**2) - torch.log(std) - _HALF_LOG_TWO_PI
     return log_density.flatten(1).mean(dim=1)
+
+
+def flow_grpo_cps_log_prob(sample: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """flow_grpo's cps "log-prob" ``−mean((sample − mean)²)``: [B, ...] -> [B] (flow_grpo,
+    flow_grpo/diffusers_patch/sd3_sde_with_logprob.py:sde_step_with_logprob, ``sde_type="cps"``).
+
+    Not a log-density: besides the constants it drops the ``1/(2s²)`` factor, so a log-ratio built from it is
+    ``2s²`` times the true one (:func:`gaussian_log_prob`'s) and a clip range tuned for flow_grpo's cps runs means a
+    different trust region. Only for reproducing those ratios; the sampler records the true log-density.
+    """
+    return -((sample - mean) ** 2).flatten(1).mean(dim=1)
 
 
 @dataclass
@@ -94,7 +158,7 @@ def state_indices_of(stochastic_steps: Iterable[int]) -> list[int]:
 def sample_flow(velocity_fn: VelocityFn, x: torch.Tensor, sigmas: torch.Tensor, noise_level: float = 0.0,
                 sde_steps: Sequence[int] | None = None, step_noise: Callable[[int, torch.Tensor], torch.Tensor] |
                 None = None, callback: StepCallback | None = None,
-                state_dtype: torch.dtype | None = None) -> FlowSample:
+                state_dtype: torch.dtype | None = None, form: str = "flow-grpo") -> FlowSample:
     """Integrate from ``x`` at ``sigmas[0]`` down the schedule ``sigmas`` [N + 1] (float32, last 0).
 
     ``sde_steps``: indices of the steps that are stochastic (default: all but the last when ``noise_level`` > 0;
@@ -107,12 +171,17 @@ def sample_flow(velocity_fn: VelocityFn, x: torch.Tensor, sigmas: torch.Tensor, 
     ``state_dtype`` (e.g. bfloat16, for storage): every recorded state is rounded to it (kept in ``x``'s dtype)
     before the sampler goes on from it, and a step's log-prob is that of the rounded ``x'`` under the mean of the
     rounded ``x``: the trajectory is the stored one, so the log-probs recompute exactly from the stored states.
+
+    ``form``: the SDE form of the stochastic steps (one of ``SDE_FORMS``; deterministic steps are Euler whatever the
+    form). A caller that needs each stochastic step's mean ``μ`` (GRPO-Guard, the trust region) records
+    ``StepInfo.mean`` from ``callback`` for the steps whose ``log_prob`` is not None.
     """
     steps = len(sigmas) - 1
     if steps < 1:
         raise ValueError("sigmas must hold at least two values (one step)")
     if noise_level < 0:
         raise ValueError(f"noise level must be >= 0, got {noise_level}")
+    check_sde_form(form, noise_level)
     if sde_steps is None:
         stochastic = set(range(steps - 1)) if noise_level > 0 else set()
     else:
@@ -137,7 +206,7 @@ def sample_flow(velocity_fn: VelocityFn, x: torch.Tensor, sigmas: torch.Tensor, 
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         velocity = velocity_fn(x, i, sigma)
         if i in stochastic:
-            mean, std = sde_step_mean_std(x, velocity, sigma, sigma_next, noise_level, first_next)
+            mean, std = sde_step_mean_std(x, velocity, sigma, sigma_next, noise_level, first_next, form)
             x_next = recorded(mean + std * step_noise(i, x))
             log_prob = gaussian_log_prob(x_next.detach(), mean, std)
             result.log_probs.append(log_prob)
@@ -154,7 +223,8 @@ def sample_flow(velocity_fn: VelocityFn, x: torch.Tensor, sigmas: torch.Tensor, 
 
 def step_log_prob(x: torch.Tensor, x_next: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor,
                   sigma_next: torch.Tensor, noise_level: float, first_next_sigma: torch.Tensor | None = None,
-                  ) -> torch.Tensor:
-    """``log p(x_next | x)`` [B] of one recorded SDE step under a (new) model velocity — the policy ratio's half."""
-    mean, std = sde_step_mean_std(x, velocity, sigma, sigma_next, noise_level, first_next_sigma)
+                  form: str = "flow-grpo") -> torch.Tensor:
+    """``log p(x_next | x)`` [B] of one recorded SDE step under a (new) model velocity — the policy ratio's half.
+    ``form`` must be the one the step was sampled with."""
+    mean, std = sde_step_mean_std(x, velocity, sigma, sigma_next, noise_level, first_next_sigma, form)
     return gaussian_log_prob(x_next, mean, std)
