@@ -6,11 +6,12 @@ from typing import List, Optional
 
 import typer
 
+from vpt.commands import _grpo as grpo
 from vpt.commands import _training as shared
 from vpt.commands import _ui
-from vpt.commands._lists import comma_floats
 
 
+@grpo.algorithm_options
 def grpo_step(
     context: typer.Context,
     policy: Optional[str] = typer.Option(None, "--policy", help="Policy checkpoint to update (written by grpo-step, "
@@ -28,31 +29,6 @@ def grpo_step(
     reward: str = typer.Option("score", "--reward", help="Reward: a scores column or weighted columns, e.g. "
                                                          "vq=1,mq=1,ta=1 (curriculum order with --self-paced)."),
     out: str = shared.option("--out"),
-    aggregation: str = typer.Option("sum-then-normalise", "--aggregation", help="Several reward columns: "
-                                    "sum-then-normalise or normalise-then-sum."),
-    global_std: bool = typer.Option(False, "--global-std", help="Divide advantages by the std of all rewards, "
-                                                                "not each group's."),
-    advantage_clip: float = typer.Option(5.0, "--advantage-clip", help="Clip advantages to +-this."),
-    clip_range: float = typer.Option(1e-3, "--clip-range", help="PPO clip range c of the ratio."),
-    kl_beta: float = typer.Option(0.0, "--kl-beta", help="Weight of the KL to the reference (LoRA disabled)."),
-    timestep_fraction: float = typer.Option(1.0, "--timestep-fraction", help="Train this share of each "
-                                                                             "rollout's recorded steps (seeded)."),
-    bpgo: bool = typer.Option(False, "--bpgo", help="BPGO: scale each group by its reliability weight (RAS)."),
-    prior: Optional[str] = typer.Option(None, "--prior", help="BPGO prior: scores of the reference policy's "
-                                                              "samples (default: a running mean per prompt)."),
-    ras: str = typer.Option("sigmoid", "--ras", help="RAS form: sigmoid or bayesian."),
-    ras_alpha: float = typer.Option(0.5, "--ras-alpha", help="RAS alpha (weights in [1-a, 1+a])."),
-    crt: str = typer.Option("off", "--crt", help="BPGO's contrastive reward: off, replace or auxiliary."),
-    crt_weight: float = typer.Option(0.5, "--crt-weight", help="Weight of the auxiliary CRT term."),
-    vipo: bool = typer.Option(False, "--vipo", help="ViPO: dense advantages weighted by DINOv2 maps."),
-    vipo_model: Optional[str] = typer.Option(None, "--vipo-model", help="DINOv2 directory (default: the zoo's, "
-                                                                        "when the generator is a zoo's)."),
-    vipo_blur: float = typer.Option(1.0, "--vipo-blur", help="Gaussian blur sigma of the ViPO map (patches)."),
-    self_paced: bool = typer.Option(False, "--self-paced", help="Self-paced curriculum over the reward columns."),
-    curriculum: str = typer.Option("softmax", "--curriculum", help="Self-paced form: softmax (published) or "
-                                                                   "gated (3 columns, EMA state)."),
-    curriculum_thresholds: Optional[str] = typer.Option(None, "--curriculum-thresholds", help="Competence "
-                                                        "threshold per column (default 0.75 each)."),
     learning_rate: float = shared.option("--lr", help="Learning rate (constant, after warmup)."),
     warmup_steps: int = shared.option("--warmup-steps", help="Linear warmup over the first optimizer steps of "
                                                              "the run."),
@@ -73,6 +49,7 @@ def grpo_step(
     context_parallel: int = shared.option("--context-parallel"),
     seed: int = shared.option("--seed", help="Seed of the data order and the timestep subsets."),
     quiet: bool = shared.option("--quiet"),
+    **algorithm,
 ) -> None:
     """Update the LoRA policy on scored rollouts: one GRPO iteration (with optional BPGO, ViPO, self-paced).
 
@@ -92,8 +69,7 @@ def grpo_step(
     from vpt.distributed import current_processes
     from vpt.errors import VptError
     from vpt.models.dtypes import weights_dtype
-    from vpt.rewards.expression import parse_reward
-    from vpt.stages.grpo import GrpoOptions, grpo_step as run, load_step_inputs
+    from vpt.stages.grpo import grpo_step as run, load_step_inputs
     from vpt.train import finish_distributed
     from vpt.train.policy import check_start
     from vpt.train.run import check_output
@@ -102,22 +78,13 @@ def grpo_step(
     frozen_dtype = weights_dtype(dtype)
     if (policy is None) == (init is None):
         raise VptError("give exactly one of --policy CKPT (continue a policy) or --init WAN_DIR (start one)")
-    if prior is not None and not bpgo:
-        raise VptError("--prior is BPGO's prior; add --bpgo")
-    if curriculum not in ("softmax", "gated"):
-        raise VptError(f"--curriculum {curriculum}: choose softmax or gated")
-    thresholds = () if curriculum_thresholds is None else comma_floats(curriculum_thresholds,
-                                                                        "--curriculum-thresholds", "0.75,0.75,0.75")
-    options = GrpoOptions(
-        reward=parse_reward(reward), aggregation=aggregation, global_std=global_std, advantage_clip=advantage_clip,
-        clip_range=clip_range, kl_beta=kl_beta, timestep_fraction=timestep_fraction, bpgo=bpgo, ras=ras,
-        ras_alpha=ras_alpha, crt=crt, crt_weight=crt_weight, vipo=vipo, vipo_blur=vipo_blur,
-        self_paced=curriculum if self_paced else "off", curriculum_thresholds=thresholds, seed=seed)
-    config = shared.train_config(locals(), epochs=1)
+    values = grpo.with_preset(context, {**locals(), **algorithm})
+    options = grpo.grpo_options(values, reward)
+    config = shared.train_config(values, epochs=1)
     targets = shared.policy_lora_targets(lora_targets)
     check_output(Path(out), resume)
-    inputs = load_step_inputs(policy=policy, init=init, model=model, rollouts=rollouts, scores=scores, prior=prior,
-                              options=options, vipo_model=vipo_model, lora_rank=lora_rank, lora_alpha=lora_alpha,
+    inputs = load_step_inputs(policy=policy, init=init, model=model, rollouts=rollouts, scores=scores,
+                              prior=values["prior"], options=options, vipo_model=values["vipo_model"], lora_rank=lora_rank, lora_alpha=lora_alpha,
                               lora_targets=targets, init_lora=init_lora, command=_ui.command_line(context),
                               dtype=frozen_dtype, gradient_checkpointing=gradient_checkpointing)
     result = run(inputs, options, out, config, steps_per_iteration=steps_per_iteration, resume=resume, quiet=quiet)

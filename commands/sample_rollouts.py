@@ -11,6 +11,11 @@ from vpt.commands import _sampling as sampling
 from vpt.commands import _outputs, _ui
 
 
+# the TeleBoost release's sampling (recipes/wan_grpo_fsdp/run.sh): DanceGRPO's constant sigma_t, every step SDE
+PRESETS = {"teleboost": {"sde_form": "dancegrpo", "noise_level": 0.25, "steps": 16, "shift": 5.0,
+                         "same_noise": True}}
+
+
 def _window(text: str | None) -> tuple[int, int] | None:
     from vpt.errors import VptError
 
@@ -23,6 +28,7 @@ def _window(text: str | None) -> tuple[int, int] | None:
 
 
 def sample_rollouts(
+    context: typer.Context,
     model: str = sampling.MODEL,
     prompts: str = sampling.PROMPTS,
     out: str = typer.Option(..., "--out", "-o", callback=_outputs.new_directory,
@@ -32,6 +38,9 @@ def sample_rollouts(
     steps: int = sampling.STEPS,
     noise_level: float = typer.Option(0.7, "--noise-level", help="SDE noise level a (0 = the deterministic ODE "
                                                                  "sampler, nothing recorded)."),
+    sde_form: str = typer.Option("flow-grpo", "--sde-form", help="Step std from the noise level a: flow-grpo "
+                                 "(sigma_t = a*sqrt(sigma/(1-sigma))), dancegrpo (sigma_t = a, as TeleBoost) or cps "
+                                 "(std = sigma'*sin(a*pi/2)); recorded, so grpo-step recomputes with the same form."),
     sde_window: Optional[str] = typer.Option(None, "--sde-window", help="START:END: only steps START..END-1 are "
                                                                        "stochastic and recorded (default: all but "
                                                                        "the last)."),
@@ -50,6 +59,9 @@ def sample_rollouts(
                                                                     "latents: fp32, or bf16 (half the bytes; the "
                                                                     "sampler goes on from the rounded states)."),
     seed: int = sampling.SEED,
+    preset: str = typer.Option("none", "--preset", help="none, or teleboost: --sde-form dancegrpo, --noise-level "
+                               "0.25, --steps 16, --shift 5 and --same-noise where not given (the TeleBoost "
+                               "release's sampling)."),
     device: str = sampling.DEVICE,
     dtype: str = sampling.DTYPE,
     context_parallel: int = sampling.CONTEXT_PARALLEL,
@@ -72,11 +84,15 @@ def sample_rollouts(
     from vpt.rollouts.run import prompt_items, sample_rollouts as run
     from vpt.rollouts.sampling import RolloutOptions
 
+    chosen = _ui.with_preset(context, locals(), preset, PRESETS)
+    noise_level, sde_form, steps, shift, same_noise = (chosen[name] for name in
+                                                       ("noise_level", "sde_form", "steps", "shift", "same_noise"))
     processes = current_processes()
     target, weights_dtype = placement(device, dtype, processes)
     items = prompt_items(read_prompts(prompts).to_pylist(), prompts)
-    options = RolloutOptions(group_size=group_size, steps=steps, noise_level=noise_level, guidance=guidance,
-                             frames=frames, height=height, width=width, fps=fps, seed=seed, same_noise=same_noise,
+    options = RolloutOptions(group_size=group_size, steps=steps, noise_level=noise_level, sde_form=sde_form,
+                             guidance=guidance, frames=frames, height=height, width=width, fps=fps, seed=seed,
+                             same_noise=same_noise,
                              sde_window=_window(sde_window), negative_prompt=negative_prompt, shift=shift,
                              batch_size=batch_size, latent_dtype=latent_dtype)
     options.check()

@@ -25,7 +25,8 @@ def test_every_table_kind_is_declared():
                               "prompts", "rewardbench", "rollouts", "scores", "videos"]
     for name in schema_names():
         schema = load_schema(name)
-        assert schema.name == name and schema.version == 1
+        assert schema.name == name and schema.version == (2 if name == "rollouts" else 1)
+        assert schema.reads_versions == ((1,) if name == "rollouts" else ())
         assert all(field.description for field in schema.fields)
 
 
@@ -124,6 +125,20 @@ def test_file_of_another_schema_or_version_is_refused(tmp_path):
         f"{path}: was written with schema scores v0, this vpt reads scores v1; "
         "convert it with the vpt version that wrote it or regenerate it"
     )
+
+
+def test_a_schema_reads_the_older_versions_it_declares(tmp_path):
+    path = tmp_path / "r.parquet"
+    reads = Schema("runs", 3, "", (Field("id", pa.string(), False, True, "id"),), True, reads_versions=(1, 2))
+    table = pa.table({"id": ["a"]})
+    for version, readable in (("1", True), ("2", True), ("3", True), ("0", False), ("4", False)):
+        pq.write_table(table.replace_schema_metadata({b"vpt.schema": b"runs", b"vpt.schema_version": version.encode()}),
+                       path)
+        if readable:
+            assert read_table(path, reads).column("id").to_pylist() == ["a"]
+        else:
+            with pytest.raises(SchemaError, match=f"written with schema runs v{version}, this vpt reads runs v3"):
+                read_table(path, reads)
 
 
 def test_closed_schema_refuses_extra_columns(tmp_path):

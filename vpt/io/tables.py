@@ -96,6 +96,7 @@ class Schema:
     description: str
     fields: tuple[Field, ...]
     additional_columns: bool
+    reads_versions: tuple[int, ...] = ()  # older versions still read: their missing columns are not required
 
     @property
     def label(self) -> str:
@@ -124,6 +125,7 @@ class Schema:
             "version": self.version,
             "description": self.description,
             "additional_columns": self.additional_columns,
+            **({"reads_versions": list(self.reads_versions)} if self.reads_versions else {}),
             "fields": fields,
         }
 
@@ -152,7 +154,7 @@ def load_schema(name: str) -> Schema:
         for f in data["fields"]
     )
     return Schema(data["name"], int(data["version"]), data.get("description", ""), fields,
-                  bool(data.get("additional_columns", True)))
+                  bool(data.get("additional_columns", True)), tuple(int(v) for v in data.get("reads_versions", ())))
 
 
 def _as_schema(schema: Schema | str | None) -> Schema | None:
@@ -271,14 +273,15 @@ def _first_true(mask: pa.Array) -> int:
 
 
 def _check_file_metadata(metadata: dict | None, schema: Schema, source: str) -> None:
-    """A file that names its schema must name the one asked for, at the version this vpt reads."""
+    """A file that names its schema must name the one asked for, at a version this vpt reads (the schema's own or
+    one of its ``reads_versions``)."""
     if not metadata or SCHEMA_NAME_KEY not in metadata:
         return
     name = metadata[SCHEMA_NAME_KEY].decode()
     version = metadata.get(SCHEMA_VERSION_KEY, b"?").decode()
     if name != schema.name:
         raise SchemaError(f"{source}: is a '{name}' table, expected '{schema.name}'")
-    if version != str(schema.version):
+    if version not in {str(v) for v in (schema.version, *schema.reads_versions)}:
         raise SchemaError(
             f"{source}: was written with schema {name} v{version}, this vpt reads {schema.label}; "
             f"convert it with the vpt version that wrote it or regenerate it"

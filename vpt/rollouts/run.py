@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from vpt.distributed import is_sharded
 from vpt.errors import VptError
@@ -27,10 +27,15 @@ class PromptItem:
     prompt_id: str
     prompt: str
     where: str = ""  # the prompt's row, for messages ("prompts.txt: row 3")
+    carried: Mapping[str, Any] = field(default_factory=dict)  # the prompts table's extra columns, onto every rollout
 
 
 def prompt_items(rows: Sequence[dict], source: str) -> list[PromptItem]:
-    """Prompts from ``prompts`` table rows (``prompt_id`` defaults to p0000, p0001, ... in table order)."""
+    """Prompts from ``prompts`` table rows (``prompt_id`` defaults to p0000, p0001, ... in table order); their other
+    columns (e.g. a BPGO prior) are carried onto the prompt's rollouts."""
+    from vpt.io.tables import load_schema
+
+    taken = {f.name for f in load_schema("rollouts").fields}
     items, seen = [], {}
     for number, row in enumerate(rows, start=1):
         prompt_id = row.get("prompt_id") or f"p{number - 1:04d}"
@@ -38,7 +43,12 @@ def prompt_items(rows: Sequence[dict], source: str) -> list[PromptItem]:
         if first != number:
             raise VptError(f"{source}: row {number}: prompt id '{prompt_id}' is already used by row {first}; give "
                            f"every prompt its own id")
-        items.append(PromptItem(prompt_id, row["prompt"], f"{source}: row {number}"))
+        carried = {name: value for name, value in row.items() if name not in ("prompt", "prompt_id", "id")}
+        clash = next((name for name in carried if name in taken), None)
+        if clash is not None:
+            raise VptError(f"{source}: column '{clash}' is also a column of the rollouts table, which carries the "
+                           "prompts' other columns; rename it")
+        items.append(PromptItem(prompt_id, row["prompt"], f"{source}: row {number}", carried))
     if not items:
         raise VptError(f"{source}: holds no prompt")
     return items
@@ -140,6 +150,7 @@ def sample_rollouts(pipe, prompts: Sequence[PromptItem], options: RolloutOptions
     out = checked_output(out, pipe, options, context_parallel)
     order = [sample_id for item in prompts for sample_id in sample_ids(options, item.prompt_id)]
     common = {"policy_id": policy_id, "model_id": model_id, "noise_level": float(options.noise_level),
+              "sde_form": options.sde_form,
               "guidance": float(options.guidance), "frames": options.frames, "height": options.height,
               "width": options.width, "fps": float(options.fps),
               "sampling_batch": options.batch_size or options.group_size}
@@ -152,7 +163,7 @@ def sample_rollouts(pipe, prompts: Sequence[PromptItem], options: RolloutOptions
         group = sample_group(pipe, embeds, negative, item.prompt_id, options, on_step)
         return write_group(directory, group, item.prompt, group_id(options, item.prompt_id), stem,
                            sample_ids(options, item.prompt_id), [f"{stem}-{k:03d}" for k in range(options.group_size)],
-                           embeds_shard, negative_key, common, options.fps)
+                           embeds_shard, negative_key, {**item.carried, **common}, options.fps)
 
     sample_into(out, TABLE_FILE, "rollouts", prompts, order, processes, sample, finish=write_checksums,
                 pad=padding(pipe, options, context_parallel), context_parallel=context_parallel)

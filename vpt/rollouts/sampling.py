@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from vpt.algo.flow_sde import VelocityFn, sample_flow, state_indices_of
+from vpt.algo.flow_sde import SDE_FORMS, VelocityFn, sample_flow, state_indices_of
 from vpt.errors import VptError
 from vpt.models.wan import (
     MAX_SEQUENCE_LENGTH, WanVelocity, decode_latents, initial_noise, latent_shape, schedule_sigmas, to_uint8,
@@ -36,6 +36,7 @@ class RolloutOptions:
     group_size: int = 4
     steps: int = 10
     noise_level: float = 0.7
+    sde_form: str = "flow-grpo"  # one of vpt.algo.flow_sde.SDE_FORMS: how the noise level sets each step's std
     guidance: float = 5.0
     frames: int = 81
     height: int = 480
@@ -68,6 +69,11 @@ class RolloutOptions:
             raise bad("--steps", self.steps, "give at least 2 (the last step is never stochastic)")
         if not (self.noise_level >= 0 and math.isfinite(self.noise_level)):
             raise bad("--noise-level", self.noise_level, "give a finite number >= 0 (0: the ODE sampler)")
+        if self.sde_form not in SDE_FORMS:
+            raise bad("--sde-form", self.sde_form, f"choose one of {', '.join(SDE_FORMS)}")
+        if self.sde_form == "cps" and self.noise_level > 1:
+            raise bad("--noise-level", self.noise_level, "give at most 1 with --sde-form cps (std = sigma' * "
+                                                         "sin(a * pi / 2))")
         if not math.isfinite(self.guidance):
             raise bad("--guidance", self.guidance, "give a finite scale (<= 1: off)")
         if self.sde_window is not None:
@@ -156,7 +162,7 @@ def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tenso
             velocity = steer(velocity, prompt_embeds.expand(size, -1, -1))
         with torch.no_grad():
             out = sample_flow(velocity, noise, sigmas, options.noise_level, sde_steps, step_noise,
-                              callback=None if on_step is None else lambda info: on_step(1),
+                              form=options.sde_form, callback=None if on_step is None else lambda info: on_step(1),
                               state_dtype=storage)
             if out.states:
                 states.append(torch.stack(out.states, dim=1).to(storage).cpu())

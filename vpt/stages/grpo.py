@@ -29,11 +29,14 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from vpt.algo.bpgo import RAS_ALPHA, bayesian_ras_weights, contrastive_rewards, normalise_with, ras_weights
+from vpt.algo.bpgo import (RAS_ALPHA, bayes_group_ras_weights, bayesian_ras_weights, contrastive_rewards,
+                           normalise_with, ras_weights, rerange_rewards)
 from vpt.algo.curriculum import GatedCurriculum, softmax_curriculum_weights
 from vpt.algo.flow_sde import gaussian_log_prob, sde_step_mean_std, state_indices_of
-from vpt.algo.grpo import AGGREGATIONS, aggregate_rewards, clipped_surrogate, group_advantages, kl_to_reference
-from vpt.algo.vipo import advantage_map, per_position_log_prob
+from vpt.algo.grpo import (ADVANTAGE_EPS, AGGREGATIONS, STD_MODES, aggregate_rewards, clip_advantages,
+                           clipped_surrogate, group_advantages, joint_advantages, kl_to_reference)
+from vpt.algo.vipo import (BLUR_MODES, GRID_ROUNDINGS, NORMALISATIONS, ORIENTATIONS, PCA_MODES, TIME_ALIGNMENTS,
+                           VipoMapOptions, advantage_map, per_position_log_prob)
 from vpt.distributed import unwrapped
 from vpt.errors import VptError
 from vpt.models.wan import WanVelocity, wan_dtype
@@ -41,8 +44,8 @@ from vpt.train.batch import TensorBatch
 from vpt.train.policy import DEFAULT_LORA_TARGETS, policy_source
 from vpt.train.run import StageTask, train_stage
 
-CRT_MODES = ("off", "replace", "auxiliary")
-RAS_FORMS = ("sigmoid", "bayesian")
+CRT_MODES = ("off", "replace", "auxiliary", "rerange")
+RAS_FORMS = ("sigmoid", "bayesian", "bayes-group")
 SELF_PACED_FORMS = ("off", "softmax", "gated")
 
 
@@ -53,8 +56,10 @@ class GrpoOptions:
 
     reward: dict[str, float]
     aggregation: str = "sum-then-normalise"
-    global_std: bool = False
+    std: str = "group"
+    advantage_eps: float = ADVANTAGE_EPS
     advantage_clip: float = 5.0
+    clip_after_transforms: bool = False
     clip_range: float = 1e-3
     kl_beta: float = 0.0
     timestep_fraction: float = 1.0
@@ -63,13 +68,24 @@ class GrpoOptions:
     ras_alpha: float = RAS_ALPHA
     ras_sharpness: float = 1.0
     prior_std: float = 1.0
+    ras_weight_range: tuple[float, float] = (0.5, 1.5)
+    prior_column: str | None = None
     prior_momentum: float = 0.9
     crt: str = "off"
     crt_weight: float = 0.5
     crt_lambda: float = 1.0
     crt_max_exponent: float = 5.0
+    crt_a: float = 50.0
+    crt_temperature: float = 5.0
+    crt_clamp: float = 30.0
     vipo: bool = False
     vipo_blur: float = 1.0
+    vipo_pca: str = "video"
+    vipo_orient: str = "border"
+    vipo_blur_mode: str = "replicate"
+    vipo_normalise: str = "global"
+    vipo_time: str = "ends"
+    vipo_grid: str = "round"
     self_paced: str = "off"
     curriculum_thresholds: tuple[float, ...] = ()
     curriculum_beta: float = 0.3
@@ -84,12 +100,15 @@ class GrpoOptions:
         """Raise :class:`VptError` naming the first invalid option (done on construction)."""
         if not self.reward:
             raise VptError("--reward names no column; give COLUMN or COLUMN=WEIGHT,...")
-        choices = (("aggregation", AGGREGATIONS), ("crt", CRT_MODES), ("ras", RAS_FORMS),
-                   ("self_paced", SELF_PACED_FORMS))
+        choices = (("aggregation", AGGREGATIONS), ("std", STD_MODES), ("crt", CRT_MODES), ("ras", RAS_FORMS),
+                   ("self_paced", SELF_PACED_FORMS), ("vipo_pca", PCA_MODES), ("vipo_orient", ORIENTATIONS),
+                   ("vipo_blur_mode", BLUR_MODES), ("vipo_normalise", NORMALISATIONS),
+                   ("vipo_time", TIME_ALIGNMENTS), ("vipo_grid", GRID_ROUNDINGS))
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise VptError(f"--{name.replace('_', '-')} {getattr(self, name)}: choose one of {', '.join(allowed)}")
-        positive = ("clip_range", "advantage_clip", "prior_std", "curriculum_sharpness")
+        positive = ("clip_range", "advantage_clip", "prior_std", "curriculum_sharpness", "advantage_eps",
+                    "crt_temperature", "crt_clamp")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise VptError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
@@ -102,6 +121,13 @@ class GrpoOptions:
                 raise VptError(f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(self, name)}")
         if self.crt != "off" and not self.bpgo:
             raise VptError("--crt needs --bpgo (CRT contrasts rewards with BPGO's prior)")
+        if self.prior_column is not None and not self.bpgo:
+            raise VptError("--prior-column is BPGO's prior; add --bpgo")
+        low, high = self.ras_weight_range
+        if not 0 <= low <= high:
+            raise VptError(f"--ras-weight-range {low},{high}: give MIN,MAX with 0 <= MIN <= MAX, e.g. 0.5,1.5")
+        if self.crt == "rerange" and self.aggregation != "sum-then-normalise" and len(self.reward) > 1:
+            raise VptError("--crt rerange replaces the combined reward; use --aggregation sum-then-normalise")
         dimensions = len(self.reward)
         if self.self_paced != "off" and dimensions < 2:
             raise VptError("--self-paced needs at least two reward columns in curriculum order, e.g. "
@@ -116,6 +142,19 @@ class GrpoOptions:
     @property
     def thresholds(self) -> tuple[float, ...]:
         return tuple(self.curriculum_thresholds) or (0.75,) * len(self.reward)
+
+    @property
+    def normalise_clip(self) -> float | None:
+        """The clip of the z-scored advantages: none yet when the clip comes after BPGO's scale and ViPO's map."""
+        return None if self.clip_after_transforms else self.advantage_clip
+
+    @property
+    def vipo_map(self) -> VipoMapOptions:
+        """ViPO's map construction; reflect borders blur as the release does (scipy's radius ``round(4σ)``)."""
+        reflect = self.vipo_blur_mode == "reflect"
+        return VipoMapOptions(pca=self.vipo_pca, orient=self.vipo_orient, blur_mode=self.vipo_blur_mode,
+                              blur_truncate=4.0 if reflect else 3.0, blur_rounding="round" if reflect else "ceil",
+                              normalise=self.vipo_normalise, time_align=self.vipo_time, grid_rounding=self.vipo_grid)
 
 
 class GrpoState:
@@ -151,6 +190,12 @@ class StepInputs:
     reference_priors: dict[str, dict[str, float]] | None = None
     prior_source: str = "--prior"
     dinov2: torch.nn.Module | None = None
+    row_priors: torch.Tensor | None = None  # [N] BPGO's prior of each rollout, from --prior-column
+
+
+def sde_form_of(row: Mapping[str, Any]) -> str:
+    """The SDE form a rollout was sampled with (rollouts v1 predate the column: all flow-grpo)."""
+    return row.get("sde_form") or "flow-grpo"
 
 
 def check_rollouts(rollouts, source: str, model_id: str, policy_digest: str | None) -> None:
@@ -172,10 +217,10 @@ def check_rollouts(rollouts, source: str, model_id: str, policy_digest: str | No
         if not row["recorded_steps"]:
             raise VptError(f"{source}: row {number}: no recorded SDE steps (sampled with --noise-level 0?); sample "
                            "with a noise level > 0")
-    settings = {(row["noise_level"], row["guidance"]) for row in rows}
+    settings = {(row["noise_level"], sde_form_of(row), row["guidance"]) for row in rows}
     if len(settings) > 1:
-        raise VptError(f"{source}: mixes noise levels / guidance scales {sorted(settings)}; sample one iteration's "
-                       "rollouts with one setting")
+        raise VptError(f"{source}: mixes noise levels / SDE forms / guidance scales {sorted(settings)}; sample one "
+                       "iteration's rollouts with one setting")
     sizes: dict[str, int] = {}
     for row in rows:
         sizes[row["group_id"]] = sizes.get(row["group_id"], 0) + 1
@@ -217,6 +262,10 @@ def load_step_inputs(*, policy: str | None, init: str | None, model: str | None,
     tables = [(name, read_table(name, "scores").to_pylist()) for name in scores]
     rewards = rollout_rewards(rollout_set.rows, tables, columns, rollouts)
     reference = None if prior is None else prior_means(read_table(prior, "scores").to_pylist(), columns, prior)
+    if prior is not None and options.prior_column is not None:
+        raise VptError("give one BPGO prior: --prior TABLE or --prior-column COLUMN")
+    row_priors = None if options.prior_column is None else prior_column(rollout_set.rows, options.prior_column,
+                                                                          rollouts)
 
     dinov2 = None
     if options.vipo:
@@ -240,7 +289,7 @@ def load_step_inputs(*, policy: str | None, init: str | None, model: str | None,
                                    "gradient_checkpointing": bool(gradient_checkpointing),
                                    **({"command": [str(token) for token in command]} if command else {})},
                       warm_start=warm_start, reference_priors=reference, prior_source=prior or "--prior",
-                      dinov2=dinov2)
+                      dinov2=dinov2, row_priors=row_priors)
 
 
 # ------------------------------------------------------------------------------------------ data: rewards -> advantages
@@ -287,6 +336,26 @@ def rollout_rewards(rows: Sequence[dict], tables: Sequence[tuple[str, Sequence[d
     return rewards
 
 
+def prior_column(rows: Sequence[dict], column: str, source: str) -> torch.Tensor:
+    """BPGO's per-prompt prior ``[N]`` given with the data: ``column`` of the rollouts table (sample-rollouts carries
+    the prompts table's extra columns), one finite value per rollout, the same for every rollout of a group."""
+    if rows and column not in rows[0]:
+        raise VptError(f"{source}: has no column '{column}' for --prior-column; add it to the prompts table and "
+                       "sample again (sample-rollouts carries the prompts' extra columns)")
+    by_group: dict[str, float] = {}
+    values = []
+    for number, row in enumerate(rows, start=1):
+        value = row[column]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise VptError(f"{source}: row {number}: column '{column}' is {value!r}, not a finite number; give every "
+                           "prompt its prior")
+        if by_group.setdefault(row["group_id"], float(value)) != float(value):
+            raise VptError(f"{source}: row {number}: column '{column}' differs within group {row['group_id']!r}; "
+                           "the prior is one value per prompt")
+        values.append(float(value))
+    return torch.tensor(values, dtype=torch.float64)
+
+
 def prior_means(table: Sequence[dict], columns: Sequence[str], source: str) -> dict[str, dict[str, float]]:
     """BPGO's prior from the reference policy's scores: prompt id (else prompt) -> column -> mean value."""
     sums: dict[str, dict[str, list[float]]] = {}
@@ -317,11 +386,12 @@ class Advantages:
 def compute_advantages(rewards: Mapping[str, torch.Tensor], group_ids: Sequence[str], prompt_ids: Sequence[str],
                        options: GrpoOptions, state: GrpoState,
                        reference_priors: Mapping[str, Mapping[str, float]] | None = None,
-                       prior_source: str = "--prior") -> Advantages:
+                       prior_source: str = "--prior", row_priors: torch.Tensor | None = None) -> Advantages:
     """Advantages of the rollouts from their rewards (columns ``name -> [N]``), and BPGO's running priors folded
     into ``state`` (the curriculum's too). ``reference_priors``: prompt id -> column -> mean reward of the
     reference policy; without it the running priors of earlier iterations serve (a prompt seen for the first time
-    gets its own group mean, a neutral prior)."""
+    gets its own group mean, a neutral prior). ``row_priors`` ``[N]``: the prior of each rollout given with the data
+    (``--prior-column``), in the units of the combined reward, in place of both."""
     columns = list(options.reward)
     names = sorted(set(group_ids))
     groups = torch.tensor([names.index(g) for g in group_ids])
@@ -348,39 +418,57 @@ def compute_advantages(rewards: Mapping[str, torch.Tensor], group_ids: Sequence[
     metrics["reward/mean"] = float(reward.mean())
     metrics["reward/std"] = float(reward.std(unbiased=False))
 
-    if options.self_paced == "off" and len(columns) > 1:
-        advantages = aggregate_rewards({c: matrix[:, j] for j, c in enumerate(columns)},
-                                       dict(zip(columns, weights.tolist())), groups, options.aggregation,
-                                       options.global_std, options.advantage_clip)
+    prior = None
+    if options.bpgo:
+        prior = (row_priors if row_priors is not None else
+                 _priors(columns, matrix, groups, prompt_ids, state, reference_priors, prior_source) @ weights)
+    if options.crt == "rerange":  # the release overwrites the rewards before the z-score
+        reward = rerange_rewards(reward, prior, options.crt_a, options.crt_temperature, options.crt_clamp)
+        metrics["bpgo/rerange_mean"] = float(reward.mean())
+
+    normalise = {"std": options.std, "eps": options.advantage_eps, "clip": options.normalise_clip}
+    if options.self_paced == "off" and len(columns) > 1 and options.crt != "rerange":
+        by_column = {c: matrix[:, j] for j, c in enumerate(columns)}
+        column_weights = dict(zip(columns, weights.tolist()))
+        if options.aggregation == "min-norm":
+            joint = joint_advantages(by_column, column_weights, groups, **normalise)
+            advantages = joint.combined
+            metrics.update({f"advantage/{c}/abs_mean": float(a.abs().mean()) for c, a in joint.per_reward.items()})
+        else:
+            advantages = aggregate_rewards(by_column, column_weights, groups, options.aggregation, **normalise)
     else:
-        advantages = group_advantages(reward, groups, options.global_std, options.advantage_clip)
+        advantages = group_advantages(reward, groups, **normalise)
     auxiliary = None
 
     if options.bpgo:
-        priors_by_column = _priors(columns, matrix, groups, prompt_ids, state, reference_priors, prior_source)
-        prior = priors_by_column @ weights  # [N]
         count = torch.zeros(len(names), dtype=torch.float64).index_add_(0, groups, torch.ones_like(reward))
         group_means = torch.zeros(len(names), dtype=torch.float64).index_add_(0, groups, reward) / count
         group_priors = torch.zeros(len(names), dtype=torch.float64).index_add_(0, groups, prior) / count
-        if options.ras == "bayesian":
+        if options.ras == "bayes-group":
+            scale = bayes_group_ras_weights(reward, groups, prior, options.prior_std**2, *options.ras_weight_range,
+                                            alpha=options.ras_alpha)
+        elif options.ras == "bayesian":
             spread = reward.std(unbiased=False)
-            group_weights = bayesian_ras_weights(group_means, count, group_priors, options.prior_std,
-                                                 spread if spread > 0 else torch.ones((), dtype=torch.float64))
+            scale = bayesian_ras_weights(group_means, count, group_priors, options.prior_std,
+                                         spread if spread > 0 else torch.ones((), dtype=torch.float64))[groups]
         else:
-            group_weights = ras_weights(group_means, group_priors, options.ras_alpha, options.ras_sharpness)
-        if options.crt != "off":
+            scale = ras_weights(group_means, group_priors, options.ras_alpha, options.ras_sharpness)[groups]
+        if options.crt in ("replace", "auxiliary"):
             transformed = contrastive_rewards(normalise_with(reward, reward), normalise_with(prior, reward),
                                               options.crt_lambda, options.crt_max_exponent)
-            crt_advantages = group_advantages(transformed, groups, options.global_std, options.advantage_clip)
+            crt_advantages = group_advantages(transformed, groups, **normalise)
             if options.crt == "replace":
                 advantages = crt_advantages
             else:
-                auxiliary = crt_advantages * group_weights[groups]
-        advantages = advantages * group_weights[groups]
-        metrics.update({"bpgo/weight_mean": float(group_weights.mean()), "bpgo/weight_min": float(group_weights.min()),
-                        "bpgo/weight_max": float(group_weights.max()),
+                auxiliary = crt_advantages * scale
+        advantages = advantages * scale
+        metrics.update({"bpgo/weight_mean": float(scale.mean()), "bpgo/weight_min": float(scale.min()),
+                        "bpgo/weight_max": float(scale.max()),
                         "bpgo/prior_gap": float((group_means - group_priors).mean())})
         _fold_running_priors(columns, matrix, prompt_ids, state, options.prior_momentum)
+    if options.clip_after_transforms and not options.vipo:  # with ViPO the loss clips the dense advantages
+        advantages = clip_advantages(advantages, options.advantage_clip)
+        auxiliary = None if auxiliary is None else clip_advantages(auxiliary, options.advantage_clip)
 
     zero = torch.zeros(len(names), dtype=torch.float64).index_add_(0, groups, advantages.abs())
     metrics["advantage/abs_mean"] = float(advantages.abs().mean())
@@ -528,16 +616,25 @@ class RolloutSteps(torch.utils.data.Dataset):
         return block
 
 
-def vipo_maps(rollouts, dinov2, blur_sigma: float) -> list[torch.Tensor]:
-    """ViPO's advantage map ``[F, h, w]`` (latent size) of every rollout, from DINOv2 features of its video."""
+def vipo_maps(rollouts, dinov2, blur_sigma: float, construction: VipoMapOptions = VipoMapOptions()
+              ) -> list[torch.Tensor]:
+    """ViPO's advantage map ``[F, h, w]`` (latent size) of every rollout, from DINOv2 features of its video, built
+    as ``construction`` says (vpt's map or the TeleBoost release's choices)."""
+    from vpt.algo.vipo import crop_to_grid, patch_grid
     from vpt.io.video import read_frames
     from vpt.models.dinov2 import dinov2_patch_features
 
     maps = []
     for row in rollouts.rows:
         latent = rollouts.states(row).shape[-3:]
-        features = dinov2_patch_features(dinov2, read_frames(rollouts.directory / row["path"]))
-        maps.append(advantage_map(features, tuple(latent), blur_sigma=blur_sigma).float())
+        frames = read_frames(rollouts.directory / row["path"])
+        grid = None
+        if construction.grid_rounding == "floor":  # the release's patch convolution drops the remainder
+            grid = patch_grid(frames.shape[1], frames.shape[2], dinov2.config.patch_size, "floor")
+            frames = crop_to_grid(frames, grid, dinov2.config.patch_size)
+        features = dinov2_patch_features(dinov2, frames, grid=grid)
+        maps.append(advantage_map(features, tuple(latent), blur_sigma=blur_sigma,
+                                  **construction.map_kwargs()).float())
     return maps
 
 
@@ -546,8 +643,10 @@ class GrpoLoss:
     """The harness's ``loss_fn``: clipped surrogate (+ CRT auxiliary term, + β·KL to the adapter-disabled
     reference) of one micro-batch of :class:`RolloutSteps` items. Tracks the extreme ratios of the iteration."""
 
-    def __init__(self, options: GrpoOptions, noise_level: float, guidance: float, dtype: torch.dtype):
+    def __init__(self, options: GrpoOptions, noise_level: float, guidance: float, dtype: torch.dtype,
+                 sde_form: str = "flow-grpo"):
         self.options, self.noise_level, self.guidance, self.dtype = options, float(noise_level), guidance, dtype
+        self.sde_form = sde_form
         self.ratio_min, self.ratio_max = math.inf, -math.inf
 
     def step_mean_std(self, model, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -557,7 +656,8 @@ class GrpoLoss:
         sigma, sigma_next, first_next = (value.reshape(per_sample)
                                          for value in (batch.sigma, batch.sigma_next, batch.first_next))
         velocity = WanVelocity(model, batch.embeds, batch.negative, self.guidance, self.dtype)(x, 0, batch.sigma)
-        return sde_step_mean_std(x, velocity.float(), sigma, sigma_next, self.noise_level, first_next)
+        return sde_step_mean_std(x, velocity.float(), sigma, sigma_next, self.noise_level, first_next,
+                                 form=self.sde_form)
 
     def log_prob_maps(self, model, batch: RolloutBatch) -> torch.Tensor:
         """Per-latent-position log-probs ``[B, F, h, w]`` of the recorded steps (ViPO's dense ratio)."""
@@ -573,6 +673,9 @@ class GrpoLoss:
             scale = batch.advantage_map
             advantage = batch.advantage.reshape(-1, 1, 1, 1) * scale
             auxiliary = None if batch.auxiliary is None else batch.auxiliary.reshape(-1, 1, 1, 1) * scale
+            if options.clip_after_transforms:  # the release clips the dense advantage, element by element
+                advantage = clip_advantages(advantage, options.advantage_clip)
+                auxiliary = None if auxiliary is None else clip_advantages(auxiliary, options.advantage_clip)
         else:
             log_prob = gaussian_log_prob(batch.x_next, mean, std)
             old = batch.old_log_prob
@@ -636,11 +739,11 @@ def grpo_step(inputs: StepInputs, options: GrpoOptions, out: str | Path, config,
     state.iteration += 1
     advantages = compute_advantages(inputs.rewards, [row["group_id"] for row in rows],
                                     [row["prompt_id"] for row in rows], options, state, inputs.reference_priors,
-                                    inputs.prior_source)
+                                    inputs.prior_source, inputs.row_priors)
     blocks = trained_blocks(rows, options.timestep_fraction, options.seed, state.iteration)
-    maps = vipo_maps(rollouts, inputs.dinov2, options.vipo_blur) if options.vipo else None
+    maps = vipo_maps(rollouts, inputs.dinov2, options.vipo_blur, options.vipo_map) if options.vipo else None
     dataset = RolloutSteps(rollouts, blocks, advantages.advantages, advantages.auxiliary, maps)
-    loss = GrpoLoss(options, rows[0]["noise_level"], rows[0]["guidance"], wan_dtype(policy))
+    loss = GrpoLoss(options, rows[0]["noise_level"], rows[0]["guidance"], wan_dtype(policy), sde_form_of(rows[0]))
     if options.vipo:
         dataset.old_maps = old_log_prob_maps(loss, policy, dataset)
 
