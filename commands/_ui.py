@@ -130,13 +130,12 @@ def with_preset(context, values: Mapping[str, Any], preset: str, presets: Mappin
                 ) -> dict[str, Any]:
     """A command's option ``values`` with preset ``preset``'s values (``none``: none) in place of the defaults the
     command line left; what the user gave stays."""
-    import click
-
     from vpt.errors import VptError
 
     if preset != "none" and preset not in presets:
         raise VptError(f"--preset {preset}: choose none or {', '.join(presets)}")
     chosen = presets.get(preset, {})
+    # by name: typer ships its own copy of click's ParameterSource
     untouched = {name for name in chosen
-                 if context.get_parameter_source(name) in (None, click.core.ParameterSource.DEFAULT)}
+                 if getattr(context.get_parameter_source(name), "name", "DEFAULT") == "DEFAULT"}
     return {**values, **{name: chosen[name] for name in untouched}}

@@ -156,3 +156,91 @@ def test_options_are_checked():
         options(reward={"a": 1.0, "b": 1.0}, self_paced="gated").check()
     with pytest.raises(VptError, match=r"--timestep-fraction must lie in \(0, 1\]"):
         options(timestep_fraction=0.0).check()
+
+
+def released_advantages(values, groups, priors, clip=5.0, a=50.0, tau=5.0, prior_var=1.0, low=0.5, high=1.5,
+                        alpha=1.0):
+    """The TeleBoost release's order in plain float64 Python (fact sheet, items a and b): rerange the rewards, z-score
+    them per group with the Bessel std + 1e-4, scale each group by its Bayesian reliability weight, then clip."""
+    tilde = [(a * (r - p) + (1.0 if r > p else 0.0)) * r / (1 + math.exp(min(max(-r / tau, -30.0), 30.0)))
+             for r, p in zip(values, priors)]
+    out = []
+    for i, group in enumerate(groups):
+        members = [tilde[j] for j, other in enumerate(groups) if other == group]
+        n = len(members)
+        mean = sum(members) / n
+        bessel = math.sqrt(sum((m - mean) ** 2 for m in members) / (n - 1)) if n > 1 else 0.0
+        z = (tilde[i] - mean) / (bessel + 1e-4) if bessel > 0 else 0.0
+        variance = bessel**2 + 1e-8 if n > 1 else 1.0
+        v = 1 / (n / variance + 1 / prior_var)
+        m = v * (n * mean / variance + priors[i] / prior_var)
+        probability = 0.5 * (1 + math.erf((m - priors[i]) / math.sqrt(v) / math.sqrt(2)))
+        weight = low + (high - low) * probability
+        scale = min(max(1 + alpha * (weight - 1), 0.01), 10.0)
+        out.append(max(-clip, min(clip, z * scale)))
+    return out
+
+
+@pytest.mark.parametrize("values, priors", [
+    ([0.2, 0.9, 0.4, 0.45, 0.5, 0.1], [0.5, 0.5, 0.3, 0.3, 0.3, 0.3]),
+    ([1.0, -1.0, 0.5, 2.0, 2.5, 3.0], [0.0, 0.0, 2.0, 2.0, 2.0, 2.0]),
+])
+def test_the_released_bpgo_order_matches_a_float64_reference(values, priors):
+    groups = ["g0", "g0", "g1", "g1", "g1", "g1"]
+    released = options(bpgo=True, std="group-unbiased", crt="rerange", ras="bayes-group", ras_alpha=1.0,
+                       clip_after_transforms=True)
+    out = compute_advantages(rewards(values), groups, [g.replace("g", "p") for g in groups], released, GrpoState(),
+                             row_priors=torch.tensor(priors, dtype=torch.float64))
+    assert out.advantages.tolist() == pytest.approx(released_advantages(values, groups, priors), rel=1e-9,
+                                                    abs=1e-12)
+
+
+def test_clip_after_transforms_lets_bpgo_scale_past_the_clip_first():
+    # each group [0, 2]: z = +-1/(sqrt(2) + 1e-4) (Bessel std sqrt(2)); g0 lies far above its prior (weight 1.5),
+    # g1 far below (0.5). Clipped at 0.6 before the scale: 0.9 and 0.3; after: 0.6 and z/2
+    values, priors = [0.0, 2.0, 0.0, 2.0], [-100.0, -100.0, 100.0, 100.0]
+    z = 1 / (math.sqrt(2) + 1e-4)
+    common = dict(bpgo=True, std="group-unbiased", ras="bayes-group", ras_alpha=1.0, advantage_clip=0.6)
+    before = compute_advantages(rewards(values), GROUPS, PROMPTS, options(**common), GrpoState(),
+                                row_priors=torch.tensor(priors, dtype=torch.float64))
+    after = compute_advantages(rewards(values), GROUPS, PROMPTS, options(**common, clip_after_transforms=True),
+                               GrpoState(), row_priors=torch.tensor(priors, dtype=torch.float64))
+    assert before.advantages.tolist() == pytest.approx([-0.9, 0.9, -0.3, 0.3], rel=1e-6)
+    assert after.advantages.tolist() == pytest.approx([-0.6, 0.6, -z / 2, z / 2], rel=1e-6)
+
+
+def test_min_norm_aggregation_zeroes_disagreeing_samples_and_logs_each_reward():
+    both = {"a": torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=torch.float64),
+            "b": torch.tensor([0.0, 1.0, 1.0, 0.0], dtype=torch.float64)}
+    out = compute_advantages(both, GROUPS, PROMPTS, GrpoOptions(reward={"a": 1.0, "b": 1.0}, aggregation="min-norm"),
+                             GrpoState())
+    # per reward and group [0, 1]: +-0.5 / (0.5 + 1e-4); g0 agrees (both rise): that value; g1 disagrees: 0
+    z = 0.5 / 0.5001
+    assert out.advantages.tolist() == pytest.approx([-z, z, 0.0, 0.0])
+    assert out.metrics["advantage/a/abs_mean"] == pytest.approx(z)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"std": "bessel"}, "--std bessel: choose one of group, group-unbiased, global"),
+    ({"crt": "rerange"}, "--crt needs --bpgo"),
+    ({"prior_column": "prior"}, "--prior-column is BPGO's prior; add --bpgo"),
+    ({"bpgo": True, "ras_weight_range": (1.5, 0.5)}, "--ras-weight-range 1.5,0.5: give MIN,MAX with 0 <= MIN <= MAX"),
+    ({"vipo_orient": "up"}, "--vipo-orient up: choose one of border, svd"),
+    ({"advantage_eps": 0.0}, "--advantage-eps must be > 0"),
+])
+def test_released_mode_options_are_checked(changes, message):
+    with pytest.raises(VptError, match=message.replace("(", r"\(").replace("+", r"\+")):
+        options(**changes)
+
+
+def test_a_prior_column_is_one_finite_value_per_group():
+    from vpt.stages.grpo import prior_column
+
+    rows = [{"group_id": "g0", "prior": 0.5}, {"group_id": "g0", "prior": 0.5}, {"group_id": "g1", "prior": 2}]
+    assert prior_column(rows, "prior", "r/").tolist() == [0.5, 0.5, 2.0]
+    with pytest.raises(VptError, match="r/: has no column 'p' for --prior-column"):
+        prior_column(rows, "p", "r/")
+    with pytest.raises(VptError, match="r/: row 2: column 'prior' differs within group 'g0'"):
+        prior_column([rows[0], {"group_id": "g0", "prior": 0.7}], "prior", "r/")
+    with pytest.raises(VptError, match="r/: row 1: column 'prior' is None, not a finite number"):
+        prior_column([{"group_id": "g0", "prior": None}], "prior", "r/")

@@ -1,0 +1,99 @@
+"""The TeleBoost release's modes end to end on the tiny zoo: sample-rollouts --sde-form (recorded; grpo-step
+recomputes with it, so the first ratios stay exactly 1), --preset teleboost on both commands (given options win), a
+prior carried from the prompts table, and the min-norm joint reward."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from vpt.io.tables import read_table, write_table
+
+SMALL = ["--frames", "9", "--height", "32", "--width", "32", "--steps", "4", "--guidance", "3", "-q"]
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("released")
+    table = pa.table({"prompt": ["a red ball bouncing", "a white ring on a dark floor"], "prompt_id": ["ball", "ring"],
+                      "prior": [0.3, 0.6]})
+    write_table(table, root / "prompts.parquet", "prompts")
+    return root
+
+
+def sample(run_vpt, zoo, root, name, *extra):
+    result = run_vpt(["sample-rollouts", "-m", zoo, "--prompts", root / "prompts.parquet", "-o", root / name, "-g",
+                      "3", "--seed", "3", *SMALL, *extra])
+    assert result.exit_code == 0, result.stderr
+    result = run_vpt(["score", root / name / "rollouts.parquet", "-m", "brightness,flicker", "-o",
+                      root / f"{name}.scores.parquet", "-q"])
+    assert result.exit_code == 0, result.stderr
+    return read_table(root / name / "rollouts.parquet", "rollouts").to_pylist()
+
+
+def step(run_vpt, zoo, root, name, out, *extra):
+    result = run_vpt(["grpo-step", "--init", zoo, "--rollouts", root / name, "--scores",
+                      root / f"{name}.scores.parquet", "-o", root / out, "--lr", "1e-2", "-q", *extra])
+    assert result.exit_code == 0, result.stderr
+    rows = pq.read_table(root / out / "metrics.parquet").to_pylist()
+    return {(row["step"], row["name"]): row["value"] for row in rows}, json.loads((root / out / "policy.json").read_text())
+
+
+@pytest.mark.parametrize("form, noise", [("dancegrpo", "0.25"), ("cps", "0.7")])
+def test_the_sde_form_is_recorded_and_the_first_ratios_are_exactly_one(run_vpt, tiny_zoo, prompts, form, noise):
+    rows = sample(run_vpt, tiny_zoo, prompts, form, "--sde-form", form, "--noise-level", noise)
+    assert {row["sde_form"] for row in rows} == {form}
+    assert pq.read_metadata(prompts / form / "rollouts.parquet").metadata[b"vpt.schema_version"] == b"2"
+    metrics, _ = step(run_vpt, tiny_zoo, prompts, form, f"{form}-p1", "--reward", "brightness")
+    assert metrics[(None, "ratio_min")] == 1.0 and metrics[(None, "ratio_max")] == 1.0
+    assert metrics[(1, "grad_norm")] > 0
+
+
+def test_the_prompts_extra_columns_ride_along(run_vpt, tiny_zoo, prompts):
+    rows = sample(run_vpt, tiny_zoo, prompts, "plain")
+    assert {(row["prompt_id"], row["prior"]) for row in rows} == {("ball", 0.3), ("ring", 0.6)}
+    assert {row["sde_form"] for row in rows} == {"flow-grpo"}
+
+
+def test_preset_teleboost_sets_the_release_defaults_and_given_options_win(run_vpt, tiny_zoo, prompts):
+    rows = sample(run_vpt, tiny_zoo, prompts, "teleboost", "--preset", "teleboost")
+    # the preset's sampling, but --steps 4 was given: it stays
+    assert {(row["sde_form"], row["noise_level"], len(row["sigmas"])) for row in rows} == {("dancegrpo", 0.25, 5)}
+    assert len({row["seed"] for row in rows if row["prompt_id"] == "ball"}) == 1  # one noise per group
+    metrics, record = step(run_vpt, tiny_zoo, prompts, "teleboost", "teleboost-p1", "--preset", "teleboost",
+                           "--bpgo", "--prior-column", "prior", "--reward", "brightness", "--clip-range", "1e-2")
+    chosen = record["grpo"]
+    assert (chosen["std"], chosen["crt"], chosen["ras"], chosen["ras_alpha"], chosen["clip_after_transforms"],
+            chosen["timestep_fraction"], chosen["vipo_orient"], chosen["prior_column"]) == (
+        "group-unbiased", "rerange", "bayes-group", 1.0, True, 0.6, "svd", "prior")
+    assert chosen["clip_range"] == 1e-2  # given, so not the preset's 1e-4
+    assert metrics[(None, "ratio_min")] == 1.0 and metrics[(None, "ratio_max")] == 1.0
+    assert metrics[(None, "items")] == 6 * 2  # round(0.6 * 3) = 2 of the 3 recorded steps
+
+
+def test_min_norm_joint_reward_logs_each_reward(run_vpt, tiny_zoo, prompts):
+    sample(run_vpt, tiny_zoo, prompts, "joint")
+    metrics, record = step(run_vpt, tiny_zoo, prompts, "joint", "joint-p1", "--reward", "brightness,flicker",
+                           "--aggregation", "min-norm")
+    assert record["grpo"]["aggregation"] == "min-norm"
+    assert {(None, "advantage/brightness/abs_mean"), (None, "advantage/flicker/abs_mean")} <= set(metrics)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--preset", "dancegrpo"], "--preset dancegrpo: choose none or teleboost"),
+    (["--std", "bessel"], "--std bessel: choose one of group, group-unbiased, global"),
+    (["--prior-column", "prior"], "--prior-column is BPGO's prior; add --bpgo"),
+    (["--bpgo", "--prior-column", "nothing"], "has no column 'nothing' for --prior-column"),
+    (["--bpgo", "--ras", "bayes-group", "--ras-weight-range", "0.5"], "--ras-weight-range 0.5: give MIN,MAX"),
+    (["--bpgo", "--ras-weight-range", "a,b"], "--ras-weight-range a,b: expected comma-separated numbers"),
+])
+def test_bad_released_mode_options_get_one_line(run_vpt, tiny_zoo, prompts, extra, message):
+    if not (prompts / "plain").is_dir():
+        sample(run_vpt, tiny_zoo, prompts, "plain")
+    result = run_vpt(["grpo-step", "--init", tiny_zoo, "--rollouts", prompts / "plain", "--scores",
+                      prompts / "plain.scores.parquet", "-o", prompts / "bad", "--reward", "brightness", "-q", *extra])
+    assert result.exit_code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (prompts / "bad").exists()
