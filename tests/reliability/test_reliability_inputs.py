@@ -394,6 +394,13 @@ CASES: dict[str, Case] = {
         const("--sde-window 0:5: need 0 <= START < END <= steps - 1 = 2 (the last step is never stochastic)")),
     "sample-rollouts/sde window not a range": Case(
         sample("--sde-window", "x"), const("--sde-window x: expected START:END step indices, e.g. 0:5")),
+    "sample-rollouts/unknown sde form": Case(sample("--sde-form", "ddim"),
+                                             const("--sde-form ddim: choose one of flow-grpo, dancegrpo, cps")),
+    "sample-rollouts/cps noise above 1": Case(
+        sample("--sde-form", "cps", "--noise-level", "1.5"),
+        const("--noise-level 1.5: give at most 1 with --sde-form cps (std = sigma' * sin(a * pi / 2))")),
+    "sample-rollouts/unknown preset": Case(sample("--preset", "flow-grpo"),
+                                           const("--preset flow-grpo: choose none or teleboost")),
     "sample-rollouts/batch of 0": Case(sample("--batch-size", "0"),
                                        const("--batch-size 0: give at least 1 sample per forward")),
     "sample-rollouts/fps 0": Case(sample("--fps", "0"), const("--fps 0.0: give a positive frame rate")),
@@ -427,6 +434,11 @@ CASES: dict[str, Case] = {
         lambda w, t: ["sample-rollouts", "-m", w.zoo, "--prompts", t / "p.csv", *SAMPLER, "-o", t / "out"],
         lambda w, t: f"{t / 'p.csv'}: row 2: prompt id 'a' is already used by row 1; give every prompt its own id",
         setup=write("p.csv", "prompt_id,prompt\na,cat\na,dog\n")),
+    "sample-rollouts/prompts column named like a rollouts column": Case(
+        lambda w, t: ["sample-rollouts", "-m", w.zoo, "--prompts", t / "p.csv", *SAMPLER, "-o", t / "out"],
+        lambda w, t: f"{t / 'p.csv'}: column 'seed' is also a column of the rollouts table, which carries the "
+                     "prompts' other columns; rename it",
+        setup=write("p.csv", "prompt_id,prompt,seed\na,cat,1\n")),
     "sample-rollouts/--out exists": Case(
         lambda w, t: ["sample-rollouts", "-m", w.zoo, "--prompts", w.prompts, *SAMPLER, "-o", w.rollouts],
         lambda w, t: f"{w.rollouts}: already exists; remove it or choose another --out", outputs=()),
@@ -502,6 +514,33 @@ CASES: dict[str, Case] = {
     "grpo-step/--lr NaN": Case(grpo("--lr", "nan"), const("--lr nan is invalid; expected a finite number > 0")),
     "grpo-step/--timestep-fraction 2": Case(grpo("--timestep-fraction", "2"),
                                             const("--timestep-fraction must lie in (0, 1], got 2.0")),
+    "grpo-step/unknown std": Case(grpo("--std", "sample"),
+                                  const("--std sample: choose one of group, group-unbiased, global")),
+    "grpo-step/--advantage-eps 0": Case(grpo("--advantage-eps", "0"), const("--advantage-eps must be > 0, got 0.0")),
+    "grpo-step/unknown preset": Case(grpo("--preset", "flow-grpo"),
+                                     const("--preset flow-grpo: choose none or teleboost")),
+    "grpo-step/--crt rerange without --bpgo": Case(
+        grpo("--crt", "rerange"), const("--crt needs --bpgo (CRT contrasts rewards with BPGO's prior)")),
+    "grpo-step/--crt-temperature 0": Case(grpo("--crt-temperature", "0"),
+                                          const("--crt-temperature must be > 0, got 0.0")),
+    "grpo-step/unknown ras": Case(grpo("--bpgo", "--ras", "beta"),
+                                  const("--ras beta: choose one of sigmoid, bayesian, bayes-group")),
+    "grpo-step/--ras-weight-range reversed": Case(
+        grpo("--bpgo", "--ras-weight-range", "1.5,0.5"),
+        const("--ras-weight-range 1.5,0.5: give MIN,MAX with 0 <= MIN <= MAX, e.g. 0.5,1.5")),
+    "grpo-step/--prior-column without --bpgo": Case(grpo("--prior-column", "prior"),
+                                                    const("--prior-column is BPGO's prior; add --bpgo")),
+    "grpo-step/--prior-column not in the rollouts": Case(
+        grpo("--bpgo", "--prior-column", "prior"),
+        lambda w, t: f"{w.rollouts}: has no column 'prior' for --prior-column; add it to the prompts table and "
+                     "sample again (sample-rollouts carries the prompts' extra columns)"),
+    "grpo-step/--prior and --prior-column": Case(
+        grpo("--bpgo", "--prior", lambda w, t: w.scores, "--prior-column", "prior"),
+        const("give one BPGO prior: --prior TABLE or --prior-column COLUMN")),
+    "grpo-step/unknown aggregation": Case(grpo("--aggregation", "max"), const(
+        "--aggregation max: choose one of sum-then-normalise, normalise-then-sum, min-norm")),
+    "grpo-step/unknown vipo pca": Case(grpo("--vipo-pca", "frame"), const("--vipo-pca frame: choose one of video, "
+                                                                          "per-frame")),
     "grpo-step/--resume without a checkpoint": Case(
         grpo("--resume", tmp("empty")),
         lambda w, t: f"{t / 'empty'}: holds no checkpoint to resume from; give the OUT.run of an interrupted run, "
