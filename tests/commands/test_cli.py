@@ -30,9 +30,9 @@ def test_schema_list(run_vpt):
     result = run_vpt(["schema", "list"])
     assert result.exit_code == 0
     assert [line.split()[:2] for line in result.output.splitlines()] == [
-        ["annotations", "v1"], ["flow_metrics", "v1"], ["gsb", "v1"], ["gsb_counts", "v1"], ["gsb_judgements", "v1"], ["metrics", "v1"],
-        ["prefs", "v1"], ["prompts", "v1"], ["rewardbench", "v1"], ["rollouts", "v1"], ["scores", "v1"],
-        ["videos", "v1"],
+        ["annotations", "v1"], ["flow_metrics", "v1"], ["gsb", "v1"], ["gsb_counts", "v1"], ["gsb_judgements", "v1"],
+        ["metrics", "v1"], ["prefs", "v1"], ["prompts", "v1"], ["rewardbench", "v1"], ["rollouts", "v2"],
+        ["scores", "v1"], ["videos", "v1"],
     ]
 
 
