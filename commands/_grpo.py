@@ -23,6 +23,10 @@ ALGORITHM: dict[str, tuple[Any, str]] = {
     "--clip-range": (1e-3, "PPO clip range c of the ratio."),
     "--kl-beta": (0.0, "Weight of the KL to the reference (LoRA disabled)."),
     "--timestep-fraction": (1.0, "Train this share of each rollout's recorded steps (seeded)."),
+    "--timestep-weight": ("none", "none, or tempflow: weigh each step's loss by its noise std over the schedule's "
+                                  "mean (TempFlow-GRPO)."),
+    "--grad-reweight": ("none", "GRPO-Guard: multiply each step's loss by 1/dt (flow-grpo) or (1 + a^2 (1 - t) / "
+                                "(2t)) / dt (dancegrpo); pair it with a small --clip-range (README)."),
     "--bpgo": (False, "BPGO: scale each group by its reliability weight (RAS)."),
     "--prior": (None, "BPGO prior: scores of the reference policy's samples (default: a running mean per prompt)."),
     "--prior-column": (None, "BPGO prior: this column of the rollouts (carried from the prompts table), one value "

@@ -97,3 +97,28 @@ def test_bad_released_mode_options_get_one_line(run_vpt, tiny_zoo, prompts, extr
                       prompts / "plain.scores.parquet", "-o", prompts / "bad", "--reward", "brightness", "-q", *extra])
     assert result.exit_code == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (prompts / "bad").exists()
+
+
+def flow_grpo_step_std(sigmas, k, noise):
+    """s_k = a·sqrt(σ/(1−σ))·sqrt(σ − σ'), the σ = 1 denominator taken at the first step's σ_1 (float64)."""
+    sigma, after = sigmas[k], sigmas[k + 1]
+    denominator = 1 - sigmas[1] if sigma >= 1 else 1 - sigma
+    return noise * (sigma / denominator) ** 0.5 * (sigma - after) ** 0.5
+
+
+@pytest.mark.parametrize("extra", [["--timestep-weight", "tempflow"], ["--grad-reweight", "flow-grpo"]])
+def test_step_weights_are_the_tempflow_and_guard_formulas(run_vpt, tiny_zoo, prompts, extra):
+    rows = sample(run_vpt, tiny_zoo, prompts, "weights") if not (prompts / "weights").is_dir() else \
+        read_table(prompts / "weights" / "rollouts.parquet", "rollouts").to_pylist()
+    metrics, record = step(run_vpt, tiny_zoo, prompts, "weights", f"weights-{extra[1]}", "--reward", "brightness",
+                           *extra)
+    sigmas, steps, noise = rows[0]["sigmas"], rows[0]["recorded_steps"], rows[0]["noise_level"]
+    if extra[1] == "tempflow":
+        stds = [flow_grpo_step_std(sigmas, k, noise) for k in range(len(sigmas) - 1)]
+        weights = [stds[k] / (sum(stds) / len(stds) + 1e-8) for k in steps]
+    else:
+        weights = [1 / (sigmas[k] - sigmas[k + 1] + 1e-6) for k in steps]
+    # every block is one recorded step of 3 samples: the step's mean weight is the mean over the recorded steps
+    assert metrics[(1, "step_weight_mean")] == pytest.approx(sum(weights) / len(weights), rel=1e-5)
+    assert metrics[(None, "ratio_min")] == 1.0 and metrics[(None, "ratio_max")] == 1.0
+    assert record["grpo"][extra[0].lstrip("-").replace("-", "_")] == extra[1]

@@ -537,6 +537,10 @@ CASES: dict[str, Case] = {
     "grpo-step/--prior and --prior-column": Case(
         grpo("--bpgo", "--prior", lambda w, t: w.scores, "--prior-column", "prior"),
         const("give one BPGO prior: --prior TABLE or --prior-column COLUMN")),
+    "grpo-step/unknown timestep weight": Case(grpo("--timestep-weight", "snr"),
+                                              const("--timestep-weight snr: choose one of none, tempflow")),
+    "grpo-step/unknown grad reweight": Case(grpo("--grad-reweight", "cps"),
+                                            const("--grad-reweight cps: choose one of none, flow-grpo, dancegrpo")),
     "grpo-step/unknown aggregation": Case(grpo("--aggregation", "max"), const(
         "--aggregation max: choose one of sum-then-normalise, normalise-then-sum, min-norm")),
     "grpo-step/unknown vipo pca": Case(grpo("--vipo-pca", "frame"), const("--vipo-pca frame: choose one of video, "

@@ -35,6 +35,8 @@ from vpt.algo.curriculum import GatedCurriculum, softmax_curriculum_weights
 from vpt.algo.flow_sde import gaussian_log_prob, sde_step_mean_std, state_indices_of
 from vpt.algo.grpo import (ADVANTAGE_EPS, AGGREGATIONS, STD_MODES, aggregate_rewards, clip_advantages,
                            clipped_surrogate, group_advantages, joint_advantages, kl_to_reference)
+from vpt.algo.grpo_guard import GRAD_REWEIGHT_FORMS, grad_reweight
+from vpt.algo.tempflow import noise_step_weights
 from vpt.algo.vipo import (BLUR_MODES, GRID_ROUNDINGS, NORMALISATIONS, ORIENTATIONS, PCA_MODES, TIME_ALIGNMENTS,
                            VipoMapOptions, advantage_map, per_position_log_prob)
 from vpt.distributed import unwrapped
@@ -46,6 +48,8 @@ from vpt.train.run import StageTask, train_stage
 
 CRT_MODES = ("off", "replace", "auxiliary", "rerange")
 RAS_FORMS = ("sigmoid", "bayesian", "bayes-group")
+TIMESTEP_WEIGHTS = ("none", "tempflow")
+GRAD_REWEIGHTS = ("none", *GRAD_REWEIGHT_FORMS)
 SELF_PACED_FORMS = ("off", "softmax", "gated")
 
 
@@ -63,6 +67,8 @@ class GrpoOptions:
     clip_range: float = 1e-3
     kl_beta: float = 0.0
     timestep_fraction: float = 1.0
+    timestep_weight: str = "none"
+    grad_reweight: str = "none"
     bpgo: bool = False
     ras: str = "sigmoid"
     ras_alpha: float = RAS_ALPHA
@@ -101,7 +107,8 @@ class GrpoOptions:
         if not self.reward:
             raise VptError("--reward names no column; give COLUMN or COLUMN=WEIGHT,...")
         choices = (("aggregation", AGGREGATIONS), ("std", STD_MODES), ("crt", CRT_MODES), ("ras", RAS_FORMS),
-                   ("self_paced", SELF_PACED_FORMS), ("vipo_pca", PCA_MODES), ("vipo_orient", ORIENTATIONS),
+                   ("self_paced", SELF_PACED_FORMS), ("timestep_weight", TIMESTEP_WEIGHTS),
+                   ("grad_reweight", GRAD_REWEIGHTS), ("vipo_pca", PCA_MODES), ("vipo_orient", ORIENTATIONS),
                    ("vipo_blur_mode", BLUR_MODES), ("vipo_normalise", NORMALISATIONS),
                    ("vipo_time", TIME_ALIGNMENTS), ("vipo_grid", GRID_ROUNDINGS))
         for name, allowed in choices:
@@ -554,6 +561,7 @@ class RolloutBatch(TensorBatch):
     auxiliary: torch.Tensor | None = None  # [b] CRT's auxiliary advantages (--crt auxiliary)
     advantage_map: torch.Tensor | None = None  # [b, F, h, w] ViPO's map
     old_log_prob_map: torch.Tensor | None = None  # [b, F, h, w] ViPO: the sampling policy's per-position log-probs
+    step_weight: torch.Tensor | None = None  # [b] TempFlow's noise weight of the step (--timestep-weight tempflow)
 
     @classmethod
     def concatenate(cls, blocks: Sequence["RolloutBatch"]) -> "RolloutBatch":
@@ -569,8 +577,9 @@ class RolloutSteps(torch.utils.data.Dataset):
     the stored log-probs, the text embeddings and the advantage(s) (and ViPO map)."""
 
     def __init__(self, rollouts, blocks: Sequence[Block], advantages: torch.Tensor,
-                 auxiliary: torch.Tensor | None = None, maps: Sequence[torch.Tensor] | None = None):
-        self.rollouts, self.blocks = rollouts, list(blocks)
+                 auxiliary: torch.Tensor | None = None, maps: Sequence[torch.Tensor] | None = None,
+                 step_weights: bool = False):
+        self.rollouts, self.blocks, self.step_weights = rollouts, list(blocks), step_weights
         self.advantages = advantages.float()
         self.auxiliary = None if auxiliary is None else auxiliary.float()
         self.maps = maps
@@ -606,6 +615,8 @@ class RolloutSteps(torch.utils.data.Dataset):
             item["auxiliary"] = self.auxiliary[r]
         if self.maps is not None:
             item["advantage_map"] = self.maps[r]
+        if self.step_weights:
+            item["step_weight"] = noise_step_weights(sigmas, row["noise_level"], sde_form_of(row))[step]
         return item
 
     def __getitem__(self, index: int) -> "RolloutBatch":
@@ -659,6 +670,17 @@ class GrpoLoss:
         return sde_step_mean_std(x, velocity.float(), sigma, sigma_next, self.noise_level, first_next,
                                  form=self.sde_form)
 
+    def step_loss_weight(self, batch: RolloutBatch) -> torch.Tensor:
+        """``[B]``: TempFlow's noise weight of each sample's step (``--timestep-weight tempflow``) times GRPO-Guard's
+        gradient reweight ``δ`` (``--grad-reweight``); ones without either."""
+        weight = torch.ones_like(batch.advantage)
+        if batch.step_weight is not None:
+            weight = weight * batch.step_weight
+        if self.options.grad_reweight != "none":
+            weight = weight * grad_reweight(self.options.grad_reweight, batch.sigma - batch.sigma_next,
+                                            eta=self.noise_level, t=batch.sigma)
+        return weight
+
     def log_prob_maps(self, model, batch: RolloutBatch) -> torch.Tensor:
         """Per-latent-position log-probs ``[B, F, h, w]`` of the recorded steps (ViPO's dense ratio)."""
         mean, std = self.step_mean_std(model, batch)
@@ -667,10 +689,12 @@ class GrpoLoss:
     def __call__(self, model, batch: RolloutBatch) -> tuple[torch.Tensor, dict[str, Any]]:
         options = self.options
         mean, std = self.step_mean_std(model, batch)
+        # a positive per-sample weight of the clipped loss is the same weight on its advantage
+        weight = self.step_loss_weight(batch)
         if options.vipo:
             log_prob = per_position_log_prob(batch.x_next, mean, std)
             old = batch.old_log_prob_map
-            scale = batch.advantage_map
+            scale = batch.advantage_map * weight.reshape(-1, 1, 1, 1)
             advantage = batch.advantage.reshape(-1, 1, 1, 1) * scale
             auxiliary = None if batch.auxiliary is None else batch.auxiliary.reshape(-1, 1, 1, 1) * scale
             if options.clip_after_transforms:  # the release clips the dense advantage, element by element
@@ -679,10 +703,13 @@ class GrpoLoss:
         else:
             log_prob = gaussian_log_prob(batch.x_next, mean, std)
             old = batch.old_log_prob
-            advantage, auxiliary = batch.advantage, batch.auxiliary
+            advantage = batch.advantage * weight
+            auxiliary = None if batch.auxiliary is None else batch.auxiliary * weight
         loss, stats = clipped_surrogate(log_prob, old, advantage, options.clip_range)
         metrics: dict[str, Any] = {"policy_loss": loss.detach(), "clip_fraction": stats.clip_fraction,
                                    "ratio_mean": stats.ratio_mean}
+        if options.timestep_weight != "none" or options.grad_reweight != "none":
+            metrics["step_weight_mean"] = float(weight.mean())
         if auxiliary is not None:
             crt_loss, _ = clipped_surrogate(log_prob, old, auxiliary, options.clip_range)
             loss = loss + options.crt_weight * crt_loss
@@ -742,7 +769,8 @@ def grpo_step(inputs: StepInputs, options: GrpoOptions, out: str | Path, config,
                                     inputs.prior_source, inputs.row_priors)
     blocks = trained_blocks(rows, options.timestep_fraction, options.seed, state.iteration)
     maps = vipo_maps(rollouts, inputs.dinov2, options.vipo_blur, options.vipo_map) if options.vipo else None
-    dataset = RolloutSteps(rollouts, blocks, advantages.advantages, advantages.auxiliary, maps)
+    dataset = RolloutSteps(rollouts, blocks, advantages.advantages, advantages.auxiliary, maps,
+                           step_weights=options.timestep_weight == "tempflow")
     loss = GrpoLoss(options, rows[0]["noise_level"], rows[0]["guidance"], wan_dtype(policy), sde_form_of(rows[0]))
     if options.vipo:
         dataset.old_maps = old_log_prob_maps(loss, policy, dataset)
