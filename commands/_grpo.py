@@ -27,6 +27,11 @@ ALGORITHM: dict[str, tuple[Any, str]] = {
                                   "mean (TempFlow-GRPO)."),
     "--grad-reweight": ("none", "GRPO-Guard: multiply each step's loss by 1/dt (flow-grpo) or (1 + a^2 (1 - t) / "
                                 "(2t)) / dt (dancegrpo); pair it with a small --clip-range (README)."),
+    "--ratio-norm": (False, "GRPO-Guard: take the mean shift's bias out of each step's log-ratio before clipping "
+                            "(needs rollouts sampled with --record-means)."),
+    "--trust-region": ("clip", "clip (PPO's ratio clip), or kl: Flow-DPPO, drop a sample's gradient where the exact "
+                               "KL of its step exceeds --kl-max and the update moves away (needs --record-means)."),
+    "--kl-max": (1e-3, "Flow-DPPO's KL bound per step (--trust-region kl)."),
     "--bpgo": (False, "BPGO: scale each group by its reliability weight (RAS)."),
     "--prior": (None, "BPGO prior: scores of the reference policy's samples (default: a running mean per prompt)."),
     "--prior-column": (None, "BPGO prior: this column of the rollouts (carried from the prompts table), one value "

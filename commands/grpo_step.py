@@ -84,8 +84,8 @@ def grpo_step(
     targets = shared.policy_lora_targets(lora_targets)
     check_output(Path(out), resume)
     inputs = load_step_inputs(policy=policy, init=init, model=model, rollouts=rollouts, scores=scores,
-                              prior=values["prior"], options=options, vipo_model=values["vipo_model"], lora_rank=lora_rank, lora_alpha=lora_alpha,
-                              lora_targets=targets, init_lora=init_lora, command=_ui.command_line(context),
+                              prior=values["prior"], options=options, vipo_model=values["vipo_model"],
+                              lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=targets, init_lora=init_lora, command=_ui.command_line(context),
                               dtype=frozen_dtype, gradient_checkpointing=gradient_checkpointing)
     result = run(inputs, options, out, config, steps_per_iteration=steps_per_iteration, resume=resume, quiet=quiet)
     if not quiet and current_processes().is_main:

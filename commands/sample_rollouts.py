@@ -58,6 +58,9 @@ def sample_rollouts(
     latent_dtype: str = typer.Option("fp32", "--latent-dtype", help="Storage of the recorded states and final "
                                                                     "latents: fp32, or bf16 (half the bytes; the "
                                                                     "sampler goes on from the rounded states)."),
+    record_means: bool = typer.Option(False, "--record-means", help="Store each recorded step's mean (float32; "
+                                      "as many bytes again as fp32 states), for grpo-step --ratio-norm and "
+                                      "--trust-region kl."),
     seed: int = sampling.SEED,
     preset: str = typer.Option("none", "--preset", help="none, or teleboost: --sde-form dancegrpo, --noise-level "
                                "0.25, --steps 16, --shift 5 and --same-noise where not given (the TeleBoost "
@@ -94,7 +97,7 @@ def sample_rollouts(
                              guidance=guidance, frames=frames, height=height, width=width, fps=fps, seed=seed,
                              same_noise=same_noise,
                              sde_window=_window(sde_window), negative_prompt=negative_prompt, shift=shift,
-                             batch_size=batch_size, latent_dtype=latent_dtype)
+                             batch_size=batch_size, latent_dtype=latent_dtype, record_means=record_means)
     options.check()
     generator = open_generator(model, policy, target, weights_dtype, processes, context_parallel)
     mine = len(processes.data_groups(context_parallel).shard(range(len(items))))

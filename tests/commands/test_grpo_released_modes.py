@@ -39,7 +39,8 @@ def step(run_vpt, zoo, root, name, out, *extra):
                       root / f"{name}.scores.parquet", "-o", root / out, "--lr", "1e-2", "-q", *extra])
     assert result.exit_code == 0, result.stderr
     rows = pq.read_table(root / out / "metrics.parquet").to_pylist()
-    return {(row["step"], row["name"]): row["value"] for row in rows}, json.loads((root / out / "policy.json").read_text())
+    record = json.loads((root / out / "policy.json").read_text())
+    return {(row["step"], row["name"]): row["value"] for row in rows}, record
 
 
 @pytest.mark.parametrize("form, noise", [("dancegrpo", "0.25"), ("cps", "0.7")])
@@ -122,3 +123,33 @@ def test_step_weights_are_the_tempflow_and_guard_formulas(run_vpt, tiny_zoo, pro
     assert metrics[(1, "step_weight_mean")] == pytest.approx(sum(weights) / len(weights), rel=1e-5)
     assert metrics[(None, "ratio_min")] == 1.0 and metrics[(None, "ratio_max")] == 1.0
     assert record["grpo"][extra[0].lstrip("-").replace("-", "_")] == extra[1]
+
+
+def test_ratio_norm_and_the_kl_trust_region_start_at_ratio_one_and_then_act(run_vpt, tiny_zoo, prompts):
+    rows = sample(run_vpt, tiny_zoo, prompts, "means", "--record-means")
+    from vpt.rollouts.store import load_rollouts
+
+    stored = load_rollouts(prompts / "means")
+    assert stored.means(rows[0]).shape[0] == len(rows[0]["recorded_steps"])
+    normed, _ = step(run_vpt, tiny_zoo, prompts, "means", "means-norm", "--reward", "brightness", "--ratio-norm",
+                     "--steps-per-iteration", "3")
+    # step 1 sees the sampling policy: no mean shift, so the normalised ratio is exactly 1
+    assert normed[(1, "ratio_mean")] == 1.0 and normed[(1, "clip_fraction")] == 0.0
+    assert normed[(3, "ratio_mean")] != 1.0
+    region, record = step(run_vpt, tiny_zoo, prompts, "means", "means-kl", "--reward", "brightness",
+                          "--trust-region", "kl", "--kl-max", "1e-12", "--steps-per-iteration", "3")
+    assert region[(1, "trust_region/kl")] == 0.0 and region[(1, "trust_region/masked_fraction")] == 0.0
+    # with a bound of ~0 every moved sample whose ratio went the advantage's way is masked
+    assert region[(3, "trust_region/kl")] > 0 and region[(3, "trust_region/masked_fraction")] > 0
+    assert record["grpo"]["trust_region"] == "kl"
+
+
+def test_ratio_norm_needs_recorded_means(run_vpt, tiny_zoo, prompts):
+    if not (prompts / "plain").is_dir():
+        sample(run_vpt, tiny_zoo, prompts, "plain")
+    result = run_vpt(["grpo-step", "--init", tiny_zoo, "--rollouts", prompts / "plain", "--scores",
+                      prompts / "plain.scores.parquet", "-o", prompts / "bad", "--reward", "brightness", "-q",
+                      "--ratio-norm"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (f"vpt: error: {prompts / 'plain'}: row 1: no recorded step means, which "
+                                     "--ratio-norm and --trust-region kl need; sample the rollouts with --record-means")

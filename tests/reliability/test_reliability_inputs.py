@@ -541,6 +541,21 @@ CASES: dict[str, Case] = {
                                               const("--timestep-weight snr: choose one of none, tempflow")),
     "grpo-step/unknown grad reweight": Case(grpo("--grad-reweight", "cps"),
                                             const("--grad-reweight cps: choose one of none, flow-grpo, dancegrpo")),
+    "grpo-step/unknown trust region": Case(grpo("--trust-region", "tv"),
+                                           const("--trust-region tv: choose one of clip, kl")),
+    "grpo-step/--kl-max 0": Case(grpo("--trust-region", "kl", "--kl-max", "0"),
+                                 const("--kl-max must be > 0, got 0.0")),
+    "grpo-step/--ratio-norm with --trust-region kl": Case(
+        grpo("--ratio-norm", "--trust-region", "kl"),
+        const("--ratio-norm normalises the ratio for clipping, which --trust-region kl replaces; choose one")),
+    "grpo-step/--ratio-norm with --vipo": Case(
+        grpo("--ratio-norm", "--vipo"),
+        const("--ratio-norm and --trust-region kl work on one ratio per sample; ViPO's ratio is per latent position: "
+              "use them without --vipo")),
+    "grpo-step/--trust-region kl without recorded means": Case(
+        grpo("--trust-region", "kl"),
+        lambda w, t: f"{w.rollouts}: row 1: no recorded step means, which --ratio-norm and --trust-region kl need; "
+                     "sample the rollouts with --record-means"),
     "grpo-step/unknown aggregation": Case(grpo("--aggregation", "max"), const(
         "--aggregation max: choose one of sum-then-normalise, normalise-then-sum, min-norm")),
     "grpo-step/unknown vipo pca": Case(grpo("--vipo-pca", "frame"), const("--vipo-pca frame: choose one of video, "

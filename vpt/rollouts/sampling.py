@@ -50,6 +50,7 @@ class RolloutOptions:
     max_sequence_length: int = MAX_SEQUENCE_LENGTH
     batch_size: int | None = None  # samples per transformer forward; None = the whole group
     latent_dtype: str = "fp32"  # a key of LATENT_DTYPES: how states and final latents are stored (and rounded)
+    record_means: bool = False  # store each recorded step's mean (float32), for grpo-step's ratio norm / trust region
 
     def sde_steps(self) -> list[int]:
         if self.noise_level == 0:
@@ -122,6 +123,7 @@ class GroupRollout:
     videos: np.ndarray  # uint8 [G, T, H, W, 3]
     latents: torch.Tensor  # [G, C, F, h, w] in the latent dtype: the final states the videos were decoded from
     latent_dtype: str = "fp32"  # the key of LATENT_DTYPES the states and latents are stored in
+    means: torch.Tensor | None = None  # float32 [G, K, C, F, h, w]: each recorded step's mean (record_means)
 
 
 def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor | None, prompt_id: str,
@@ -141,7 +143,7 @@ def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tenso
     batch = options.batch_size or options.group_size
     device = pipe.transformer.device
     storage = LATENT_DTYPES[options.latent_dtype]
-    states, log_probs, videos, finals = [], [], [], []
+    states, log_probs, videos, finals, means = [], [], [], [], []
     for start in range(0, options.group_size, batch):
         members = range(start, min(start + batch, options.group_size))
         # Noise is drawn on CPU generators, so a seed gives the same rollout on any device.
@@ -160,13 +162,22 @@ def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tenso
                                options.guidance)
         if steer is not None:
             velocity = steer(velocity, prompt_embeds.expand(size, -1, -1))
+        step_means: list[torch.Tensor] = []
+
+        def callback(info) -> None:
+            if options.record_means and info.log_prob is not None:
+                step_means.append(info.mean.float().cpu())
+            if on_step is not None:
+                on_step(1)
+
         with torch.no_grad():
             out = sample_flow(velocity, noise, sigmas, options.noise_level, sde_steps, step_noise,
-                              form=options.sde_form, callback=None if on_step is None else lambda info: on_step(1),
-                              state_dtype=storage)
+                              form=options.sde_form, callback=callback, state_dtype=storage)
             if out.states:
                 states.append(torch.stack(out.states, dim=1).to(storage).cpu())
                 log_probs.append(torch.stack(out.log_probs, dim=1).cpu())
+            if step_means:
+                means.append(torch.stack(step_means, dim=1))
             final = out.latents.to(storage)
             videos.extend(to_uint8(decode_latents(pipe, final)))  # one decode per batch, as WanPipeline
             finals.append(final.cpu())
@@ -175,5 +186,6 @@ def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tenso
                         recorded_steps=sde_steps, state_indices=state_indices_of(sde_steps),
                         states=torch.cat(states) if states else empty,
                         log_probs=torch.cat(log_probs) if log_probs else torch.zeros((options.group_size, 0)),
-                        videos=np.stack(videos), latents=torch.cat(finals), latent_dtype=options.latent_dtype)
+                        videos=np.stack(videos), latents=torch.cat(finals), latent_dtype=options.latent_dtype,
+                        means=torch.cat(means) if means else None)
 

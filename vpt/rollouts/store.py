@@ -99,6 +99,11 @@ def final_key(sample_index: int) -> str:
     return f"final-{sample_index}"
 
 
+def means_key(sample_index: int) -> str:
+    """The shard key of a sample's recorded step means."""
+    return f"means-{sample_index}"
+
+
 def write_group(directory: Path, group: GroupRollout, prompt: str, group_id: str, group_stem: str,
                 sample_ids: list[str], sample_stems: list[str], embeds_shard: str, negative_key: str | None,
                 common: dict, fps: float) -> list[dict]:
@@ -109,6 +114,8 @@ def write_group(directory: Path, group: GroupRollout, prompt: str, group_id: str
     # the states and latents are already in the run's latent dtype (and were sampled rounded to it)
     tensors = {str(k): group.states[k] for k in range(len(sample_ids))}
     tensors.update({final_key(k): group.latents[k] for k in range(len(sample_ids))})
+    if group.means is not None:
+        tensors.update({means_key(k): group.means[k] for k in range(len(sample_ids))})
     _save(tensors, directory / latents_shard,
           {"state_indices": json.dumps(group.state_indices)})
     rows = []
@@ -124,6 +131,7 @@ def write_group(directory: Path, group: GroupRollout, prompt: str, group_id: str
             "latents_shard": latents_shard, "latents_key": str(k), "final_latents_key": final_key(k),
             "embeds_shard": embeds_shard,
             "embeds_key": PROMPT_KEY, "negative_embeds_key": negative_key, "latent_dtype": group.latent_dtype,
+            "means_key": None if group.means is None else means_key(k),
             **common,
         })
     return rows
@@ -170,6 +178,12 @@ class RolloutSet:
         for rollouts written before final latents were recorded)."""
         key = row.get("final_latents_key")
         return None if key is None else self._tensors(row["latents_shard"])[key].float()
+
+    def means(self, row: dict) -> torch.Tensor | None:
+        """float32 [K, C, F, h, w]: the sampling policy's mean of each recorded step (None unless sampled with
+        --record-means)."""
+        key = row.get("means_key")
+        return None if key is None else self._tensors(row["latents_shard"])[key]
 
     def log_probs(self, row: dict) -> torch.Tensor:
         """float32 [K]: the stored log-prob of each recorded step."""

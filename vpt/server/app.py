@@ -6,8 +6,8 @@ then stops accepting, finishes the requests in flight and returns normally (the 
 
 A request's videos are written to a temporary directory the server owns (bytes sent in the body) or read where
 they are (a path), decoded by a small thread pool as they arrive (:func:`~vpt.rewards.engine.model_inputs`,
-one decode for every model asked, each model's per-video work done there), and queued for the :class:`~vpt.server.batching.Batcher`, whose one worker
-thread scores the videos of concurrent requests together. Temporary files are deleted when their request is
+one decode for every model asked, each model's per-video work done there), and queued for the
+:class:`~vpt.server.batching.Batcher`, whose one worker thread scores the videos of concurrent requests together. Temporary files are deleted when their request is
 answered, and the directory when the server stops.
 """
 

@@ -33,10 +33,11 @@ from vpt.algo.bpgo import (RAS_ALPHA, bayes_group_ras_weights, bayesian_ras_weig
                            normalise_with, ras_weights, rerange_rewards)
 from vpt.algo.curriculum import GatedCurriculum, softmax_curriculum_weights
 from vpt.algo.flow_sde import gaussian_log_prob, sde_step_mean_std, state_indices_of
-from vpt.algo.grpo import (ADVANTAGE_EPS, AGGREGATIONS, STD_MODES, aggregate_rewards, clip_advantages,
-                           clipped_surrogate, group_advantages, joint_advantages, kl_to_reference)
-from vpt.algo.grpo_guard import GRAD_REWEIGHT_FORMS, grad_reweight
+from vpt.algo.grpo import (ADVANTAGE_EPS, AGGREGATIONS, STD_MODES, SurrogateStats, aggregate_rewards,
+                           clip_advantages, clipped_surrogate, group_advantages, joint_advantages, kl_to_reference)
+from vpt.algo.grpo_guard import GRAD_REWEIGHT_FORMS, grad_reweight, normalised_log_ratio
 from vpt.algo.tempflow import noise_step_weights
+from vpt.algo.trust_region import kl_trust_region_loss, step_kl
 from vpt.algo.vipo import (BLUR_MODES, GRID_ROUNDINGS, NORMALISATIONS, ORIENTATIONS, PCA_MODES, TIME_ALIGNMENTS,
                            VipoMapOptions, advantage_map, per_position_log_prob)
 from vpt.distributed import unwrapped
@@ -49,6 +50,7 @@ from vpt.train.run import StageTask, train_stage
 CRT_MODES = ("off", "replace", "auxiliary", "rerange")
 RAS_FORMS = ("sigmoid", "bayesian", "bayes-group")
 TIMESTEP_WEIGHTS = ("none", "tempflow")
+TRUST_REGIONS = ("clip", "kl")
 GRAD_REWEIGHTS = ("none", *GRAD_REWEIGHT_FORMS)
 SELF_PACED_FORMS = ("off", "softmax", "gated")
 
@@ -69,6 +71,9 @@ class GrpoOptions:
     timestep_fraction: float = 1.0
     timestep_weight: str = "none"
     grad_reweight: str = "none"
+    ratio_norm: bool = False
+    trust_region: str = "clip"
+    kl_max: float = 1e-3
     bpgo: bool = False
     ras: str = "sigmoid"
     ras_alpha: float = RAS_ALPHA
@@ -108,14 +113,14 @@ class GrpoOptions:
             raise VptError("--reward names no column; give COLUMN or COLUMN=WEIGHT,...")
         choices = (("aggregation", AGGREGATIONS), ("std", STD_MODES), ("crt", CRT_MODES), ("ras", RAS_FORMS),
                    ("self_paced", SELF_PACED_FORMS), ("timestep_weight", TIMESTEP_WEIGHTS),
-                   ("grad_reweight", GRAD_REWEIGHTS), ("vipo_pca", PCA_MODES), ("vipo_orient", ORIENTATIONS),
-                   ("vipo_blur_mode", BLUR_MODES), ("vipo_normalise", NORMALISATIONS),
+                   ("grad_reweight", GRAD_REWEIGHTS), ("trust_region", TRUST_REGIONS), ("vipo_pca", PCA_MODES),
+                   ("vipo_orient", ORIENTATIONS), ("vipo_blur_mode", BLUR_MODES), ("vipo_normalise", NORMALISATIONS),
                    ("vipo_time", TIME_ALIGNMENTS), ("vipo_grid", GRID_ROUNDINGS))
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise VptError(f"--{name.replace('_', '-')} {getattr(self, name)}: choose one of {', '.join(allowed)}")
         positive = ("clip_range", "advantage_clip", "prior_std", "curriculum_sharpness", "advantage_eps",
-                    "crt_temperature", "crt_clamp")
+                    "crt_temperature", "crt_clamp", "kl_max")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise VptError(f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}")
@@ -128,6 +133,12 @@ class GrpoOptions:
                 raise VptError(f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(self, name)}")
         if self.crt != "off" and not self.bpgo:
             raise VptError("--crt needs --bpgo (CRT contrasts rewards with BPGO's prior)")
+        if self.vipo and (self.ratio_norm or self.trust_region == "kl"):
+            raise VptError("--ratio-norm and --trust-region kl work on one ratio per sample; ViPO's ratio is per "
+                           "latent position: use them without --vipo")
+        if self.ratio_norm and self.trust_region == "kl":
+            raise VptError("--ratio-norm normalises the ratio for clipping, which --trust-region kl replaces; choose "
+                           "one")
         if self.prior_column is not None and not self.bpgo:
             raise VptError("--prior-column is BPGO's prior; add --bpgo")
         low, high = self.ras_weight_range
@@ -149,6 +160,11 @@ class GrpoOptions:
     @property
     def thresholds(self) -> tuple[float, ...]:
         return tuple(self.curriculum_thresholds) or (0.75,) * len(self.reward)
+
+    @property
+    def needs_old_means(self) -> bool:
+        """The sampling policy's step means are needed (recorded by sample-rollouts --record-means)."""
+        return self.ratio_norm or self.trust_region == "kl"
 
     @property
     def normalise_clip(self) -> float | None:
@@ -273,6 +289,12 @@ def load_step_inputs(*, policy: str | None, init: str | None, model: str | None,
         raise VptError("give one BPGO prior: --prior TABLE or --prior-column COLUMN")
     row_priors = None if options.prior_column is None else prior_column(rollout_set.rows, options.prior_column,
                                                                           rollouts)
+    if options.needs_old_means:
+        missing = next((number for number, row in enumerate(rollout_set.rows, start=1) if not row.get("means_key")),
+                       None)
+        if missing is not None:
+            raise VptError(f"{rollouts}: row {missing}: no recorded step means, which --ratio-norm and --trust-region "
+                           "kl need; sample the rollouts with --record-means")
 
     dinov2 = None
     if options.vipo:
@@ -562,6 +584,7 @@ class RolloutBatch(TensorBatch):
     advantage_map: torch.Tensor | None = None  # [b, F, h, w] ViPO's map
     old_log_prob_map: torch.Tensor | None = None  # [b, F, h, w] ViPO: the sampling policy's per-position log-probs
     step_weight: torch.Tensor | None = None  # [b] TempFlow's noise weight of the step (--timestep-weight tempflow)
+    old_mean: torch.Tensor | None = None  # [b, C, F, h, w] the sampling policy's step mean (--ratio-norm, DPPO)
 
     @classmethod
     def concatenate(cls, blocks: Sequence["RolloutBatch"]) -> "RolloutBatch":
@@ -578,8 +601,9 @@ class RolloutSteps(torch.utils.data.Dataset):
 
     def __init__(self, rollouts, blocks: Sequence[Block], advantages: torch.Tensor,
                  auxiliary: torch.Tensor | None = None, maps: Sequence[torch.Tensor] | None = None,
-                 step_weights: bool = False):
+                 step_weights: bool = False, old_means: bool = False):
         self.rollouts, self.blocks, self.step_weights = rollouts, list(blocks), step_weights
+        self.old_means = old_means
         self.advantages = advantages.float()
         self.auxiliary = None if auxiliary is None else auxiliary.float()
         self.maps = maps
@@ -617,6 +641,8 @@ class RolloutSteps(torch.utils.data.Dataset):
             item["advantage_map"] = self.maps[r]
         if self.step_weights:
             item["step_weight"] = noise_step_weights(sigmas, row["noise_level"], sde_form_of(row))[step]
+        if self.old_means:
+            item["old_mean"] = self.rollouts.means(row)[k]
         return item
 
     def __getitem__(self, index: int) -> "RolloutBatch":
@@ -705,9 +731,21 @@ class GrpoLoss:
             old = batch.old_log_prob
             advantage = batch.advantage * weight
             auxiliary = None if batch.auxiliary is None else batch.auxiliary * weight
-        loss, stats = clipped_surrogate(log_prob, old, advantage, options.clip_range)
+        if options.ratio_norm:  # GRPO-Guard: the ratio with the mean shift's bias taken out
+            log_prob = normalised_log_ratio(log_prob - old, mean, batch.old_mean, std.reshape(-1))
+            old = torch.zeros_like(log_prob)
+        if options.trust_region == "kl":
+            kl = step_kl(mean.detach(), batch.old_mean, std.reshape(-1))
+            loss, region = kl_trust_region_loss(log_prob, old, advantage, kl, options.kl_max)
+            ratio = torch.exp(log_prob - old).detach()
+            stats = SurrogateStats(clip_fraction=region.masked_fraction, ratio_mean=region.ratio_mean,
+                                   ratio_min=float(ratio.min()), ratio_max=float(ratio.max()))
+        else:
+            loss, stats = clipped_surrogate(log_prob, old, advantage, options.clip_range)
         metrics: dict[str, Any] = {"policy_loss": loss.detach(), "clip_fraction": stats.clip_fraction,
                                    "ratio_mean": stats.ratio_mean}
+        if options.trust_region == "kl":
+            metrics.update({"trust_region/masked_fraction": region.masked_fraction, "trust_region/kl": region.kl_mean})
         if options.timestep_weight != "none" or options.grad_reweight != "none":
             metrics["step_weight_mean"] = float(weight.mean())
         if auxiliary is not None:
@@ -770,7 +808,7 @@ def grpo_step(inputs: StepInputs, options: GrpoOptions, out: str | Path, config,
     blocks = trained_blocks(rows, options.timestep_fraction, options.seed, state.iteration)
     maps = vipo_maps(rollouts, inputs.dinov2, options.vipo_blur, options.vipo_map) if options.vipo else None
     dataset = RolloutSteps(rollouts, blocks, advantages.advantages, advantages.auxiliary, maps,
-                           step_weights=options.timestep_weight == "tempflow")
+                           step_weights=options.timestep_weight == "tempflow", old_means=options.needs_old_means)
     loss = GrpoLoss(options, rows[0]["noise_level"], rows[0]["guidance"], wan_dtype(policy), sde_form_of(rows[0]))
     if options.vipo:
         dataset.old_maps = old_log_prob_maps(loss, policy, dataset)
