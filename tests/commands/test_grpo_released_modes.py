@@ -153,3 +153,11 @@ def test_ratio_norm_needs_recorded_means(run_vpt, tiny_zoo, prompts):
     assert result.exit_code == 2
     assert result.stderr.strip() == (f"vpt: error: {prompts / 'plain'}: row 1: no recorded step means, which "
                                      "--ratio-norm and --trust-region kl need; sample the rollouts with --record-means")
+
+
+def test_cfg_free_rollouts_train_on_the_conditional_branch_alone(run_vpt, tiny_zoo, prompts):
+    rows = sample(run_vpt, tiny_zoo, prompts, "cfg-free", "--guidance", "1")
+    assert {(row["guidance"], row["negative_embeds_key"]) for row in rows} == {(1.0, None)}
+    metrics, _ = step(run_vpt, tiny_zoo, prompts, "cfg-free", "cfg-free-p1", "--reward", "brightness")
+    assert metrics[(None, "ratio_min")] == 1.0 and metrics[(None, "ratio_max")] == 1.0
+    assert metrics[(1, "grad_norm")] > 0
