@@ -161,3 +161,17 @@ def test_cfg_free_rollouts_train_on_the_conditional_branch_alone(run_vpt, tiny_z
     metrics, _ = step(run_vpt, tiny_zoo, prompts, "cfg-free", "cfg-free-p1", "--reward", "brightness")
     assert metrics[(None, "ratio_min")] == 1.0 and metrics[(None, "ratio_max")] == 1.0
     assert metrics[(1, "grad_norm")] > 0
+
+
+@pytest.mark.parametrize("extra", [[], ["--preset", "teleboost"], ["--preset", "teleboost", "--vipo-orient", "border"]])
+def test_vipo_with_vpts_or_the_released_map_starts_at_ratio_one(run_vpt, tiny_zoo, prompts, extra):
+    if not (prompts / "plain").is_dir():
+        sample(run_vpt, tiny_zoo, prompts, "plain")
+    name = "vipo-" + "-".join(part.strip("-") for part in extra)
+    metrics, record = step(run_vpt, tiny_zoo, prompts, "plain", name, "--reward", "brightness", "--vipo", *extra)
+    assert metrics[(None, "ratio_min")] == 1.0 and metrics[(None, "ratio_max")] == 1.0
+    chosen = record["grpo"]
+    released = bool(extra)
+    assert (chosen["vipo_pca"], chosen["vipo_blur_mode"], chosen["vipo_grid"]) == (
+        ("per-frame", "reflect", "floor") if released else ("video", "replicate", "round"))
+    assert chosen["vipo_orient"] == ("svd" if extra[-1:] == ["teleboost"] else "border")
