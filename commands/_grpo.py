@@ -3,11 +3,11 @@ of them the command line leaves alone to a published recipe's values."""
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Mapping, Optional
 
 import typer
 
+from vpt.commands import _options
 from vpt.commands._lists import comma_floats
 
 # option -> (default, help)
@@ -89,26 +89,16 @@ def _name(flag: str) -> str:
 def algorithm_options(command):
     """Give ``command`` every option of :data:`ALGORITHM` (an option group, as the training options are); the
     command takes them as ``**options`` and passes them to :func:`grpo_options`."""
-    signature = inspect.signature(command)
-    parameters = [parameter for parameter in signature.parameters.values() if parameter.kind != parameter.VAR_KEYWORD]
-    for flag, (default, help_text) in ALGORITHM.items():
-        kind = str if default is None else type(default)
-        annotation = Optional[kind] if default is None else kind
-        command.__annotations__[_name(flag)] = annotation
-        parameters.append(inspect.Parameter(_name(flag), inspect.Parameter.KEYWORD_ONLY,
-                                            default=typer.Option(default, flag, help=help_text), annotation=annotation))
-    command.__signature__ = signature.replace(parameters=parameters)
-    return command
+    return _options.add_options(command, [(_name(flag), typer.Option(default, flag, help=help_text),
+                                  Optional[str] if default is None else type(default))
+                                 for flag, (default, help_text) in ALGORITHM.items()])
 
 
 def with_preset(context: typer.Context, values: Mapping[str, Any]) -> dict[str, Any]:
     """``values`` (a command's options) with ``--preset``'s values in place of the defaults the user left."""
-    from vpt.commands._ui import with_preset as apply
-
-    preset = values["preset"]
     presets = {name: {**chosen, **(_WITH_BPGO.get(name, {}) if values["bpgo"] else {})}
                for name, chosen in PRESETS.items()}
-    return apply(context, values, preset, presets)
+    return _options.with_preset(context, values, values["preset"], presets)
 
 
 def grpo_options(values: Mapping[str, Any], reward: str):

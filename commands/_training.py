@@ -3,13 +3,13 @@ TrainConfig built from them, and the summary they print."""
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Mapping, Optional
 
 import typer
 
 from vpt.commands import _outputs as outputs
 from vpt.commands import _ui
+from vpt.commands._options import add_options
 from vpt.commands._lists import comma_list
 
 _SAME = object()
@@ -78,17 +78,13 @@ INTEGERS = {"--max-steps", "--epochs", "--frames", "--height", "--width"}
 def flow_stage_options(command):
     """Give ``command`` every option of :data:`FLOW_STAGE` (sqlite-utils' option groups): typer reads them from the
     signature built here, and the command takes them as ``**options``."""
-    signature = inspect.signature(command)
-    parameters = [parameter for parameter in signature.parameters.values() if parameter.kind != parameter.VAR_KEYWORD]
+    options = []
     for flag in FLOW_STAGE:
-        name = PARAMETERS.get(flag, flag.lstrip("-").replace("-", "_"))
         default = OPTIONS[flag][0]
         kind = int if flag in INTEGERS else str if default in (None, ...) else type(default)
-        command.__annotations__[name] = Optional[kind] if default is None else kind
-        parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option(flag),
-                                            annotation=command.__annotations__[name]))
-    command.__signature__ = signature.replace(parameters=parameters)
-    return command
+        options.append((PARAMETERS.get(flag, flag.lstrip("-").replace("-", "_")), option(flag),
+                        Optional[kind] if default is None else kind))
+    return add_options(command, options)
 
 
 # the TrainConfig field each shared option sets

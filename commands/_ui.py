@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Sequence
 
 import typer
 
@@ -124,18 +124,3 @@ def report(stage: str, result, quiet: bool) -> None:
     print_table(f"{stage} (step {result.step})", ["metric", "value"],
                     [[name, f"{value:.6g}"] for name, value in result.metrics.items()])
     typer.echo(f"{stage}: {result.step} steps -> {result.checkpoint}", err=True)
-
-
-def with_preset(context, values: Mapping[str, Any], preset: str, presets: Mapping[str, Mapping[str, Any]]
-                ) -> dict[str, Any]:
-    """A command's option ``values`` with preset ``preset``'s values (``none``: none) in place of the defaults the
-    command line left; what the user gave stays."""
-    from vpt.errors import VptError
-
-    if preset != "none" and preset not in presets:
-        raise VptError(f"--preset {preset}: choose none or {', '.join(presets)}")
-    chosen = presets.get(preset, {})
-    # by name: typer ships its own copy of click's ParameterSource
-    untouched = {name for name in chosen
-                 if getattr(context.get_parameter_source(name), "name", "DEFAULT") == "DEFAULT"}
-    return {**values, **{name: chosen[name] for name in untouched}}

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from vpt.commands import _sampling as sampling
-from vpt.commands import _outputs, _ui
+from vpt.commands import _options, _outputs, _ui
 
 
 # the TeleBoost release's sampling (recipes/wan_grpo_fsdp/run.sh): DanceGRPO's constant sigma_t, every step SDE
@@ -87,7 +87,7 @@ def sample_rollouts(
     from vpt.rollouts.run import prompt_items, sample_rollouts as run
     from vpt.rollouts.sampling import RolloutOptions
 
-    chosen = _ui.with_preset(context, locals(), preset, PRESETS)
+    chosen = _options.with_preset(context, locals(), preset, PRESETS)
     noise_level, sde_form, steps, shift, same_noise = (chosen[name] for name in
                                                        ("noise_level", "sde_form", "steps", "shift", "same_noise"))
     processes = current_processes()
