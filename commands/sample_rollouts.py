@@ -16,15 +16,16 @@ PRESETS = {"teleboost": {"sde_form": "dancegrpo", "noise_level": 0.25, "steps": 
                          "same_noise": True}}
 
 
-def _window(text: str | None) -> tuple[int, int] | None:
+def _pair(text: str | None, option: str, expected: str) -> tuple[int, int] | None:
+    """``A:B`` of two whole numbers, as ``option`` takes them; otherwise refused with what is ``expected``."""
     from vpt.errors import VptError
 
     if text is None:
         return None
-    start, sep, end = (part.strip() for part in text.partition(":"))
-    if not (sep and start.isdigit() and end.isdigit()):
-        raise VptError(f"--sde-window {text}: expected START:END step indices, e.g. 0:5")
-    return int(start), int(end)
+    first, sep, second = (part.strip() for part in text.partition(":"))
+    if not (sep and first.isdigit() and second.isdigit()):
+        raise VptError(f"{option} {text}: expected {expected}")
+    return int(first), int(second)
 
 
 def sample_rollouts(
@@ -41,6 +42,9 @@ def sample_rollouts(
     sde_form: str = typer.Option("flow-grpo", "--sde-form", help="Step std from the noise level a: flow-grpo "
                                  "(sigma_t = a*sqrt(sigma/(1-sigma))), dancegrpo (sigma_t = a, as TeleBoost) or cps "
                                  "(std = sigma'*sin(a*pi/2)); recorded, so grpo-step recomputes with the same form."),
+    branch: Optional[str] = typer.Option(None, "--branch", help="EARLY_K:EXPLORATION_K: TempFlow's branched rollouts; "
+                                         "at each of the first EARLY_K stochastic steps, EXPLORATION_K draws from one "
+                                         "deterministic trajectory per sample, deterministic after (one group each)."),
     sde_window: Optional[str] = typer.Option(None, "--sde-window", help="START:END: only steps START..END-1 are "
                                                                        "stochastic and recorded (default: all but "
                                                                        "the last)."),
@@ -96,12 +100,13 @@ def sample_rollouts(
     options = RolloutOptions(group_size=group_size, steps=steps, noise_level=noise_level, sde_form=sde_form,
                              guidance=guidance, frames=frames, height=height, width=width, fps=fps, seed=seed,
                              same_noise=same_noise,
-                             sde_window=_window(sde_window), negative_prompt=negative_prompt, shift=shift,
-                             batch_size=batch_size, latent_dtype=latent_dtype, record_means=record_means)
+                             sde_window=_pair(sde_window, "--sde-window", "START:END step indices, e.g. 0:5"), negative_prompt=negative_prompt, shift=shift,
+                             batch_size=batch_size, latent_dtype=latent_dtype, record_means=record_means,
+                             branch=_pair(branch, "--branch", "EARLY_K:EXPLORATION_K, e.g. 2:2"))
     options.check()
     generator = open_generator(model, policy, target, weights_dtype, processes, context_parallel)
     mine = len(processes.data_groups(context_parallel).shard(range(len(items))))
-    total = mine * steps * -(-group_size // (batch_size or group_size))
+    total = mine * options.transformer_steps()
     with _ui.progress(total, "sampling", quiet or not processes.is_main) as advance:
         summary = run(generator.pipe, items, options, out, processes, policy_id=generator.policy_id,
                       model_id=generator.model_id, on_step=advance, context_parallel=context_parallel)

@@ -175,3 +175,31 @@ def test_vipo_with_vpts_or_the_released_map_starts_at_ratio_one(run_vpt, tiny_zo
     assert (chosen["vipo_pca"], chosen["vipo_blur_mode"], chosen["vipo_grid"]) == (
         ("per-frame", "reflect", "floor") if released else ("video", "replicate", "round"))
     assert chosen["vipo_orient"] == ("svd" if extra[-1:] == ["teleboost"] else "border")
+
+
+def test_tempflow_branches_group_by_branch_point_and_train_with_ratio_one(run_vpt, tiny_zoo, prompts):
+    rows = sample(run_vpt, tiny_zoo, prompts, "branched", "--branch", "2:2", "-g", "2")
+    # 2 prompts x 2 initial noises x 2 branch points x 2 draws, each recording its branch point only
+    assert len(rows) == 16
+    by_group: dict[str, list[dict]] = {}
+    for row in rows:
+        by_group.setdefault(row["group_id"], []).append(row)
+    assert len(by_group) == 8 and all(len(members) == 2 for members in by_group.values())
+    for members in by_group.values():
+        point = members[0]["branch_point"]
+        assert {row["branch_point"] for row in members} == {point} and members[0]["recorded_steps"] == [point]
+        assert len({row["branch_root"] for row in members}) == 1 and len({row["seed"] for row in members}) == 1
+        assert members[0]["step_seed"] != members[1]["step_seed"]
+    assert {row["branch_point"] for row in rows} == {0, 1}
+    from vpt.rollouts.store import load_rollouts
+
+    stored = load_rollouts(prompts / "branched")
+    # the draws of one root share the deterministic trajectory up to their branch point
+    same_root = [row for row in rows if row["prompt_id"] == "ball" and row["branch_root"] == 0]
+    starts = {row["branch_point"]: stored.states(row)[0] for row in same_root}
+    for row in same_root:
+        assert stored.states(row)[0].equal(starts[row["branch_point"]])
+    metrics, _ = step(run_vpt, tiny_zoo, prompts, "branched", "branched-p1", "--reward", "brightness",
+                      "--timestep-weight", "tempflow")
+    assert metrics[(None, "ratio_min")] == 1.0 and metrics[(None, "ratio_max")] == 1.0
+    assert metrics[(None, "items")] == 16

@@ -399,6 +399,16 @@ CASES: dict[str, Case] = {
     "sample-rollouts/cps noise above 1": Case(
         sample("--sde-form", "cps", "--noise-level", "1.5"),
         const("--noise-level 1.5: give at most 1 with --sde-form cps (std = sigma' * sin(a * pi / 2))")),
+    "sample-rollouts/branch not a pair": Case(sample("--branch", "2"),
+                                              const("--branch 2: expected EARLY_K:EXPLORATION_K, e.g. 2:2")),
+    "sample-rollouts/branch of one draw": Case(
+        sample("--branch", "1:1"),
+        const("--branch 1:1: give EARLY_K >= 1 and EXPLORATION_K >= 2 (a branch point's draws are one GRPO group)")),
+    "sample-rollouts/branch past the stochastic steps": Case(
+        sample("--branch", "9:2"), const("--branch 9:2: EARLY_K is at most the 2 stochastic steps")),
+    "sample-rollouts/branch with --batch-size": Case(
+        sample("--branch", "1:2", "--batch-size", "1"),
+        const("--batch-size 1: does not apply with --branch: a branch point's draws are sampled together")),
     "sample-rollouts/unknown preset": Case(sample("--preset", "flow-grpo"),
                                            const("--preset flow-grpo: choose none or teleboost")),
     "sample-rollouts/batch of 0": Case(sample("--batch-size", "0"),

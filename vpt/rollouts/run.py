@@ -18,7 +18,7 @@ from vpt.errors import VptError
 from vpt.io.atomic import check_new_directory, commit, temporary_sibling
 from vpt.io.names import file_stems
 from vpt.models.wan import encode_prompts, latent_shape, warn_long_prompts
-from vpt.rollouts.sampling import RolloutOptions, Steer, sample_group
+from vpt.rollouts.sampling import RolloutOptions, Steer, sample_branches, sample_group
 from vpt.rollouts.store import TABLE_FILE, write_checksums, write_embeddings, write_group
 
 
@@ -58,7 +58,15 @@ def group_id(options: RolloutOptions, prompt_id: str) -> str:
     return f"{prompt_id}@{options.seed}"
 
 
+def branch_group_id(options: RolloutOptions, prompt_id: str, root: int, point: int) -> str:
+    """The GRPO group of one TempFlow branch point: (prompt row, branch point), as the release groups them."""
+    return f"{group_id(options, prompt_id)}#{root}@{point}"
+
+
 def sample_ids(options: RolloutOptions, prompt_id: str) -> list[str]:
+    if options.branch is not None:
+        return [f"{branch_group_id(options, prompt_id, root, point)}.{draw}" for root in range(options.group_size)
+                for point in options.branch_points() for draw in range(options.branch[1])]
     return [f"{group_id(options, prompt_id)}#{k}" for k in range(options.group_size)]
 
 
@@ -95,7 +103,10 @@ def padding(pipe, options: RolloutOptions, context_parallel: int,
     def pad(item: PromptItem) -> None:
         embeds, negative = encode_prompts(pipe, [item.prompt], options.negative_prompt, options.guidance,
                                           options.max_sequence_length)
-        sample_group(pipe, embeds, negative, item.prompt_id, options, steer=steer)
+        if options.branch is not None:
+            sample_branches(pipe, embeds, negative, item.prompt_id, options)
+        else:
+            sample_group(pipe, embeds, negative, item.prompt_id, options, steer=steer)
 
     return pad
 
@@ -160,6 +171,18 @@ def sample_rollouts(pipe, prompts: Sequence[PromptItem], options: RolloutOptions
         embeds, negative = encode_prompts(pipe, [item.prompt], options.negative_prompt, options.guidance,
                                           options.max_sequence_length)
         embeds_shard, negative_key = write_embeddings(directory, stem, embeds, negative)
+        if options.branch is not None:
+            rows = []
+            for branch in sample_branches(pipe, embeds, negative, item.prompt_id, options, on_step):
+                name = branch_group_id(options, item.prompt_id, branch.root, branch.point)
+                where = f"{stem}-{branch.root:03d}-k{branch.point:03d}"
+                draws = range(options.branch[1])
+                rows += write_group(directory, branch.group, item.prompt, name, where,
+                                    [f"{name}.{draw}" for draw in draws], [f"{where}-{draw:03d}" for draw in draws],
+                                    embeds_shard, negative_key,
+                                    {**item.carried, **common, "sampling_batch": options.branch[1],
+                                     "branch_root": branch.root, "branch_point": branch.point}, options.fps)
+            return rows
         group = sample_group(pipe, embeds, negative, item.prompt_id, options, on_step)
         return write_group(directory, group, item.prompt, group_id(options, item.prompt_id), stem,
                            sample_ids(options, item.prompt_id), [f"{stem}-{k:03d}" for k in range(options.group_size)],

@@ -51,6 +51,18 @@ class RolloutOptions:
     batch_size: int | None = None  # samples per transformer forward; None = the whole group
     latent_dtype: str = "fp32"  # a key of LATENT_DTYPES: how states and final latents are stored (and rounded)
     record_means: bool = False  # store each recorded step's mean (float32), for grpo-step's ratio norm / trust region
+    branch: tuple[int, int] | None = None  # TempFlow's (early_k, exploration_k): branch at the first early_k steps
+
+    def branch_points(self) -> list[int]:
+        """TempFlow's branch points: the first ``early_k`` stochastic steps (none without ``branch``)."""
+        return self.sde_steps()[: self.branch[0]] if self.branch is not None else []
+
+    def transformer_steps(self) -> int:
+        """Sampler steps (velocity calls) per prompt, for progress."""
+        if self.branch is None:
+            return self.steps * -(-self.group_size // (self.batch_size or self.group_size))
+        points = self.branch_points()
+        return self.group_size * (max(points) + sum(self.steps - k for k in points))
 
     def sde_steps(self) -> list[int]:
         if self.noise_level == 0:
@@ -82,6 +94,19 @@ class RolloutOptions:
             if not 0 <= start < end <= self.steps - 1:
                 raise bad("--sde-window", f"{start}:{end}", f"need 0 <= START < END <= steps - 1 = {self.steps - 1} "
                                                            "(the last step is never stochastic)")
+        if self.branch is not None:
+            early, draws = self.branch
+            where = f"{early}:{draws}"
+            if self.noise_level == 0:
+                raise bad("--branch", where, "branches are stochastic steps; give a --noise-level > 0")
+            if early < 1 or draws < 2:
+                raise bad("--branch", where, "give EARLY_K >= 1 and EXPLORATION_K >= 2 (a branch point's draws are "
+                                             "one GRPO group)")
+            if early > len(self.sde_steps()):
+                raise bad("--branch", where, f"EARLY_K is at most the {len(self.sde_steps())} stochastic steps")
+            if self.batch_size is not None:
+                raise bad("--batch-size", self.batch_size, "does not apply with --branch: a branch point's draws "
+                                                           "are sampled together")
         if self.batch_size is not None and self.batch_size < 1:
             raise bad("--batch-size", self.batch_size, "give at least 1 sample per forward")
         if not (self.fps > 0 and math.isfinite(self.fps)):
@@ -189,3 +214,74 @@ def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tenso
                         videos=np.stack(videos), latents=torch.cat(finals), latent_dtype=options.latent_dtype,
                         means=torch.cat(means) if means else None)
 
+
+
+@dataclass
+class Branch:
+    """The draws of one TempFlow branch point: ODE to step ``point`` from the root sample's noise, one SDE step per
+    draw, ODE to the end."""
+
+    root: int  # which of the prompt's group_size initial noises
+    point: int  # the step k that is stochastic
+    group: GroupRollout  # exploration_k samples, each recording step k only
+
+
+def sample_branches(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor | None, prompt_id: str,
+                    options: RolloutOptions, on_step: Callable[[int], None] | None = None) -> list[Branch]:
+    """TempFlow-GRPO's branched rollouts of one prompt (arXiv 2508.04324; TeleBoost release,
+    rollout.generate_branched_sequences): for each of ``group_size`` initial noises and each branch point k, the
+    deterministic sampler to step k, ``exploration_k`` draws of step k, and the deterministic sampler to the end.
+    The draws of one (noise, k) go through the transformer as one batch, which grpo-step repeats, so their log-probs
+    recompute exactly."""
+    shape = latent_shape(pipe, options.frames, options.height, options.width)
+    seeds, _ = sample_seeds(options, prompt_id)
+    sigmas = schedule_sigmas(dict(pipe.scheduler.config), options.steps, options.shift)
+    points, draws = options.branch_points(), options.branch[1]
+    device = pipe.transformer.device
+    storage = LATENT_DTYPES[options.latent_dtype]
+    single = WanVelocity(pipe.transformer, prompt_embeds, negative_embeds, options.guidance)
+    together = WanVelocity(pipe.transformer, prompt_embeds.repeat(draws, 1, 1),
+                           None if negative_embeds is None else negative_embeds.repeat(draws, 1, 1), options.guidance)
+
+    def progress(info) -> None:
+        if on_step is not None:
+            on_step(1)
+
+    branches = []
+    for root in range(options.group_size):
+        noise = initial_noise(shape, torch.Generator().manual_seed(seeds[root])).to(device)
+        starts = {0: noise}
+        if max(points) > 0:
+            def keep(info) -> None:
+                starts[info.index + 1] = info.x_next
+                progress(info)
+
+            with torch.no_grad():
+                sample_flow(single, noise, sigmas[: max(points) + 1], callback=keep)
+        for point in points:
+            step_seeds = [derived_seed(options.seed, prompt_id, "branch", root, point, draw) for draw in range(draws)]
+            generators = [torch.Generator().manual_seed(seed) for seed in step_seeds]
+            means: list[torch.Tensor] = []
+
+            def record(info) -> None:
+                if options.record_means and info.log_prob is not None:
+                    means.append(info.mean.float().cpu())
+                progress(info)
+
+            with torch.no_grad():
+                tail = sample_flow(together, starts[point].repeat(draws, *(1,) * (noise.dim() - 1)), sigmas[point:],
+                                   options.noise_level, [0],
+                                   lambda index, like: torch.stack([torch.randn(like.shape[1:], generator=g,
+                                                                                dtype=like.dtype)
+                                                                    for g in generators]).to(like.device),
+                                   form=options.sde_form, callback=record, state_dtype=storage)
+                final = tail.latents.to(storage)
+                videos = to_uint8(decode_latents(pipe, final))
+            group = GroupRollout(prompt_id=prompt_id, seeds=[seeds[root]] * draws, step_seeds=step_seeds,
+                                 sigmas=sigmas, recorded_steps=[point], state_indices=[point, point + 1],
+                                 states=torch.stack(tail.states, dim=1).to(storage).cpu(),
+                                 log_probs=torch.stack(tail.log_probs, dim=1).cpu(), videos=np.stack(videos),
+                                 latents=final.cpu(), latent_dtype=options.latent_dtype,
+                                 means=torch.stack(means, dim=1) if means else None)
+            branches.append(Branch(root=root, point=point, group=group))
+    return branches
