@@ -151,6 +151,28 @@ class GroupRollout:
     means: torch.Tensor | None = None  # float32 [G, K, C, F, h, w]: each recorded step's mean (record_means)
 
 
+def per_sample_noise(generators: list[torch.Generator]) -> Callable[[int, torch.Tensor], torch.Tensor]:
+    """The sampler's ``step_noise``: each sample's standard normal draws from its own CPU generator, so a seed gives
+    the same rollout on any device and in any batch."""
+    def step_noise(index: int, like: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.randn(like.shape[1:], generator=g, dtype=like.dtype)
+                            for g in generators]).to(like.device)
+
+    return step_noise
+
+
+def step_recorder(options: RolloutOptions, means: list[torch.Tensor], on_step: Callable[[int], None] | None):
+    """The sampler's callback: appends each stochastic step's mean (float32, CPU) to ``means`` when
+    ``options.record_means``, and tells ``on_step`` of every step."""
+    def record(info) -> None:
+        if options.record_means and info.log_prob is not None:
+            means.append(info.mean.float().cpu())
+        if on_step is not None:
+            on_step(1)
+
+    return record
+
+
 def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor | None, prompt_id: str,
                  options: RolloutOptions, on_step: Callable[[int], None] | None = None,
                  steer: Steer | None = None) -> GroupRollout:
@@ -173,11 +195,7 @@ def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tenso
         members = range(start, min(start + batch, options.group_size))
         # Noise is drawn on CPU generators, so a seed gives the same rollout on any device.
         noise = torch.cat([initial_noise(shape, torch.Generator().manual_seed(seeds[k])) for k in members]).to(device)
-        generators = [torch.Generator().manual_seed(step_seeds[k]) for k in members]
-
-        def step_noise(index: int, like: torch.Tensor) -> torch.Tensor:
-            return torch.stack([torch.randn(like.shape[1:], generator=g, dtype=like.dtype)
-                                for g in generators]).to(like.device)
+        step_noise = per_sample_noise([torch.Generator().manual_seed(step_seeds[k]) for k in members])
 
         size = len(members)
         # repeated, not expanded: in bf16 a stride-0 batch takes another matmul path (velocities ~1e-2 apart), and
@@ -188,16 +206,10 @@ def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tenso
         if steer is not None:
             velocity = steer(velocity, prompt_embeds.expand(size, -1, -1))
         step_means: list[torch.Tensor] = []
-
-        def callback(info) -> None:
-            if options.record_means and info.log_prob is not None:
-                step_means.append(info.mean.float().cpu())
-            if on_step is not None:
-                on_step(1)
-
         with torch.no_grad():
             out = sample_flow(velocity, noise, sigmas, options.noise_level, sde_steps, step_noise,
-                              form=options.sde_form, callback=callback, state_dtype=storage)
+                              form=options.sde_form, callback=step_recorder(options, step_means, on_step),
+                              state_dtype=storage)
             if out.states:
                 states.append(torch.stack(out.states, dim=1).to(storage).cpu())
                 log_probs.append(torch.stack(out.log_probs, dim=1).cpu())
@@ -243,10 +255,6 @@ def sample_branches(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Te
     together = WanVelocity(pipe.transformer, prompt_embeds.repeat(draws, 1, 1),
                            None if negative_embeds is None else negative_embeds.repeat(draws, 1, 1), options.guidance)
 
-    def progress(info) -> None:
-        if on_step is not None:
-            on_step(1)
-
     branches = []
     for root in range(options.group_size):
         noise = initial_noise(shape, torch.Generator().manual_seed(seeds[root])).to(device)
@@ -254,27 +262,20 @@ def sample_branches(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Te
         if max(points) > 0:
             def keep(info) -> None:
                 starts[info.index + 1] = info.x_next
-                progress(info)
+                if on_step is not None:
+                    on_step(1)
 
             with torch.no_grad():
                 sample_flow(single, noise, sigmas[: max(points) + 1], callback=keep)
         for point in points:
             step_seeds = [derived_seed(options.seed, prompt_id, "branch", root, point, draw) for draw in range(draws)]
-            generators = [torch.Generator().manual_seed(seed) for seed in step_seeds]
             means: list[torch.Tensor] = []
-
-            def record(info) -> None:
-                if options.record_means and info.log_prob is not None:
-                    means.append(info.mean.float().cpu())
-                progress(info)
-
             with torch.no_grad():
                 tail = sample_flow(together, starts[point].repeat(draws, *(1,) * (noise.dim() - 1)), sigmas[point:],
                                    options.noise_level, [0],
-                                   lambda index, like: torch.stack([torch.randn(like.shape[1:], generator=g,
-                                                                                dtype=like.dtype)
-                                                                    for g in generators]).to(like.device),
-                                   form=options.sde_form, callback=record, state_dtype=storage)
+                                   per_sample_noise([torch.Generator().manual_seed(seed) for seed in step_seeds]),
+                                   form=options.sde_form, callback=step_recorder(options, means, on_step),
+                                   state_dtype=storage)
                 final = tail.latents.to(storage)
                 videos = to_uint8(decode_latents(pipe, final))
             group = GroupRollout(prompt_id=prompt_id, seeds=[seeds[root]] * draws, step_seeds=step_seeds,
