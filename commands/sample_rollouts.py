@@ -16,18 +16,6 @@ PRESETS = {"teleboost": {"sde_form": "dancegrpo", "noise_level": 0.25, "steps": 
                          "same_noise": True}}
 
 
-def _pair(text: str | None, option: str, expected: str) -> tuple[int, int] | None:
-    """``A:B`` of two whole numbers, as ``option`` takes them; otherwise refused with what is ``expected``."""
-    from vpt.errors import VptError
-
-    if text is None:
-        return None
-    first, sep, second = (part.strip() for part in text.partition(":"))
-    if not (sep and first.isdigit() and second.isdigit()):
-        raise VptError(f"{option} {text}: expected {expected}")
-    return int(first), int(second)
-
-
 def sample_rollouts(
     context: typer.Context,
     model: str = sampling.MODEL,
@@ -46,8 +34,15 @@ def sample_rollouts(
                                          "at each of the first EARLY_K stochastic steps, EXPLORATION_K draws from one "
                                          "deterministic trajectory per sample, deterministic after (one group each)."),
     sde_window: Optional[str] = typer.Option(None, "--sde-window", help="START:END: only steps START..END-1 are "
-                                                                       "stochastic and recorded (default: all but "
-                                                                       "the last)."),
+                                             "stochastic and recorded (default: all but the last); or MixGRPO's "
+                                             "window, progressive or random, placed by the policy's iteration."),
+    window_size: int = typer.Option(4, "--window-size", help="Steps in a progressive or random SDE window."),
+    window_stride: int = typer.Option(1, "--window-stride", help="Steps a progressive window moves at a time."),
+    window_every: int = typer.Option(25, "--window-every", help="Iterations a progressive window stays in place."),
+    ode_solver: str = typer.Option("euler", "--ode-solver", help="Deterministic steps: euler, or dpm-solver++ "
+                                   "(second order, DPM-Solver++(2M))."),
+    tail_ratio: float = typer.Option(1.0, "--tail-ratio", help="MixGRPO-Flash: the steps after the SDE window "
+                                     "shrink to this share (0..1], at least one."),
     guidance: float = sampling.GUIDANCE,
     negative_prompt: str = sampling.NEGATIVE_PROMPT,
     shift: Optional[float] = sampling.SHIFT,
@@ -89,7 +84,8 @@ def sample_rollouts(
     from vpt.io.tables import read_prompts
     from vpt.rollouts.generator import open_generator, placement
     from vpt.rollouts.run import prompt_items, sample_rollouts as run
-    from vpt.rollouts.sampling import RolloutOptions
+    from vpt.rollouts.sampling import RolloutOptions, WindowSchedule, parse_pair, sde_window_of
+    from vpt.train.policy import grpo_iterations
 
     chosen = _options.with_preset(context, locals(), preset, PRESETS)
     noise_level, sde_form, steps, shift, same_noise = (chosen[name] for name in
@@ -97,12 +93,14 @@ def sample_rollouts(
     processes = current_processes()
     target, weights_dtype = placement(device, dtype, processes)
     items = prompt_items(read_prompts(prompts).to_pylist(), prompts)
+    window = sde_window_of(sde_window, WindowSchedule(window_size, window_stride, window_every),
+                           grpo_iterations(policy), steps, seed)
     options = RolloutOptions(group_size=group_size, steps=steps, noise_level=noise_level, sde_form=sde_form,
                              guidance=guidance, frames=frames, height=height, width=width, fps=fps, seed=seed,
-                             same_noise=same_noise,
-                             sde_window=_pair(sde_window, "--sde-window", "START:END step indices, e.g. 0:5"), negative_prompt=negative_prompt, shift=shift,
+                             same_noise=same_noise, sde_window=window, negative_prompt=negative_prompt, shift=shift,
                              batch_size=batch_size, latent_dtype=latent_dtype, record_means=record_means,
-                             branch=_pair(branch, "--branch", "EARLY_K:EXPLORATION_K, e.g. 2:2"))
+                             branch=parse_pair(branch, "--branch", "EARLY_K:EXPLORATION_K, e.g. 2:2"),
+                             ode_solver=ode_solver, tail_ratio=tail_ratio)
     options.check()
     generator = open_generator(model, policy, target, weights_dtype, processes, context_parallel)
     mine = len(processes.data_groups(context_parallel).shard(range(len(items))))
@@ -112,5 +110,6 @@ def sample_rollouts(
                       model_id=generator.model_id, on_step=advance, context_parallel=context_parallel)
     if not quiet and processes.is_main:
         typer.echo(f"sample-rollouts: {summary.videos} videos of {summary.prompts} prompts "
-                   f"({group_size} per prompt, {len(options.sde_steps())} recorded steps each) in {out}", err=True)
+                   f"({group_size} per prompt, {len(options.sde_steps())} recorded steps each"
+                   f"{'' if window is None else f', SDE window {window[0]}:{window[1]}'}) in {out}", err=True)
     processes.leave()

@@ -3,7 +3,9 @@
 Wan convention: ``x_σ = (1 − σ)·x0 + σ·ε`` with σ = 1 pure noise, the model predicts the velocity ``v = ε − x0``,
 and sampling walks a decreasing schedule ``σ_0 = 1 > σ_1 > … > σ_N = 0``. One step σ → σ' (``dt = σ' − σ < 0``):
 
-- ODE (Euler, noise level ``a = 0``): ``x' = x + v·dt`` — exactly diffusers' ``FlowMatchEulerDiscreteScheduler.step``.
+- ODE (noise level ``a = 0``): Euler, ``x' = x + v·dt`` — exactly diffusers' ``FlowMatchEulerDiscreteScheduler.step``;
+  or DPM-Solver++(2M) (``ode_solver="dpm-solver++"``, :func:`dpm_solver_pp_step`), second order from the previous
+  step's data prediction.
 - SDE (``a > 0``), one of three forms (``SDE_FORMS``); every one draws ``x' = μ + s·z`` with ``z ~ N(0, I)``:
 
   - ``flow-grpo`` (default): ``σ_t = a·sqrt(σ / (1 − σ))`` (at σ = 1 the denominator uses the next sigma, ``1 − σ'``),
@@ -34,6 +36,7 @@ _HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
 
 
 SDE_FORMS = ("flow-grpo", "dancegrpo", "cps")
+ODE_SOLVERS = ("euler", "dpm-solver++")
 
 
 def check_sde_form(form: str, noise_level: float) -> None:
@@ -102,6 +105,37 @@ def sde_step_mean_std(x: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tens
     return mean, std_scale * torch.sqrt(-dt)
 
 
+def _log_snr(sigma: float) -> float:
+    """DPM-Solver's ``λ = log(α / σ)`` of the flow ``x_σ = (1 − σ)·x0 + σ·ε`` (``α = 1 − σ``); −inf at σ = 1."""
+    return -math.inf if sigma >= 1 else math.log((1 - sigma) / sigma)
+
+
+def dpm_solver_pp_step(x: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float,
+                       previous: tuple[torch.Tensor, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One deterministic DPM-Solver++(2M) step σ → σ' of the flow (Lu et al., arXiv 2211.01095, Algorithm 2, with
+    ``α = 1 − σ`` and the data prediction ``x̂0 = x − σ·v``). Returns ``(x', x̂0)``; pass ``(x̂0, σ)`` of this step
+    as ``previous`` to the next one.
+
+    ``x' = (σ'/σ)·x + (α' − σ'·α/σ)·D`` with ``D = x̂0 + (x̂0 − x̂0_prev) / (2r)``, ``r = h_prev / h``,
+    ``h = λ(σ') − λ(σ)``, ``λ = log(α/σ)``: the first-order factor ``α'(1 − e^{−h})`` written without ``λ``, so
+    σ = 1 (α = 0) needs no logarithm of 0. First order (``D = x̂0``, which is the Euler step) without ``previous``,
+    when the previous step started at σ = 1 (``h_prev`` infinite), and into σ' = 0 (``h`` infinite) — as diffusers'
+    ``DPMSolverMultistepScheduler`` (``algorithm_type="dpmsolver++"``, ``solver_order=2``, ``solver_type="midpoint"``,
+    flow sigmas, ``final_sigmas_type="zero"``) steps.
+    """
+    clean = x - sigma * velocity
+    if sigma_next <= 0:
+        return clean, clean
+    alpha, alpha_next = 1 - sigma, 1 - sigma_next
+    data = clean
+    if previous is not None and previous[1] < 1:
+        previous_clean, previous_sigma = previous
+        step = _log_snr(sigma_next) - _log_snr(sigma)
+        ratio = (_log_snr(sigma) - _log_snr(previous_sigma)) / step
+        data = clean + (clean - previous_clean) / (2 * ratio)
+    return sigma_next / sigma * x + (alpha_next - sigma_next * alpha / sigma) * data, clean
+
+
 def gaussian_log_prob(sample: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """``log N(sample; mean, std²)`` averaged over every dimension but the first: [B, ...] -> [B]."""
     log_density = -((sample - mean) ** 2) / (2 * std**2) - torch.log(std) - _HALF_LOG_TWO_PI
@@ -158,7 +192,8 @@ def state_indices_of(stochastic_steps: Iterable[int]) -> list[int]:
 def sample_flow(velocity_fn: VelocityFn, x: torch.Tensor, sigmas: torch.Tensor, noise_level: float = 0.0,
                 sde_steps: Sequence[int] | None = None, step_noise: Callable[[int, torch.Tensor], torch.Tensor] |
                 None = None, callback: StepCallback | None = None,
-                state_dtype: torch.dtype | None = None, form: str = "flow-grpo") -> FlowSample:
+                state_dtype: torch.dtype | None = None, form: str = "flow-grpo",
+                ode_solver: str = "euler") -> FlowSample:
     """Integrate from ``x`` at ``sigmas[0]`` down the schedule ``sigmas`` [N + 1] (float32, last 0).
 
     ``sde_steps``: indices of the steps that are stochastic (default: all but the last when ``noise_level`` > 0;
@@ -173,7 +208,9 @@ def sample_flow(velocity_fn: VelocityFn, x: torch.Tensor, sigmas: torch.Tensor, 
     rounded ``x``: the trajectory is the stored one, so the log-probs recompute exactly from the stored states.
 
     ``form``: the SDE form of the stochastic steps (one of ``SDE_FORMS``; deterministic steps are Euler whatever the
-    form). A caller that needs each stochastic step's mean ``μ`` (GRPO-Guard, the trust region) records
+    form). ``ode_solver``: how the deterministic steps integrate (one of ``ODE_SOLVERS``); DPM-Solver++(2M) carries
+    its history only across consecutive deterministic steps — a stochastic step starts it again at first order,
+    since the noise it draws leaves the previous step's trajectory. A caller that needs each stochastic step's mean ``μ`` (GRPO-Guard, the trust region) records
     ``StepInfo.mean`` from ``callback`` for the steps whose ``log_prob`` is not None.
     """
     steps = len(sigmas) - 1
@@ -182,6 +219,8 @@ def sample_flow(velocity_fn: VelocityFn, x: torch.Tensor, sigmas: torch.Tensor, 
     if noise_level < 0:
         raise ValueError(f"noise level must be >= 0, got {noise_level}")
     check_sde_form(form, noise_level)
+    if ode_solver not in ODE_SOLVERS:
+        raise ValueError(f"ode solver must be one of {', '.join(ODE_SOLVERS)}, got {ode_solver!r}")
     if sde_steps is None:
         stochastic = set(range(steps - 1)) if noise_level > 0 else set()
     else:
@@ -195,6 +234,7 @@ def sample_flow(velocity_fn: VelocityFn, x: torch.Tensor, sigmas: torch.Tensor, 
         raise ValueError("stochastic steps need step_noise")
     result = FlowSample(latents=x, stochastic_steps=sorted(stochastic), state_indices=state_indices_of(stochastic))
     first_next = sigmas[1]
+    history: tuple[torch.Tensor, float] | None = None  # DPM-Solver++(2M): the previous deterministic step's x̂0, σ
 
     def recorded(state: torch.Tensor) -> torch.Tensor:
         return state if state_dtype is None else state.to(state_dtype).to(state.dtype)
@@ -210,9 +250,13 @@ def sample_flow(velocity_fn: VelocityFn, x: torch.Tensor, sigmas: torch.Tensor, 
             x_next = recorded(mean + std * step_noise(i, x))
             log_prob = gaussian_log_prob(x_next.detach(), mean, std)
             result.log_probs.append(log_prob)
-        else:
+            history = None
+        elif ode_solver == "euler":
             mean, std = sde_step_mean_std(x, velocity, sigma, sigma_next, 0.0)
             x_next, log_prob = mean, None
+        else:
+            mean, clean = dpm_solver_pp_step(x, velocity, float(sigma), float(sigma_next), history)
+            x_next, std, log_prob, history = mean, torch.zeros(()), None, (clean, float(sigma))
         if callback is not None:
             callback(StepInfo(index=i, sigma=float(sigma), sigma_next=float(sigma_next), x=x, x_next=x_next,
                               velocity=velocity, mean=mean, std=float(std), log_prob=log_prob))

@@ -18,6 +18,14 @@ NUM_TRAIN_TIMESTEPS = 1000
 MAX_SEQUENCE_LENGTH = 512  # WanPipeline's default text length
 
 
+def schedule_shift(scheduler_config: dict, shift: float | None = None) -> float:
+    """The timestep shift a schedule uses: ``shift``, else the pipeline scheduler's (``shift``, or ``flow_shift`` of
+    the UniPC scheduler the Wan 2.1 releases ship), else 1."""
+    if shift is None:
+        shift = scheduler_config.get("shift", scheduler_config.get("flow_shift", 1.0))
+    return float(shift)
+
+
 def schedule_sigmas(scheduler_config: dict, steps: int, shift: float | None = None) -> torch.Tensor:
     """The flow-matching sigmas [steps + 1] (float32, 1 -> 0) that ``FlowMatchEulerDiscreteScheduler`` uses for
     ``steps`` steps; ``shift`` defaults to the pipeline scheduler's (``shift``, or ``flow_shift`` of the UniPC
@@ -26,10 +34,9 @@ def schedule_sigmas(scheduler_config: dict, steps: int, shift: float | None = No
 
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    if shift is None:
-        shift = scheduler_config.get("shift", scheduler_config.get("flow_shift", 1.0))
     scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=scheduler_config.get("num_train_timesteps", NUM_TRAIN_TIMESTEPS), shift=float(shift))
+        num_train_timesteps=scheduler_config.get("num_train_timesteps", NUM_TRAIN_TIMESTEPS),
+        shift=schedule_shift(scheduler_config, shift))
     scheduler.set_timesteps(steps)
     return scheduler.sigmas.to(torch.float32)
 

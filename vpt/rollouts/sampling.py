@@ -16,10 +16,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from vpt.algo.flow_sde import SDE_FORMS, VelocityFn, sample_flow, state_indices_of
+from vpt.algo.flow_sde import ODE_SOLVERS, SDE_FORMS, VelocityFn, sample_flow, state_indices_of
+from vpt.algo.mixgrpo import WINDOW_STRATEGIES, compressed_tail, sliding_window, tail_steps
 from vpt.errors import VptError
 from vpt.models.wan import (
-    MAX_SEQUENCE_LENGTH, WanVelocity, decode_latents, initial_noise, latent_shape, schedule_sigmas, to_uint8,
+    MAX_SEQUENCE_LENGTH, WanVelocity, decode_latents, initial_noise, latent_shape, schedule_shift, schedule_sigmas,
+    to_uint8,
 )
 
 
@@ -52,15 +54,35 @@ class RolloutOptions:
     latent_dtype: str = "fp32"  # a key of LATENT_DTYPES: how states and final latents are stored (and rounded)
     record_means: bool = False  # store each recorded step's mean (float32), for grpo-step's ratio norm / trust region
     branch: tuple[int, int] | None = None  # TempFlow's (early_k, exploration_k): branch at the first early_k steps
+    ode_solver: str = "euler"  # one of vpt.algo.flow_sde.ODE_SOLVERS: the deterministic steps
+    tail_ratio: float = 1.0  # MixGRPO-Flash: the steps after the SDE window shrink to this share (at least one)
 
     def branch_points(self) -> list[int]:
         """TempFlow's branch points: the first ``early_k`` stochastic steps (none without ``branch``)."""
         return self.sde_steps()[: self.branch[0]] if self.branch is not None else []
 
+    def sampler_steps(self) -> int:
+        """Steps of the schedule the groups are sampled on: ``steps``, less what ``tail_ratio`` takes off after the
+        SDE window."""
+        sde_steps = self.sde_steps()
+        if not sde_steps:
+            return self.steps
+        end = sde_steps[-1] + 1
+        return end + tail_steps(self.steps - end, self.tail_ratio)
+
+    def schedule(self, scheduler_config: dict) -> torch.Tensor:
+        """The sigmas [sampler_steps + 1] of the pipeline scheduler's family (its shift unless ``shift`` is given),
+        the steps after the SDE window compressed by ``tail_ratio``."""
+        sigmas = schedule_sigmas(scheduler_config, self.steps, self.shift)
+        if self.tail_ratio == 1 or not self.sde_steps():
+            return sigmas
+        return compressed_tail(sigmas, self.sde_steps()[-1] + 1, self.tail_ratio,
+                               schedule_shift(scheduler_config, self.shift))
+
     def transformer_steps(self) -> int:
         """Sampler steps (velocity calls) per prompt, for progress."""
         if self.branch is None:
-            return self.steps * -(-self.group_size // (self.batch_size or self.group_size))
+            return self.sampler_steps() * -(-self.group_size // (self.batch_size or self.group_size))
         points = self.branch_points()
         return self.group_size * (max(points) + sum(self.steps - k for k in points))
 
@@ -113,8 +135,57 @@ class RolloutOptions:
             raise bad("--fps", self.fps, "give a positive frame rate")
         if self.shift is not None and not (self.shift > 0 and math.isfinite(self.shift)):
             raise bad("--shift", self.shift, "give a positive timestep shift")
+        if self.ode_solver not in ODE_SOLVERS:
+            raise bad("--ode-solver", self.ode_solver, f"choose one of {', '.join(ODE_SOLVERS)}")
+        if not 0 < self.tail_ratio <= 1:
+            raise bad("--tail-ratio", self.tail_ratio, "give a share in (0, 1] of the steps after the SDE window")
+        if self.tail_ratio < 1 and (self.noise_level == 0 or self.branch is not None):
+            raise bad("--tail-ratio", self.tail_ratio, "compresses the steps after an SDE window; it needs a "
+                                                       "--noise-level > 0 and no --branch")
         if self.latent_dtype not in LATENT_DTYPES:
             raise bad("--latent-dtype", self.latent_dtype, f"choose {' or '.join(LATENT_DTYPES)}")
+
+
+def parse_pair(text: str | None, option: str, expected: str) -> tuple[int, int] | None:
+    """``A:B`` of two whole numbers, as ``option`` takes them (None stays None); VptError with what is
+    ``expected`` otherwise."""
+    if text is None:
+        return None
+    first, sep, second = (part.strip() for part in text.partition(":"))
+    if not (sep and first.isdigit() and second.isdigit()):
+        raise VptError(f"{option} {text}: expected {expected}")
+    return int(first), int(second)
+
+
+@dataclass(frozen=True)
+class WindowSchedule:
+    """MixGRPO's sliding SDE window (``--sde-window progressive|random``; defaults: the release's script): ``size``
+    steps, moved ``stride`` steps on every ``every`` iterations (progressive) or drawn anew every iteration
+    (random)."""
+
+    size: int = 4
+    stride: int = 1
+    every: int = 25
+
+    def window(self, strategy: str, iteration: int, steps: int, seed: int) -> tuple[int, int]:
+        """The window of the sampling that follows ``iteration`` GRPO iterations (:func:`sliding_window`)."""
+        for option, value in (("--window-size", self.size), ("--window-stride", self.stride),
+                              ("--window-every", self.every)):
+            if value < 1:
+                raise VptError(f"{option} {value}: give at least 1")
+        if self.size > steps - 1:
+            raise VptError(f"--window-size {self.size}: at most steps - 1 = {steps - 1} (the last step is never "
+                           "stochastic)")
+        return sliding_window(strategy, iteration, steps, self.size, self.stride, self.every, seed)
+
+
+def sde_window_of(text: str | None, schedule: WindowSchedule, iteration: int, steps: int,
+                  seed: int) -> tuple[int, int] | None:
+    """The ``(start, end)`` that ``--sde-window`` names: ``START:END`` as given, or ``schedule``'s window for the
+    strategy ``progressive`` / ``random`` after ``iteration`` GRPO iterations; None without it."""
+    if text in WINDOW_STRATEGIES:
+        return schedule.window(text, iteration, steps, seed)
+    return parse_pair(text, "--sde-window", f"START:END step indices (e.g. 0:5), or {' or '.join(WINDOW_STRATEGIES)}")
 
 
 def derived_seed(*parts: object) -> int:
@@ -185,7 +256,7 @@ def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tenso
     latents."""
     shape = latent_shape(pipe, options.frames, options.height, options.width)
     seeds, step_seeds = sample_seeds(options, prompt_id)
-    sigmas = schedule_sigmas(dict(pipe.scheduler.config), options.steps, options.shift)
+    sigmas = options.schedule(dict(pipe.scheduler.config))
     sde_steps = options.sde_steps()
     batch = options.batch_size or options.group_size
     device = pipe.transformer.device
@@ -209,7 +280,7 @@ def sample_group(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tenso
         with torch.no_grad():
             out = sample_flow(velocity, noise, sigmas, options.noise_level, sde_steps, step_noise,
                               form=options.sde_form, callback=step_recorder(options, step_means, on_step),
-                              state_dtype=storage)
+                              state_dtype=storage, ode_solver=options.ode_solver)
             if out.states:
                 states.append(torch.stack(out.states, dim=1).to(storage).cpu())
                 log_probs.append(torch.stack(out.log_probs, dim=1).cpu())
@@ -247,7 +318,7 @@ def sample_branches(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Te
     recompute exactly."""
     shape = latent_shape(pipe, options.frames, options.height, options.width)
     seeds, _ = sample_seeds(options, prompt_id)
-    sigmas = schedule_sigmas(dict(pipe.scheduler.config), options.steps, options.shift)
+    sigmas = options.schedule(dict(pipe.scheduler.config))
     points, draws = options.branch_points(), options.branch[1]
     device = pipe.transformer.device
     storage = LATENT_DTYPES[options.latent_dtype]
@@ -266,7 +337,7 @@ def sample_branches(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Te
                     on_step(1)
 
             with torch.no_grad():
-                sample_flow(single, noise, sigmas[: max(points) + 1], callback=keep)
+                sample_flow(single, noise, sigmas[: max(points) + 1], callback=keep, ode_solver=options.ode_solver)
         for point in points:
             step_seeds = [derived_seed(options.seed, prompt_id, "branch", root, point, draw) for draw in range(draws)]
             means: list[torch.Tensor] = []
@@ -275,7 +346,7 @@ def sample_branches(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Te
                                    options.noise_level, [0],
                                    per_sample_noise([torch.Generator().manual_seed(seed) for seed in step_seeds]),
                                    form=options.sde_form, callback=step_recorder(options, means, on_step),
-                                   state_dtype=storage)
+                                   state_dtype=storage, ode_solver=options.ode_solver)
                 final = tail.latents.to(storage)
                 videos = to_uint8(decode_latents(pipe, final))
             group = GroupRollout(prompt_id=prompt_id, seeds=[seeds[root]] * draws, step_seeds=step_seeds,

@@ -60,6 +60,15 @@ def read_policy_record(checkpoint: Path) -> dict:
                             "from a LoRA without policy.json with --init-lora")
 
 
+def grpo_iterations(policy: str | Path | None) -> int:
+    """The GRPO iterations behind ``policy``: the ``iteration`` its ``policy.json`` records when grpo-step wrote it;
+    0 for the base generator (None), another stage's checkpoint, or a LoRA without ``policy.json``."""
+    if policy is None or not (Path(policy) / POLICY_FILE).is_file():
+        return 0
+    record = read_policy_record(Path(policy))
+    return int(record.get("iteration") or 0) if record.get("stage", "grpo") == "grpo" else 0
+
+
 @dataclass
 class PolicySource:
     """Where a stage's policy comes from: the generator, and the parent checkpoint, or the LoRA it starts as
