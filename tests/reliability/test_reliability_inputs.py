@@ -393,7 +393,30 @@ CASES: dict[str, Case] = {
         sample("--sde-window", "0:5"),
         const("--sde-window 0:5: need 0 <= START < END <= steps - 1 = 2 (the last step is never stochastic)")),
     "sample-rollouts/sde window not a range": Case(
-        sample("--sde-window", "x"), const("--sde-window x: expected START:END step indices, e.g. 0:5")),
+        sample("--sde-window", "x"),
+        const("--sde-window x: expected START:END step indices (e.g. 0:5), or progressive or random")),
+    "sample-rollouts/unknown window strategy": Case(
+        sample("--sde-window", "sliding"),
+        const("--sde-window sliding: expected START:END step indices (e.g. 0:5), or progressive or random")),
+    "sample-rollouts/window larger than the schedule": Case(
+        sample("--sde-window", "progressive", "--window-size", "3"),
+        const("--window-size 3: at most steps - 1 = 2 (the last step is never stochastic)")),
+    "sample-rollouts/window that never moves": Case(
+        sample("--sde-window", "progressive", "--window-size", "1", "--window-every", "0"),
+        const("--window-every 0: give at least 1")),
+    "sample-rollouts/window of no step": Case(
+        sample("--sde-window", "random", "--window-size", "0"), const("--window-size 0: give at least 1")),
+    "sample-rollouts/unknown ode solver": Case(sample("--ode-solver", "heun"),
+                                               const("--ode-solver heun: choose one of euler, dpm-solver++")),
+    "sample-rollouts/tail ratio of 0": Case(
+        sample("--tail-ratio", "0"), const("--tail-ratio 0.0: give a share in (0, 1] of the steps after the SDE window")),
+    "sample-rollouts/tail ratio above 1": Case(
+        sample("--tail-ratio", "1.5"),
+        const("--tail-ratio 1.5: give a share in (0, 1] of the steps after the SDE window")),
+    "sample-rollouts/tail ratio without an sde window": Case(
+        sample("--tail-ratio", "0.5", "--noise-level", "0"),
+        const("--tail-ratio 0.5: compresses the steps after an SDE window; it needs a --noise-level > 0 and no "
+              "--branch")),
     "sample-rollouts/unknown sde form": Case(sample("--sde-form", "ddim"),
                                              const("--sde-form ddim: choose one of flow-grpo, dancegrpo, cps")),
     "sample-rollouts/cps noise above 1": Case(

@@ -174,7 +174,8 @@ def test_bad_options_and_inputs(run_vpt, tiny_zoo, rollouts, tmp_path):
     assert window.stderr == ("vpt: error: --sde-window 2:9: need 0 <= START < END <= steps - 1 = 3 (the last step "
                              "is never stochastic)\n")
     assert run_vpt(["sample-rollouts", "-m", tiny_zoo, "--prompts", prompts, "-o", tmp_path / "w", "--sde-window",
-                    "x", *SMALL]).stderr == "vpt: error: --sde-window x: expected START:END step indices, e.g. 0:5\n"
+                    "x", *SMALL]).stderr == ("vpt: error: --sde-window x: expected START:END step indices (e.g. 0:5), or "
+                                            "progressive or random\n")
     table = tmp_path / "prompts.csv"
     table.write_text("prompt_id,prompt\na,cat\na,dog\n")
     duplicate = run_vpt(["sample-rollouts", "-m", tiny_zoo, "--prompts", table, "-o", tmp_path / "d", *SMALL])

@@ -110,30 +110,28 @@ def _log_snr(sigma: float) -> float:
     return -math.inf if sigma >= 1 else math.log((1 - sigma) / sigma)
 
 
-def dpm_solver_pp_step(x: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float,
-                       previous: tuple[torch.Tensor, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def dpm_solver_pp_step(x: torch.Tensor, velocity: torch.Tensor, sigma: float | torch.Tensor,
+                       sigma_next: float | torch.Tensor, previous: tuple[torch.Tensor, float] | None = None,
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """One deterministic DPM-Solver++(2M) step σ → σ' of the flow (Lu et al., arXiv 2211.01095, Algorithm 2, with
     ``α = 1 − σ`` and the data prediction ``x̂0 = x − σ·v``). Returns ``(x', x̂0)``; pass ``(x̂0, σ)`` of this step
     as ``previous`` to the next one.
 
     ``x' = (σ'/σ)·x + (α' − σ'·α/σ)·D`` with ``D = x̂0 + (x̂0 − x̂0_prev) / (2r)``, ``r = h_prev / h``,
     ``h = λ(σ') − λ(σ)``, ``λ = log(α/σ)``: the first-order factor ``α'(1 − e^{−h})`` written without ``λ``, so
-    σ = 1 (α = 0) needs no logarithm of 0. First order (``D = x̂0``, which is the Euler step) without ``previous``,
-    when the previous step started at σ = 1 (``h_prev`` infinite), and into σ' = 0 (``h`` infinite) — as diffusers'
-    ``DPMSolverMultistepScheduler`` (``algorithm_type="dpmsolver++"``, ``solver_order=2``, ``solver_type="midpoint"``,
+    σ = 1 (α = 0) needs no logarithm of 0. First order (``D = x̂0``: the Euler step, computed as Euler computes it)
+    without ``previous``, when the previous step started at σ = 1 (``h_prev`` infinite), and into σ' = 0 (``h``
+    infinite) — as diffusers' ``DPMSolverMultistepScheduler`` (``algorithm_type="dpmsolver++"``, ``solver_order=2``, ``solver_type="midpoint"``,
     flow sigmas, ``final_sigmas_type="zero"``) steps.
     """
     clean = x - sigma * velocity
-    if sigma_next <= 0:
-        return clean, clean
-    alpha, alpha_next = 1 - sigma, 1 - sigma_next
-    data = clean
-    if previous is not None and previous[1] < 1:
-        previous_clean, previous_sigma = previous
-        step = _log_snr(sigma_next) - _log_snr(sigma)
-        ratio = (_log_snr(sigma) - _log_snr(previous_sigma)) / step
-        data = clean + (clean - previous_clean) / (2 * ratio)
-    return sigma_next / sigma * x + (alpha_next - sigma_next * alpha / sigma) * data, clean
+    if float(sigma_next) <= 0 or previous is None or previous[1] >= 1:
+        return x + (sigma_next - sigma) * velocity, clean
+    previous_clean, previous_sigma = previous
+    here, there = float(sigma), float(sigma_next)
+    ratio = (_log_snr(here) - _log_snr(previous_sigma)) / (_log_snr(there) - _log_snr(here))
+    data = clean + (clean - previous_clean) / (2 * ratio)
+    return sigma_next / sigma * x + (1 - sigma_next - sigma_next * (1 - sigma) / sigma) * data, clean
 
 
 def gaussian_log_prob(sample: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -255,7 +253,7 @@ def sample_flow(velocity_fn: VelocityFn, x: torch.Tensor, sigmas: torch.Tensor, 
             mean, std = sde_step_mean_std(x, velocity, sigma, sigma_next, 0.0)
             x_next, log_prob = mean, None
         else:
-            mean, clean = dpm_solver_pp_step(x, velocity, float(sigma), float(sigma_next), history)
+            mean, clean = dpm_solver_pp_step(x, velocity, sigma, sigma_next, history)
             x_next, std, log_prob, history = mean, torch.zeros(()), None, (clean, float(sigma))
         if callback is not None:
             callback(StepInfo(index=i, sigma=float(sigma), sigma_next=float(sigma_next), x=x, x_next=x_next,

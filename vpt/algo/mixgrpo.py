@@ -55,10 +55,11 @@ def sliding_window(strategy: str, iteration: int, steps: int, size: int, stride:
 
 def tail_steps(count: int, ratio: float) -> int:
     """How many steps replace the ``count`` deterministic steps after the window at ``ratio`` in (0, 1]:
-    ``max(1, round(ratio * count))`` (MixGRPO-Flash's compression of the post-window ODE segment)."""
+    ``max(1, floor(ratio * count))``, as MixGRPO-Flash compresses the post-window ODE segment (release,
+    fastvideo/utils/sampling_utils.py, ``compress_ratio``)."""
     if not 0 < ratio <= 1:
         raise ValueError(f"the tail ratio must lie in (0, 1], got {ratio}")
-    return max(1, round(ratio * count))
+    return max(1, math.floor(ratio * count))
 
 
 def compressed_tail(sigmas: torch.Tensor, end: int, ratio: float, shift: float) -> torch.Tensor:
