@@ -53,6 +53,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_build_prefs.py
 	$(BIN)/python benchmarks/bench_rollouts.py
 	$(BIN)/python benchmarks/bench_grpo.py
+	$(BIN)/python benchmarks/bench_mixgrpo.py
 	$(BIN)/python benchmarks/bench_dpo.py
 	$(BIN)/python benchmarks/bench_scale.py
 	$(BIN)/python benchmarks/bench_serve.py
