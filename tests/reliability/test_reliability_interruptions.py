@@ -139,10 +139,37 @@ def test_grpo_step(world, run_vpt, tmp_path, signum):
     assert weights(out) == weights(tmp_path / "again")
 
 
-def test_grpo_step_resumes_bit_identical(world, run_vpt, tmp_path):
+@pytest.fixture(scope="module")
+def rollouts_with_means(world, run_vpt, tmp_path_factory):
+    """(rollouts, scores): the world's sampling again, with each recorded step's mean (--record-means)."""
+    root = tmp_path_factory.mktemp("means")
+    for args in (["sample-rollouts", "-m", world.zoo, "--prompts", world.prompts, "-g", "3", "-o", root / "rollouts",
+                  "--record-means", *SAMPLER],
+                 ["score", "-m", "brightness,motion", root / "rollouts" / "rollouts.parquet", "-o",
+                  root / "scores.parquet", "-q"]):
+        result = run_vpt(args)
+        assert result.exit_code == 0, result.stderr
+    return root / "rollouts", root / "scores.parquet"
+
+
+# the modes of issue 18 that change the loss, the weights or the advantages, two runs' worth
+GRPO_MODES = {
+    "plain": [],
+    "release": ["--preset", "teleboost", "--bpgo", "--timestep-weight", "tempflow", "--grad-reweight", "flow-grpo",
+                "--ratio-norm", "--clip-range", "1e-2"],
+    "dppo": ["--trust-region", "kl", "--kl-max", "1e-4", "--std", "global", "--timestep-fraction", "0.5",
+             "--reward", "brightness,motion", "--aggregation", "min-norm"],
+}
+
+
+@pytest.mark.parametrize("mode", sorted(GRPO_MODES))
+def test_grpo_step_resumes_bit_identical(world, run_vpt, rollouts_with_means, tmp_path, mode):
+    rollouts, scores = (world.rollouts, world.scores) if mode == "plain" else rollouts_with_means
+
     def args(out: Path) -> list:
-        return ["grpo-step", "--init", world.zoo, "--rollouts", world.rollouts, "--scores", world.scores, "--reward",
-                "brightness", "--steps-per-iteration", "3", "--save-every", "1", "--lr", "1e-3", "-q", "-o", out]
+        return ["grpo-step", "--init", world.zoo, "--rollouts", rollouts, "--scores", scores, "--reward",
+                "brightness", "--steps-per-iteration", "3", "--save-every", "1", "--lr", "1e-3", "-q", "-o", out,
+                *GRPO_MODES[mode]]
 
     straight = run_vpt(args(tmp_path / "straight"))
     assert straight.exit_code == 0, straight.stderr
