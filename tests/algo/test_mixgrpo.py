@@ -165,4 +165,5 @@ def test_first_order_step_is_the_euler_step_and_a_stochastic_step_restarts_the_h
     after_noise, velocity, out = seen[2]
     assert torch.equal(out, after_noise + (sigmas[3] - sigmas[2]) * velocity)  # first order again after step 1
     before, velocity, out = seen[3]
-    assert not torch.allclose(out, before + (sigmas[4] - sigmas[3]) * velocity, atol=1e-4)  # second order from step 2's x0
+    # second order, from step 2's data prediction
+    assert not torch.allclose(out, before + (sigmas[4] - sigmas[3]) * velocity, atol=1e-4)

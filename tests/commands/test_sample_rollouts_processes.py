@@ -1,6 +1,6 @@
 """sample-rollouts across processes and under signals: 2 CPU processes give the same rollouts as 1 — each with the
 whole transformer, or sharing it sharded with FSDP2 (then the process with fewer prompts runs padding groups to
-keep in step) —, and a killed run leaves no output directory."""
+keep in step), and with TempFlow's branches in a MixGRPO window —, and a killed run leaves no output directory."""
 
 from __future__ import annotations
 
@@ -27,18 +27,24 @@ def command(zoo, prompts, out, *extra):
             *SMALL, *extra]
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
-def test_two_processes_write_the_same_rollouts_as_one(tiny_zoo, tmp_path, mode):
+# TempFlow's branches (2 noises x 2 branch points x 2 draws per prompt) in MixGRPO's window with the second-order
+# deterministic steps
+BRANCHED = ["--steps", "5", "--sde-window", "progressive", "--window-size", "2", "--branch", "2:2", "--ode-solver",
+            "dpm-solver++"]
+
+
+@pytest.mark.parametrize("mode, extra, per_prompt", [("ddp", [], 2), ("fsdp2", [], 2), ("ddp", BRANCHED, 8)])
+def test_two_processes_write_the_same_rollouts_as_one(tiny_zoo, tmp_path, mode, extra, per_prompt):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"prompt number {i}\n" for i in range(5)))  # uneven split: 3 + 2
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf")}
     launched = subprocess.run([ACCELERATE, "launch", *LAUNCH[mode], "--num_processes", "2",
-                               *command(tiny_zoo, prompts, tmp_path / "two")], capture_output=True, text=True,
+                               *command(tiny_zoo, prompts, tmp_path / "two", *extra)], capture_output=True, text=True,
                               env=env, timeout=300)
     assert launched.returncode == 0, launched.stderr[-3000:]
-    subprocess.run(command(tiny_zoo, prompts, tmp_path / "one"), check=True, env=env, timeout=300)
+    subprocess.run(command(tiny_zoo, prompts, tmp_path / "one", *extra), check=True, env=env, timeout=300)
     one, two = (pq.read_table(tmp_path / name / "rollouts.parquet").to_pylist() for name in ("one", "two"))
-    assert len(two) == 10 and len({row["id"] for row in two}) == 10
+    assert len(two) == 5 * per_prompt and len({row["id"] for row in two}) == 5 * per_prompt
     assert two == one
     for relative in sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.safetensors")):
         assert (tmp_path / "two" / relative).read_bytes() == (tmp_path / "one" / relative).read_bytes()

@@ -409,7 +409,8 @@ CASES: dict[str, Case] = {
     "sample-rollouts/unknown ode solver": Case(sample("--ode-solver", "heun"),
                                                const("--ode-solver heun: choose one of euler, dpm-solver++")),
     "sample-rollouts/tail ratio of 0": Case(
-        sample("--tail-ratio", "0"), const("--tail-ratio 0.0: give a share in (0, 1] of the steps after the SDE window")),
+        sample("--tail-ratio", "0"),
+        const("--tail-ratio 0.0: give a share in (0, 1] of the steps after the SDE window")),
     "sample-rollouts/tail ratio above 1": Case(
         sample("--tail-ratio", "1.5"),
         const("--tail-ratio 1.5: give a share in (0, 1] of the steps after the SDE window")),

@@ -121,8 +121,8 @@ def dpm_solver_pp_step(x: torch.Tensor, velocity: torch.Tensor, sigma: float | t
     ``h = λ(σ') − λ(σ)``, ``λ = log(α/σ)``: the first-order factor ``α'(1 − e^{−h})`` written without ``λ``, so
     σ = 1 (α = 0) needs no logarithm of 0. First order (``D = x̂0``: the Euler step, computed as Euler computes it)
     without ``previous``, when the previous step started at σ = 1 (``h_prev`` infinite), and into σ' = 0 (``h``
-    infinite) — as diffusers' ``DPMSolverMultistepScheduler`` (``algorithm_type="dpmsolver++"``, ``solver_order=2``, ``solver_type="midpoint"``,
-    flow sigmas, ``final_sigmas_type="zero"``) steps.
+    infinite) — as diffusers' ``DPMSolverMultistepScheduler`` (``algorithm_type="dpmsolver++"``,
+    ``solver_order=2``, ``solver_type="midpoint"``, flow sigmas, ``final_sigmas_type="zero"``) steps.
     """
     clean = x - sigma * velocity
     if float(sigma_next) <= 0 or previous is None or previous[1] >= 1:
@@ -205,11 +205,12 @@ def sample_flow(velocity_fn: VelocityFn, x: torch.Tensor, sigmas: torch.Tensor, 
     before the sampler goes on from it, and a step's log-prob is that of the rounded ``x'`` under the mean of the
     rounded ``x``: the trajectory is the stored one, so the log-probs recompute exactly from the stored states.
 
-    ``form``: the SDE form of the stochastic steps (one of ``SDE_FORMS``; deterministic steps are Euler whatever the
-    form). ``ode_solver``: how the deterministic steps integrate (one of ``ODE_SOLVERS``); DPM-Solver++(2M) carries
+    ``form``: the SDE form of the stochastic steps (one of ``SDE_FORMS``; it does not touch the deterministic steps).
+    ``ode_solver``: how the deterministic steps integrate (one of ``ODE_SOLVERS``); DPM-Solver++(2M) carries
     its history only across consecutive deterministic steps — a stochastic step starts it again at first order,
-    since the noise it draws leaves the previous step's trajectory. A caller that needs each stochastic step's mean ``μ`` (GRPO-Guard, the trust region) records
-    ``StepInfo.mean`` from ``callback`` for the steps whose ``log_prob`` is not None.
+    since the noise it draws leaves the previous step's trajectory. A caller that needs each stochastic step's mean
+    ``μ`` (GRPO-Guard, the trust region) records ``StepInfo.mean`` from ``callback`` for the steps whose
+    ``log_prob`` is not None.
     """
     steps = len(sigmas) - 1
     if steps < 1:
