@@ -44,21 +44,26 @@ def load_transformer(model: str | os.PathLike, checkpoint: Checkpoint) -> torch.
     return transformer if checkpoint is None else load_policy(transformer, checkpoint)[0]
 
 
-def sample_scores(pipe, prompts: Sequence[str], samples: int, seed: int, score: Callable[[np.ndarray], float],
-                  sampling: RolloutOptions) -> np.ndarray:
-    """``score`` of ``samples`` ODE samples per prompt by ``pipe.transformer``, float64 ``[len(prompts) ·
-    samples]`` prompt-major. The initial noises depend on (``seed``, prompt index, sample index) only, so two
-    transformers sampled with the same arguments start from the same noises."""
+def sample_videos(pipe, prompts: Sequence[str], samples: int, seed: int, sampling: RolloutOptions) -> list[np.ndarray]:
+    """``samples`` ODE samples per prompt by ``pipe.transformer``, uint8 ``[T, H, W, 3]`` each, prompt-major. The
+    initial noises depend on (``seed``, prompt index, sample index) only, so two transformers sampled with the same
+    arguments start from the same noises."""
     from vpt.models.wan import encode_prompts
     from vpt.rollouts.sampling import sample_group
 
     options = dataclasses.replace(sampling, group_size=samples, noise_level=0.0, seed=seed)
-    values = []
+    videos = []
     for index, prompt in enumerate(prompts):
         embeds, negative = encode_prompts(pipe, [prompt], options.negative_prompt, options.guidance)
-        group = sample_group(pipe, embeds, negative, f"eval-{index}", options)
-        values.extend(float(score(video)) for video in group.videos)
-    return np.asarray(values, dtype=np.float64)
+        videos.extend(sample_group(pipe, embeds, negative, f"eval-{index}", options).videos)
+    return videos
+
+
+def sample_scores(pipe, prompts: Sequence[str], samples: int, seed: int, score: Callable[[np.ndarray], float],
+                  sampling: RolloutOptions) -> np.ndarray:
+    """``score`` of :func:`sample_videos`, float64 ``[len(prompts) · samples]`` prompt-major."""
+    return np.asarray([float(score(video)) for video in sample_videos(pipe, prompts, samples, seed, sampling)],
+                      dtype=np.float64)
 
 
 @dataclass

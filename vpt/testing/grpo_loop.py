@@ -37,6 +37,7 @@ class LoopSettings:
 
     sampling: RolloutOptions = field(default_factory=_tiny_sampling)
     learning_rate: float = 1e-2
+    steps_per_iteration: int = 1
     max_grad_norm: float = 1.0
     lora_rank: int = 8
     lora_alpha: float = 16.0
@@ -61,6 +62,23 @@ def evaluate(pipe, prompts: Sequence[str], samples: int, seed: int, score: Calla
     from vpt.testing.flow_eval import sample_scores
 
     return float(np.mean(sample_scores(pipe, prompts, samples, seed, score, settings.sampling)))
+
+
+def within_group_spread(zoo: str | Path, prompts: Sequence[str], samples: int, seed: int,
+                        scores: dict[str, Callable[[np.ndarray], float]], settings: LoopSettings = LoopSettings(),
+                        ) -> dict[str, float]:
+    """Spread of the base generator ``zoo`` under every ``scores`` function: the standard deviation (ddof 1) over
+    ``samples`` deterministic (ODE) samples of one prompt from different initial noises, averaged over ``prompts``.
+    A gain measured in these units says how far a run moved its samples compared with how far they scatter."""
+    from vpt.models.loading import load_wan_pipeline
+    from vpt.testing.flow_eval import sample_videos
+
+    videos = sample_videos(load_wan_pipeline(zoo), prompts, samples, seed, settings.sampling)
+    spread = {}
+    for name, score in scores.items():
+        values = np.array([float(score(video)) for video in videos]).reshape(len(prompts), samples)
+        spread[name] = float(values.std(axis=1, ddof=1).mean())
+    return spread
 
 
 def run_grpo_loop(zoo: str | Path, prompts: Sequence[str], reward_fn: RewardFn, options, iterations: int,
@@ -107,7 +125,8 @@ def run_grpo_loop(zoo: str | Path, prompts: Sequence[str], reward_fn: RewardFn, 
         inputs = StepInputs(policy=policy, rollouts=rollouts, rewards=rewards, state=state,
                             policy_info={"model": model_id, "parent": "loop"}, warm_start=previous,
                             dinov2=dinov2)
-        step = grpo_step(inputs, options, work_dir / f"policy-{iteration:04d}", config, quiet=True)
+        step = grpo_step(inputs, options, work_dir / f"policy-{iteration:04d}", config,
+                         steps_per_iteration=settings.steps_per_iteration, quiet=True)
         result.metrics.append({"iteration": iteration, **step.metrics})
         if previous is not None:
             shutil.rmtree(previous, ignore_errors=True)  # the run keeps only its newest checkpoint
