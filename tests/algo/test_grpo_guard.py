@@ -107,3 +107,34 @@ def test_grad_reweight_over_a_schedule_in_float64():
 def test_grad_reweight_refusals(options, message):
     with pytest.raises(ValueError, match=message):
         grad_reweight(**options)
+
+
+def test_ratio_norm_balances_the_clip_on_both_sides_at_every_noise_level():
+    """The paper's observation on a 16-step flow-grpo schedule: a policy update shifts each step's mean by
+    Δμ = dt·Δv, so the raw log-ratio of the sampled x' carries the bias −mean(Δμ²)/(2s²), which is larger where
+    s is small; past the clip range nearly every sample is clipped below 1 at those steps and none above. After
+    RatioNorm each step's ratios centre on 1, and the clip falls on both sides alike."""
+    from vpt.algo.flow_sde import sde_step_mean_std
+    from vpt.models.wan import schedule_sigmas
+
+    sigmas = schedule_sigmas({"shift": 3.0}, 16).double()
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4096, 64, generator=generator, dtype=torch.float64)
+    velocity = torch.randn(4096, 64, generator=generator, dtype=torch.float64)
+    change = 0.3 * torch.randn(1, 64, generator=generator, dtype=torch.float64)  # the update's velocity change
+    clip = 1e-2
+    raw_imbalance, normalised_imbalance = [], []
+    for k in range(15):
+        sigma, sigma_next = sigmas[k], sigmas[k + 1]
+        old_mean, std = sde_step_mean_std(x, velocity, sigma, sigma_next, 0.7, sigmas[1])
+        new_mean, _ = sde_step_mean_std(x, velocity + change, sigma, sigma_next, 0.7, sigmas[1])
+        sample = old_mean + std * torch.randn(x.shape, generator=generator, dtype=torch.float64)
+        log_ratio = gaussian_log_prob(sample, new_mean, std) - gaussian_log_prob(sample, old_mean, std)
+        for values, imbalance in ((log_ratio, raw_imbalance),
+                                  (normalised_log_ratio(log_ratio, new_mean, old_mean, std), normalised_imbalance)):
+            below = float((values < math.log(1 - clip)).double().mean())
+            above = float((values > math.log(1 + clip)).double().mean())
+            if below + above >= 0.02:  # steps that clip at all
+                imbalance.append(abs(below - above) / (below + above))
+    assert max(raw_imbalance) > 0.9  # the low-noise steps clip on one side only
+    assert len(normalised_imbalance) >= 3 and max(normalised_imbalance) < 0.15  # both sides alike at every step
