@@ -62,8 +62,9 @@ ALGORITHM: dict[str, tuple[Any, str]] = {
     "--self-paced": (False, "Self-paced curriculum over the reward columns."),
     "--curriculum": ("softmax", "Self-paced form: softmax (published) or gated (3 columns, EMA state)."),
     "--curriculum-thresholds": (None, "Competence threshold per column (default 0.75 each)."),
-    "--preset": ("none", "none, or teleboost: every option above (and --lr, --weight-decay, --max-grad-norm) not "
-                         "given takes the TeleBoost release's value (README: GRPO presets)."),
+    "--preset": ("none", "none, teleboost, teleboost-guard or teleboost-tempflow: every option above (and --lr, "
+                         "--weight-decay, --max-grad-norm) not given takes the TeleBoost release's value for its "
+                         "base, GRPO-Guard or TempFlow recipe (README: GRPO presets)."),
 }
 
 # The TeleBoost release (Tele-AI/TeleBoost at d4279ac): recipes/wan_grpo_fsdp/run.sh over
@@ -78,7 +79,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "vipo_grid": "floor", "learning_rate": 2e-6, "weight_decay": 0.1, "max_grad_norm": 1.0,
     },
 }
-_WITH_BPGO = {"teleboost": {"crt": "rerange"}}
+# run.sh's ENABLE_GRPOGUARD turns ratio norm and the reweight on; the yaml names the dancegrpo reweight
+PRESETS["teleboost-guard"] = {**PRESETS["teleboost"], "ratio_norm": True, "grad_reweight": "dancegrpo"}
+# recipes/wan_tempflow_fsdp/run.sh: the noise-normalised step weights (its branching is sample-rollouts')
+PRESETS["teleboost-tempflow"] = {**PRESETS["teleboost"], "timestep_weight": "tempflow"}
+_WITH_BPGO = {name: {"crt": "rerange"} for name in PRESETS}
 _NOT_OPTIONS = ("prior", "vipo_model", "preset")  # inputs of the step, not fields of GrpoOptions
 
 

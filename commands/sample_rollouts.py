@@ -14,6 +14,9 @@ from vpt.commands import _options, _outputs, _ui
 # the TeleBoost release's sampling (recipes/wan_grpo_fsdp/run.sh): DanceGRPO's constant sigma_t, every step SDE
 PRESETS = {"teleboost": {"sde_form": "dancegrpo", "noise_level": 0.25, "steps": 16, "shift": 5.0,
                          "same_noise": True}}
+PRESETS["teleboost-guard"] = {**PRESETS["teleboost"], "record_means": True}  # RatioNorm reads the step means
+# recipes/wan_tempflow_fsdp/run.sh: the flow-grpo form, branches at the first 2 steps, 2 draws each
+PRESETS["teleboost-tempflow"] = {**PRESETS["teleboost"], "sde_form": "flow-grpo", "branch": "2:2"}
 
 
 def sample_rollouts(
@@ -61,9 +64,10 @@ def sample_rollouts(
                                       "as many bytes again as fp32 states), for grpo-step --ratio-norm and "
                                       "--trust-region kl."),
     seed: int = sampling.SEED,
-    preset: str = typer.Option("none", "--preset", help="none, or teleboost: --sde-form dancegrpo, --noise-level "
+    preset: str = typer.Option("none", "--preset", help="none; teleboost: --sde-form dancegrpo, --noise-level "
                                "0.25, --steps 16, --shift 5 and --same-noise where not given (the TeleBoost "
-                               "release's sampling)."),
+                               "release's sampling); teleboost-guard adds --record-means, teleboost-tempflow "
+                               "--sde-form flow-grpo --branch 2:2."),
     device: str = sampling.DEVICE,
     dtype: str = sampling.DTYPE,
     context_parallel: int = sampling.CONTEXT_PARALLEL,
@@ -88,8 +92,8 @@ def sample_rollouts(
     from vpt.train.policy import grpo_iterations
 
     chosen = _options.with_preset(context, locals(), preset, PRESETS)
-    noise_level, sde_form, steps, shift, same_noise = (chosen[name] for name in
-                                                       ("noise_level", "sde_form", "steps", "shift", "same_noise"))
+    noise_level, sde_form, steps, shift, same_noise, record_means, branch = (
+        chosen[name] for name in ("noise_level", "sde_form", "steps", "shift", "same_noise", "record_means", "branch"))
     processes = current_processes()
     target, weights_dtype = placement(device, dtype, processes)
     items = prompt_items(read_prompts(prompts).to_pylist(), prompts)

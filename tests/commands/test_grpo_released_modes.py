@@ -84,7 +84,7 @@ def test_min_norm_joint_reward_logs_each_reward(run_vpt, tiny_zoo, prompts):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--preset", "dancegrpo"], "--preset dancegrpo: choose none or teleboost"),
+    (["--preset", "dancegrpo"], "--preset dancegrpo: choose none or teleboost, teleboost-guard, teleboost-tempflow"),
     (["--std", "bessel"], "--std bessel: choose one of group, group-unbiased, global"),
     (["--prior-column", "prior"], "--prior-column is BPGO's prior; add --bpgo"),
     (["--bpgo", "--prior-column", "nothing"], "has no column 'nothing' for --prior-column"),
@@ -203,3 +203,23 @@ def test_tempflow_branches_group_by_branch_point_and_train_with_ratio_one(run_vp
                       "--timestep-weight", "tempflow")
     assert metrics[(None, "ratio_min")] == 1.0 and metrics[(None, "ratio_max")] == 1.0
     assert metrics[(None, "items")] == 16
+
+
+@pytest.mark.parametrize("preset", ["teleboost-guard", "teleboost-tempflow"])
+def test_the_release_recipe_presets(run_vpt, tiny_zoo, prompts, preset):
+    rows = sample(run_vpt, tiny_zoo, prompts, preset, "--preset", preset, "-g", "2")
+    metrics, record = step(run_vpt, tiny_zoo, prompts, preset, f"{preset}-p1", "--preset", preset, "--reward",
+                           "brightness")
+    chosen = record["grpo"]
+    assert (chosen["std"], chosen["clip_range"], chosen["timestep_fraction"]) == ("group-unbiased", 1e-4, 0.6)
+    if preset == "teleboost-guard":
+        assert {row["sde_form"] for row in rows} == {"dancegrpo"} and all(row["means_key"] for row in rows)
+        assert (chosen["ratio_norm"], chosen["grad_reweight"], chosen["timestep_weight"]) == (True, "dancegrpo",
+                                                                                               "none")
+    else:
+        # 2 prompts x 2 noises x branch points 0 and 1 x 2 draws, sampled with the flow-grpo form
+        assert len(rows) == 16 and {row["branch_point"] for row in rows} == {0, 1}
+        assert {row["sde_form"] for row in rows} == {"flow-grpo"} and not any(row["means_key"] for row in rows)
+        assert (chosen["ratio_norm"], chosen["grad_reweight"], chosen["timestep_weight"]) == (False, "none",
+                                                                                               "tempflow")
+    assert metrics[(None, "ratio_min")] == 1.0 and metrics[(None, "ratio_max")] == 1.0

@@ -433,8 +433,9 @@ CASES: dict[str, Case] = {
     "sample-rollouts/branch with --batch-size": Case(
         sample("--branch", "1:2", "--batch-size", "1"),
         const("--batch-size 1: does not apply with --branch: a branch point's draws are sampled together")),
-    "sample-rollouts/unknown preset": Case(sample("--preset", "flow-grpo"),
-                                           const("--preset flow-grpo: choose none or teleboost")),
+    "sample-rollouts/unknown preset": Case(
+        sample("--preset", "flow-grpo"),
+        const("--preset flow-grpo: choose none or teleboost, teleboost-guard, teleboost-tempflow")),
     "sample-rollouts/batch of 0": Case(sample("--batch-size", "0"),
                                        const("--batch-size 0: give at least 1 sample per forward")),
     "sample-rollouts/fps 0": Case(sample("--fps", "0"), const("--fps 0.0: give a positive frame rate")),
@@ -551,8 +552,9 @@ CASES: dict[str, Case] = {
     "grpo-step/unknown std": Case(grpo("--std", "sample"),
                                   const("--std sample: choose one of group, group-unbiased, global")),
     "grpo-step/--advantage-eps 0": Case(grpo("--advantage-eps", "0"), const("--advantage-eps must be > 0, got 0.0")),
-    "grpo-step/unknown preset": Case(grpo("--preset", "flow-grpo"),
-                                     const("--preset flow-grpo: choose none or teleboost")),
+    "grpo-step/unknown preset": Case(
+        grpo("--preset", "flow-grpo"),
+        const("--preset flow-grpo: choose none or teleboost, teleboost-guard, teleboost-tempflow")),
     "grpo-step/--crt rerange without --bpgo": Case(
         grpo("--crt", "rerange"), const("--crt needs --bpgo (CRT contrasts rewards with BPGO's prior)")),
     "grpo-step/--crt-temperature 0": Case(grpo("--crt-temperature", "0"),
