@@ -20,22 +20,6 @@ PROMPTS = ["a red ball rolling on grass", "a blue cube spinning slowly", "a whit
            "a cat walking in the snow"]
 
 
-def noisy_brightness(noise: float, noisy_prompts: set[str]):
-    from vpt.rewards.heuristic import brightness
-    from vpt.rollouts.sampling import derived_seed
-
-    def reward(rows, videos):
-        values = []
-        for row, video in zip(rows, videos):
-            value = brightness(video)
-            if row["prompt"] in noisy_prompts:
-                value += noise * np.random.default_rng(derived_seed(row["id"], row["seed"])).standard_normal()
-            values.append(value)
-        return {"reward": np.asarray(values)}
-
-    return reward
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", help="zoo directory (default: the cached tiny zoo, built when missing)")
@@ -48,10 +32,11 @@ def main() -> None:
     from vpt.models.zoo import cached_tiny_zoo
     from vpt.rewards.heuristic import brightness
     from vpt.stages.grpo import GrpoOptions
-    from vpt.testing.grpo_loop import LoopSettings, run_grpo_loop
+    from vpt.testing.grpo_loop import LoopSettings, heuristic_reward, run_grpo_loop
 
     zoo = args.zoo or cached_tiny_zoo()
-    reward = noisy_brightness(args.noise, set(PROMPTS[: len(PROMPTS) // 2]))
+    reward = heuristic_reward("brightness", noise=args.noise, noisy_prompts=PROMPTS[: len(PROMPTS) // 2],
+                              column="reward")
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         gains = {}

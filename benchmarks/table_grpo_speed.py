@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 PROMPTS = ["a red ball rolling on grass", "a blue cube spinning slowly", "a white ring on a dark floor",
            "a cat walking in the snow"]
@@ -56,15 +55,6 @@ def heuristic(name: str):
     return getattr(heuristics, name)
 
 
-def reward_of(name: str, sign: float):
-    score = heuristic(name)
-
-    def reward(rows, videos):
-        return {name: sign * np.array([score(video) for video in videos])}
-
-    return reward
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", help="zoo directory (default: the cached tiny zoo, built when missing)")
@@ -77,7 +67,7 @@ def main() -> None:
 
     from vpt.models.zoo import cached_tiny_zoo
     from vpt.stages.grpo import GrpoOptions
-    from vpt.testing.grpo_loop import LoopSettings, run_grpo_loop, within_group_spread
+    from vpt.testing.grpo_loop import LoopSettings, heuristic_reward, run_grpo_loop, within_group_spread
 
     zoo = args.zoo or cached_tiny_zoo()
     rewards = args.rewards.split(",")
@@ -93,7 +83,7 @@ def main() -> None:
                     options = GrpoOptions(reward={reward: 1.0}, clip_range=setting.clip_range, seed=seed)
                     loop = LoopSettings(learning_rate=setting.learning_rate,
                                         steps_per_iteration=setting.steps_per_iteration, seed=seed)
-                    result = run_grpo_loop(zoo, PROMPTS, reward_of(reward, sign), options, args.iterations,
+                    result = run_grpo_loop(zoo, PROMPTS, heuristic_reward(reward, sign), options, args.iterations,
                                            Path(args.out) / f"{setting_name}-{reward}-{seed}-{run}", loop,
                                            evaluation=(PROMPTS, EVAL_SAMPLES, EVAL_SEED, heuristic(reward)))
                     gains[run] = result.after - result.before

@@ -7,13 +7,12 @@ the settings. Seed 0 runs by default; seeds 1 and 2 are marked slow."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from grpo_learning_world import EVAL_SAMPLES, EVAL_SEED, PROMPTS
 
 from vpt.rewards import heuristic
 from vpt.stages.grpo import GrpoOptions
-from vpt.testing.grpo_loop import LoopSettings, run_grpo_loop, within_group_spread
+from vpt.testing.grpo_loop import LoopSettings, heuristic_reward, run_grpo_loop, within_group_spread
 
 ITERATIONS = 6
 SPREAD_SAMPLES, SPREAD_SEED = 8, 2000  # a group's worth of base samples per prompt, noises apart from the eval's
@@ -21,15 +20,6 @@ FAST = {"learning_rate": 3e-2, "steps_per_iteration": 1}  # the Makefile's TRAIN
 CLIP_RANGE = 1e-2  # and --clip-range 1e-2 (idle with one step: its ratios are all 1)
 REWARDS = ["motion", "flicker"]
 SEEDS = [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
-
-
-def _reward(name: str, sign: float):
-    score = getattr(heuristic, name)
-
-    def reward(rows, videos):
-        return {name: sign * np.array([score(video) for video in videos])}
-
-    return reward
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +42,7 @@ def fast_gain(tiny_zoo, tmp_path_factory):
 
     def run(name: str, sign: float, seed: int) -> float:
         options = GrpoOptions(reward={name: 1.0}, clip_range=CLIP_RANGE, seed=seed)
-        result = run_grpo_loop(tiny_zoo, PROMPTS, _reward(name, sign), options, ITERATIONS,
+        result = run_grpo_loop(tiny_zoo, PROMPTS, heuristic_reward(name, sign), options, ITERATIONS,
                                tmp_path_factory.mktemp(f"{name}-{sign:+.0f}-{seed}"), LoopSettings(**FAST, seed=seed),
                                evaluation=(PROMPTS, EVAL_SAMPLES, EVAL_SEED, getattr(heuristic, name)))
         print(f"{name} × {sign:+.0f} seed {seed}: eval {result.before:.5f} -> {result.after:.5f}")

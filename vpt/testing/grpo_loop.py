@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import numpy as np
 import torch
 
-from vpt.rollouts.sampling import RolloutOptions
+from vpt.rollouts.sampling import RolloutOptions, WindowSchedule
 from vpt.stages.grpo import GrpoState, StepInputs, grpo_step
 from vpt.train.policy import DEFAULT_LORA_TARGETS, new_policy
 
@@ -28,6 +29,28 @@ RewardFn = Callable[[Sequence[dict], Sequence[np.ndarray]], "dict[str, np.ndarra
 
 def _tiny_sampling() -> RolloutOptions:
     return RolloutOptions(group_size=8, steps=8, guidance=1.0, frames=9, height=32, width=32)
+
+
+def heuristic_reward(name: str, sign: float = 1.0, noise: float = 0.0, noisy_prompts: Collection[str] = (),
+                     column: str | None = None) -> RewardFn:
+    """A :data:`RewardFn` of one column (``column``, default ``name``): ``sign`` × the heuristic ``name`` of
+    :mod:`vpt.rewards.heuristic` of each rollout's video, plus ``noise`` × N(0, 1) on the rollouts of
+    ``noisy_prompts`` (seeded by the rollout's id and seed: an unreliable reward, the same on every rerun)."""
+    from vpt.rewards import heuristic
+    from vpt.rollouts.sampling import derived_seed
+
+    score = getattr(heuristic, name)
+
+    def reward(rows, videos):
+        values = []
+        for row, video in zip(rows, videos):
+            value = sign * score(video)
+            if noise and row["prompt"] in noisy_prompts:
+                value += noise * np.random.default_rng(derived_seed(row["id"], row["seed"])).standard_normal()
+            values.append(value)
+        return {column or name: np.asarray(values, dtype=np.float64)}
+
+    return reward
 
 
 @dataclass
@@ -42,6 +65,7 @@ class LoopSettings:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    window: tuple[str, WindowSchedule] | None = None  # MixGRPO: (progressive | random, schedule), by iteration
     seed: int = 0
 
 
@@ -114,9 +138,14 @@ def run_grpo_loop(zoo: str | Path, prompts: Sequence[str], reward_fn: RewardFn, 
     state, previous = GrpoState(), None
     dinov2 = load_dinov2(zoo) if options.vipo else None
     for iteration in range(1, iterations + 1):
+        began = time.perf_counter()
         policy.eval()
         rollouts_dir = work_dir / f"rollouts-{iteration:04d}"
         sample_options = dataclasses.replace(settings.sampling, seed=derived_seed(settings.seed, "loop", iteration))
+        if settings.window is not None:  # as sample-rollouts places it after the policy's iteration - 1 iterations
+            strategy, schedule = settings.window
+            sample_options = dataclasses.replace(sample_options, sde_window=schedule.window(
+                strategy, iteration - 1, sample_options.steps, sample_options.seed))
         sample_rollouts(pipe, items, sample_options, rollouts_dir, Processes(), policy_id="loop", model_id=model_id)
         rollouts = load_rollouts(rollouts_dir, verify=False)
         videos = [read_frames(rollouts_dir / row["path"]) for row in rollouts.rows]
@@ -127,7 +156,7 @@ def run_grpo_loop(zoo: str | Path, prompts: Sequence[str], reward_fn: RewardFn, 
                             dinov2=dinov2)
         step = grpo_step(inputs, options, work_dir / f"policy-{iteration:04d}", config,
                          steps_per_iteration=settings.steps_per_iteration, quiet=True)
-        result.metrics.append({"iteration": iteration, **step.metrics})
+        result.metrics.append({"iteration": iteration, **step.metrics, "seconds": time.perf_counter() - began})
         if previous is not None:
             shutil.rmtree(previous, ignore_errors=True)  # the run keeps only its newest checkpoint
         shutil.rmtree(rollouts_dir, ignore_errors=True)
