@@ -58,6 +58,10 @@ def test_the_window_moves_with_the_policys_iteration_and_trains_at_ratio_one(run
     assert {len(row["sigmas"]) for row in second} == {6}  # 5 steps after the window -> floor(2.5) = 2
     assert step(run_vpt, tiny_zoo, root, "mix-2", "mix-p2", ["--policy", root / "mix-p1"])["iteration"] == 2
 
+    strided = sample(run_vpt, tiny_zoo, root, "mix-2-strided", *MIX, "--window-stride", "2", "--policy",
+                     root / "mix-p1")
+    assert {tuple(row["recorded_steps"]) for row in strided} == {(2, 3)}  # two steps on after one iteration
+
 
 def test_the_random_window_is_drawn_from_the_seed_and_iteration(run_vpt, tiny_zoo, root):
     rows = sample(run_vpt, tiny_zoo, root, "random", "--sde-window", "random", "--window-size", "3")
