@@ -81,8 +81,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # run.sh's ENABLE_GRPOGUARD turns ratio norm and the reweight on; the yaml names the dancegrpo reweight
 PRESETS["teleboost-guard"] = {**PRESETS["teleboost"], "ratio_norm": True, "grad_reweight": "dancegrpo"}
-# recipes/wan_tempflow_fsdp/run.sh: the noise-normalised step weights (its branching is sample-rollouts')
-PRESETS["teleboost-tempflow"] = {**PRESETS["teleboost"], "timestep_weight": "tempflow"}
+# recipes/wan_tempflow_fsdp/run.sh: the noise-normalised step weights (its branching is sample-rollouts'), and a
+# branch point's draws z-scored with the population std and eps 1e-8 (tempflow/trajectory.py)
+PRESETS["teleboost-tempflow"] = {**PRESETS["teleboost"], "timestep_weight": "tempflow", "std": "group",
+                                 "advantage_eps": 1e-8}
 _WITH_BPGO = {name: {"crt": "rerange"} for name in PRESETS}
 _NOT_OPTIONS = ("prior", "vipo_model", "preset")  # inputs of the step, not fields of GrpoOptions
 

@@ -211,8 +211,9 @@ def test_the_release_recipe_presets(run_vpt, tiny_zoo, prompts, preset):
     metrics, record = step(run_vpt, tiny_zoo, prompts, preset, f"{preset}-p1", "--preset", preset, "--reward",
                            "brightness")
     chosen = record["grpo"]
-    assert (chosen["std"], chosen["clip_range"], chosen["timestep_fraction"]) == ("group-unbiased", 1e-4, 0.6)
+    assert (chosen["clip_range"], chosen["timestep_fraction"]) == (1e-4, 0.6)
     if preset == "teleboost-guard":
+        assert (chosen["std"], chosen["advantage_eps"]) == ("group-unbiased", 1e-4)
         assert {row["sde_form"] for row in rows} == {"dancegrpo"} and all(row["means_key"] for row in rows)
         assert (chosen["ratio_norm"], chosen["grad_reweight"], chosen["timestep_weight"]) == (True, "dancegrpo",
                                                                                                "none")
@@ -222,4 +223,7 @@ def test_the_release_recipe_presets(run_vpt, tiny_zoo, prompts, preset):
         assert {row["sde_form"] for row in rows} == {"flow-grpo"} and not any(row["means_key"] for row in rows)
         assert (chosen["ratio_norm"], chosen["grad_reweight"], chosen["timestep_weight"]) == (False, "none",
                                                                                                "tempflow")
+        # the release's branch z-score: population std, eps 1e-8, so each pair of draws gets -1 and +1
+        assert (chosen["std"], chosen["advantage_eps"]) == ("group", 1e-8)
+        assert metrics[(None, "advantage/abs_mean")] == pytest.approx(1.0, rel=1e-4)  # Bessel: 0.71
     assert metrics[(None, "ratio_min")] == 1.0 and metrics[(None, "ratio_max")] == 1.0

@@ -1,11 +1,12 @@
-"""TempFlow-GRPO (arXiv 2508.04324): noise-aware step weights and per-branch-point advantages.
+"""TempFlow-GRPO (arXiv 2508.04324): noise-aware step weights.
 
 - Noise-aware weights: each trained step's loss is multiplied by its step std normalised to mean about 1 over the
   schedule, ``w_k = s_k / (mean_k s_k + 1e-8)`` with ``s_k = σ_t(σ_k)·sqrt(σ_k − σ_{k+1})``, so high-noise early steps
   (where exploration happens) outweigh the late refinement steps. The paper's σ_t is the flow-grpo one; with the
   constant σ_t of dancegrpo the weight is only ``Norm(sqrt(Δt))``.
-- Trajectory branching: ODE to step k, SDE draws at k, ODE tail; every final reward credits step k alone, so the
-  advantage is a z-score within (prompt group, branch point).
+- Trajectory branching (``sample-rollouts --branch``): ODE to step k, SDE draws at k, ODE tail; every final reward
+  credits step k alone, so the advantage is a z-score within (prompt group, branch point) — the GRPO group each
+  branch point's draws are written as, normalised by :func:`vpt.algo.grpo.group_advantages`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import torch
 
 from vpt.algo.flow_sde import sde_step_std
 
-BRANCH_EPS = 1e-8
 WEIGHT_EPS = 1e-8
 
 
@@ -38,32 +38,3 @@ def noise_step_weights(sigmas: torch.Tensor, eta: float, form: str = "flow-grpo"
     schedule = sigmas.double()
     std = sde_step_std(schedule[:-1], schedule[1:], eta, schedule[1], form)
     return (std / (std.mean() + WEIGHT_EPS)).to(sigmas.dtype)
-
-
-def branch_advantages(rewards: torch.Tensor, groups: torch.Tensor, branch_points: torch.Tensor) -> torch.Tensor:
-    """Advantages [N] of branched rollouts: rewards [N] z-scored within each (group, branch point) pair.
-
-    ``groups`` [N]: integer prompt-group labels; ``branch_points`` [N]: the step k each row branched at. The std is
-    the population std; ``A = (r − mean)/(std + 1e-8)``, and 0 for a pair whose std is ≤ 1e-8 (a single row, or
-    equal rewards). No clip. Float64 inside, returned in ``rewards``' dtype.
-
-    TeleBoost release, teleboost/algorithms/tempflow/trajectory.py:compute_branched_advantages; TempFlow-GRPO,
-    arXiv 2508.04324.
-    """
-    if not rewards.shape == groups.shape == branch_points.shape or rewards.dim() != 1:
-        raise ValueError(f"rewards {tuple(rewards.shape)}, groups {tuple(groups.shape)} and branch points "
-                         f"{tuple(branch_points.shape)} must be equal 1-D shapes")
-    if not torch.isfinite(rewards).all():
-        raise ValueError("rewards must be finite")
-    if len(rewards) == 0:
-        return rewards.clone()
-    values = rewards.double()
-    keys = torch.stack([groups.long(), branch_points.long()], dim=1)
-    _, index = torch.unique(keys, dim=0, return_inverse=True)
-    count = torch.zeros(int(index.max()) + 1, dtype=torch.float64, device=values.device).index_add_(
-        0, index, torch.ones_like(values))
-    mean = torch.zeros_like(count).index_add_(0, index, values) / count
-    centred = values - mean[index]
-    std = (torch.zeros_like(count).index_add_(0, index, centred**2) / count).sqrt()[index]
-    advantages = torch.where(std > BRANCH_EPS, centred / (std + BRANCH_EPS), torch.zeros_like(centred))
-    return advantages.to(rewards.dtype)
