@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-PROMPTS = ["a red ball rolling on grass", "a blue cube spinning slowly", "a white ring on a dark floor",
-           "a cat walking in the snow"]
+from vpt.toyworld import TOY_PROMPTS
+
+PROMPTS = list(TOY_PROMPTS)
 
 
 def main() -> None:

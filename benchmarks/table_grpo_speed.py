@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from vpt.toyworld import TOY_PROMPTS
 
-PROMPTS = ["a red ball rolling on grass", "a blue cube spinning slowly", "a white ring on a dark floor",
-           "a cat walking in the snow"]
+PROMPTS = list(TOY_PROMPTS)
 EVAL_SAMPLES, EVAL_SEED = 2, 1000  # as the learning tests: two ODE samples per prompt from fixed noises
 SPREAD_SAMPLES, SPREAD_SEED = 8, 2000  # the base generator's within-group spread: a group's worth of samples
 

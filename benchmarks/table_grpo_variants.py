@@ -31,8 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-PROMPTS = ["a red ball rolling on grass", "a blue cube spinning slowly", "a white ring on a dark floor",
-           "a cat walking in the snow"]
+from vpt.toyworld import TOY_PROMPTS
+
+PROMPTS = list(TOY_PROMPTS)
 RELEASED_VIPO_MAP = {"vipo_pca": "per-frame", "vipo_orient": "svd", "vipo_blur_mode": "reflect",
                      "vipo_normalise": "per-frame+global", "vipo_time": "half-pixel", "vipo_grid": "floor"}
 # variant -> (GrpoOptions changes, RolloutOptions changes, LoopSettings changes)

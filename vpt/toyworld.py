@@ -31,6 +31,10 @@ from typing import Iterator
 
 import numpy as np
 
+# the prompts of the GRPO learning tests and tables (examples/grpo/Makefile writes the same four)
+TOY_PROMPTS = ("a red ball rolling on grass", "a blue cube spinning slowly", "a white ring on a dark floor",
+               "a cat walking in the snow")
+
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),
     "green": (40, 200, 60),

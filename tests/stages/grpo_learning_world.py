@@ -8,11 +8,11 @@ import pytest
 
 from vpt.rewards.heuristic import brightness, flicker
 from vpt.rollouts.sampling import derived_seed
+from vpt.toyworld import TOY_PROMPTS
 
 ITERATIONS = 30
 MARGIN = 0.03  # brightness in [0, 1]; the fixed-noise samples start near 0.55
-PROMPTS = ["a red ball rolling on grass", "a blue cube spinning slowly", "a white ring on a dark floor",
-           "a cat walking in the snow"]
+PROMPTS = list(TOY_PROMPTS)
 EVAL_SAMPLES, EVAL_SEED = 2, 1000  # two ODE samples per prompt from fixed initial noises
 SEEDS = [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
 
