@@ -75,13 +75,16 @@ def _check_same_parent(resume: Path, record: Mapping[str, Any]) -> None:
 class StageTask:
     """What a stage hands the harness: its dataset, ``loss_fn`` (see :class:`~vpt.train.Trainer`) and optional
     ``collate_fn``; ``own_backward`` when the loss back-propagates itself; ``extra_state`` (``state_dict`` /
-    ``load_state_dict``) saved with every checkpoint."""
+    ``load_state_dict``) saved with every checkpoint; ``samples``: a few of the stage's sample videos as (caption,
+    mp4 path), or a function giving them once training and the summary are done, logged to the experiment trackers
+    (``--report-to``) before the run directory is removed."""
 
     dataset: torch.utils.data.Dataset
     loss_fn: Callable
     collate_fn: Callable | None = None
     own_backward: bool = False
     extra_state: Any = None
+    samples: Sequence[tuple[str, Path]] | Callable[[], Sequence[tuple[str, Path]]] = ()
 
 
 def train_stage(policy: torch.nn.Module, task: StageTask, config, out: Path, record: dict,
