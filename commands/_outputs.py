@@ -24,3 +24,10 @@ def _callback(check: str, **options):
 output_file = _callback("check_output_file")  # a table or file: - (stdout) or a file vpt can write
 new_directory = _callback("check_new_directory")  # a directory the command creates: it must not exist yet
 run_directory = _callback("check_new_directory", owned_ok=True)  # new, or one of vpt's for --resume
+
+
+def tracker(ctx, param, value):
+    """``--report-to``: a tracker this machine has (:func:`vpt.train.trackers.check_report_to`)."""
+    from vpt.train.trackers import check_report_to
+
+    return check_report_to(value)

@@ -55,10 +55,13 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "--resume": (None, "Continue an interrupted run (OUT.run or one of its checkpoint-N) or train a finished "
                        "checkpoint of this stage further, as if it had not stopped."),
     "--seed": (0, "Seed of the data order, noise, noise levels and LoRA initialisation."),
+    "--report-to": ("none", "Experiment tracker that also gets the metrics (and sample videos where the stage "
+                            "has them): none, tensorboard or wandb (offline unless WANDB_MODE says otherwise); its "
+                            "files go to OUT/logs/."),
     "--quiet": (False, "No progress or summary."),
 }
 SHORT = {"--model": "-m", "--out": "-o", "--quiet": "-q"}
-CALLBACKS = {"--out": outputs.new_directory}
+CALLBACKS = {"--out": outputs.new_directory, "--report-to": outputs.tracker}
 
 
 def option(name: str, default: Any = _SAME, help: str | None = None):
@@ -93,7 +96,7 @@ CONFIG_FIELDS = {"learning_rate": "learning_rate", "batch_size": "batch_size",
                  "warmup_steps": "warmup_steps", "lr_schedule": "lr_schedule", "weight_decay": "weight_decay",
                  "max_grad_norm": "max_grad_norm", "mixed_precision": "mixed_precision", "save_every": "save_every",
                  "log_every": "log_every", "eval_every": "eval_every", "seed": "seed",
-                 "context_parallel": "context_parallel"}
+                 "context_parallel": "context_parallel", "report_to": "report_to"}
 
 
 def train_config(values: Mapping[str, Any], default_epochs: int = 1, **fields):

@@ -81,8 +81,8 @@ def train_reward(
     gradient_checkpointing: bool = shared.option("--gradient-checkpointing"),
     seed: int = shared.option("--seed", help="Seed of the split, the adapter initialisation and the data order."),
     resume: Optional[str] = shared.option("--resume", help="Continue the run of an --out directory (or one of its "
-                                                         "checkpoint-N), or train a finished run further, as if "
-                                                         "it had not stopped."),
+                                                         "checkpoint-N) as if it had not stopped, or train it on."),
+    report_to: str = shared.option("--report-to"),
     quiet: bool = shared.option("--quiet"),
 ) -> None:
     """Train a reward model on preference pairs.

@@ -456,6 +456,14 @@ CASES: dict[str, Case] = {
     "train-reward/dtype": Case(reward("-o", tmp("out"), "--dtype", "int8"), const("--dtype int8: choose bf16 or fp32")),
     "train-reward/latent dtype": Case(reward("-o", tmp("out"), "--dtype", "fp64", kind="latent"),
                                       const("--dtype fp64: choose bf16 or fp32")),
+    "sft/report-to": Case(sft("--report-to", "mlflow"),
+                          const("--report-to mlflow: choose one of none, tensorboard, wandb")),
+    "dpo/report-to": Case(dpo("--report-to", "comet"),
+                          const("--report-to comet: choose one of none, tensorboard, wandb")),
+    "grpo-step/report-to": Case(grpo("--report-to", "WANDB"),
+                                const("--report-to WANDB: choose one of none, tensorboard, wandb")),
+    "train-reward/report-to": Case(reward("-o", tmp("out"), "--report-to", "tb"),
+                                   const("--report-to tb: choose one of none, tensorboard, wandb")),
     "sample-rollouts/device": Case(sample("--device", "tpu"),
                                    const("--device tpu: not a device; choose auto, cpu, cuda or cuda:N")),
     "sample-rollouts/no such model": Case(
@@ -781,3 +789,14 @@ def test_the_suite_covers_every_command():
     assert set(counts) == {"score", "build-prefs", "eval", "sample-rollouts", "guide", "grpo-step", "sft", "dpo",
                            "train-reward", "zoo", "schema"}
     print("bad inputs by command: " + ", ".join(f"{command} {count}" for command, count in sorted(counts.items())))
+
+
+@pytest.mark.parametrize("tracker", ["tensorboard", "wandb"])
+def test_a_tracker_that_is_not_installed(world, tmp_path, run_vpt, monkeypatch, tracker):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == tracker else find_spec(name, *a))
+    result = run_vpt(CASES["sft/report-to"].args(world, tmp_path)[:-2] + ["--report-to", tracker])
+    assert_refused(result, f"--report-to {tracker} needs the {tracker} package: pip install 'vpt[{tracker}]', or "
+                           "choose --report-to none", tmp_path / "out")

@@ -11,6 +11,7 @@ from typing import Any
 
 from vpt.errors import VptError
 from vpt.io.jsonfile import read_json_object
+from vpt.train.trackers import REPORT_TO
 
 SCHEDULES = ("constant", "cosine", "linear")
 MIXED_PRECISION = ("no", "bf16")
@@ -22,7 +23,8 @@ OPTION_OF = {"learning_rate": "--lr", "batch_size": "--batch-size", "gradient_ac
              "max_steps": "--max-steps", "epochs": "--epochs", "warmup_steps": "--warmup-steps",
              "lr_schedule": "--lr-schedule", "weight_decay": "--weight-decay", "max_grad_norm": "--max-grad-norm",
              "mixed_precision": "--mixed-precision", "save_every": "--save-every", "log_every": "--log-every",
-             "eval_every": "--eval-every", "seed": "--seed", "context_parallel": "--context-parallel"}
+             "eval_every": "--eval-every", "seed": "--seed", "context_parallel": "--context-parallel",
+             "report_to": "--report-to"}
 
 
 @dataclass
@@ -40,6 +42,7 @@ class TrainConfig:
     ``no_decay`` lists glob patterns of parameters without weight decay (e.g. ``"*.bias"``). ``eval_every`` /
     ``save_every`` of ``None`` or 0 mean "only at the end"; ``keep_last`` of ``None`` or 0 keeps every checkpoint;
     ``max_grad_norm`` of ``None`` or 0 turns clipping off (the gradient norm is still measured and logged).
+    ``report_to``: an experiment tracker that also gets every logged row (:mod:`vpt.train.trackers`).
     """
 
     output_dir: str = "runs/train"
@@ -68,6 +71,7 @@ class TrainConfig:
     shuffle: bool = True
     num_workers: int = 0
     find_unused_parameters: bool = False
+    report_to: str = "none"
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # JSON gives lists
@@ -118,6 +122,8 @@ class TrainConfig:
             raise bad("betas", "two numbers in [0, 1)")
         if not 0 <= self.min_lr_ratio <= 1:
             raise bad("min_lr_ratio", "a number in [0, 1]")
+        if self.report_to not in REPORT_TO:
+            raise bad("report_to", " | ".join(REPORT_TO))
         if self.max_grad_norm is not None and not self.max_grad_norm >= 0:
             raise bad("max_grad_norm", "a number >= 0 (0: no clipping)")
 

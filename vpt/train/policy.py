@@ -250,10 +250,12 @@ def read_policy_metrics(checkpoint: str | Path) -> dict[tuple[int | None, str], 
     return {(row["step"], row["name"]): row["value"] for row in rows}
 
 
-def publish_policy(checkpoint: Path, out: Path, record: Mapping[str, Any], metrics: Sequence[dict]) -> None:
+def publish_policy(checkpoint: Path, out: Path, record: Mapping[str, Any], metrics: Sequence[dict],
+                   logs: Path | None = None) -> None:
     """Move the files of the harness ``checkpoint`` into the policy checkpoint ``out``, with ``policy.json``,
     ``metrics.parquet`` and our model card (``README.md``, in place of peft's); ``adapter_config.json`` names the
-    generator instead of a local path. ``out`` appears complete or not at all."""
+    generator instead of a local path; the run's experiment-tracker directory ``logs``, when it exists, moves in as
+    ``logs/``. ``out`` appears complete or not at all."""
     from vpt.io.atomic import commit, temporary_sibling
     from vpt.io.tables import write_table
 
@@ -263,6 +265,8 @@ def publish_policy(checkpoint: Path, out: Path, record: Mapping[str, Any], metri
     try:
         for entry in Path(checkpoint).iterdir():
             entry.rename(temporary / entry.name)
+        if logs is not None and logs.is_dir():
+            logs.rename(temporary / logs.name)
         (temporary / POLICY_FILE).write_text(json.dumps(dict(record), indent=2, sort_keys=True) + "\n",
                                              encoding="utf-8")
         write_table(list(metrics), temporary / METRICS_TABLE, "metrics")

@@ -104,6 +104,7 @@ def train_stage(policy: torch.nn.Module, task: StageTask, config, out: Path, rec
     from vpt.train.trainer import Trainer
     from vpt.train.checkpoint import latest_checkpoint, load_peft, read_metrics
     from vpt.train.policy import METRICS_TABLE, metrics_rows, publish_policy, save_policy
+    from vpt.train.trackers import LOGS_DIRECTORY
 
     out = Path(out)
     run = check_output(out, resume)
@@ -119,18 +120,24 @@ def train_stage(policy: torch.nn.Module, task: StageTask, config, out: Path, rec
                           collate_fn=task.collate_fn, save_model=save_policy, load_model=load_peft,
                           own_backward=task.own_backward, extra_state=task.extra_state, quiet=quiet)
         result = trainer.train(resume=resume if resume is not None else False,
-                               warm_start=warm_start if resume is None else None)
+                               warm_start=warm_start if resume is None else None, keep_tracking=True)
     except BaseException:
         if processes.is_main and latest_checkpoint(run) is None:  # nothing to resume: leave no run behind
             remove_owned(run)
         raise
-    measured = dict(summary() if callable(summary) else summary)
+    try:
+        measured = dict(summary() if callable(summary) else summary)
+        trainer.tracking.log(measured, result.step)
+        trainer.tracking.videos(task.samples() if callable(task.samples) else task.samples, result.step)
+    finally:
+        trainer.tracking.end()
     steps = read_metrics(result.metrics_file) if processes.is_main else []
     if processes.is_main:
         table = metrics_rows(iteration, measured, steps)
         if result.resumed_from is not None and (result.resumed_from / METRICS_TABLE).is_file():
             table = _earlier_steps(result.resumed_from / METRICS_TABLE, steps) + table
-        publish_policy(result.checkpoint, out, {**record, "step": result.step}, table)
+        publish_policy(result.checkpoint, out, {**record, "step": result.step}, table,
+                       logs=run / LOGS_DIRECTORY)
         remove_owned(run)
     processes.wait()
     last = {k: v for k, v in (steps[-1] if steps else {}).items() if k not in ("step", "epoch")}

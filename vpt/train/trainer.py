@@ -27,6 +27,7 @@ from vpt.train.config import RESUME_LOCKED, TrainConfig
 from vpt.train.lora import is_peft_model
 from vpt.train.optim import ROWS_ATTRIBUTE, LrLambda, build_optimizer, build_scheduler
 from vpt.train.plan import StepPlan
+from vpt.train.trackers import LOGS_DIRECTORY, Tracking
 
 WALL_CLOCK_METRICS = ("examples_per_s",)  # logged rows that measure the machine rather than the training
 
@@ -103,6 +104,7 @@ def check_run_directory(output_dir: str | os.PathLike, resume: bool | str | os.P
 
 
 def _make_accelerator(config: TrainConfig):
+    """The run's accelerator; its trackers (``config.report_to``) log into ``OUTPUT_DIR/logs``."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
@@ -110,9 +112,12 @@ def _make_accelerator(config: TrainConfig):
     # run owns them (the process group in PartialState is kept).
     AcceleratorState._reset_state()
     GradientState._reset_state()
+    tracking = config.report_to != "none"
     return Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=config.mixed_precision,
+        log_with=config.report_to if tracking else None,
+        project_dir=str(Path(config.output_dir) / LOGS_DIRECTORY) if tracking else None,
     )
 
 
@@ -224,6 +229,7 @@ class Trainer:
         else:
             self.save_model, self.load_model, self.export_model = save_model, load_model, None
         self.accelerator = _make_accelerator(config)
+        self.tracking = Tracking(self.accelerator, config.report_to, Path(config.output_dir))
         self.optimizer = None
         self.scheduler = None
         self._trained = False
@@ -268,8 +274,8 @@ class Trainer:
                                "order) or start a new run")
 
     # ------------------------------------------------------------------------------------------------ train
-    def train(self, resume: bool | str | os.PathLike = False,
-              warm_start: str | os.PathLike | None = None) -> TrainResult:
+    def train(self, resume: bool | str | os.PathLike = False, warm_start: str | os.PathLike | None = None,
+              keep_tracking: bool = False) -> TrainResult:
         """Run until ``max_steps`` / ``epochs``; ``resume=True`` continues from the newest checkpoint in the output
         directory (or starts fresh when there is none), a path continues from that checkpoint (or run directory).
 
@@ -284,7 +290,20 @@ class Trainer:
         from it, while the data position starts fresh; ``max_steps`` / ``epochs`` then count this run's steps. The
         extra state is the task's to restore (it usually shapes the data). Needs a constant schedule (warmup
         allowed), because the length of the whole chain of runs is unknown.
+
+        ``keep_tracking``: leave the experiment trackers open for the caller's own figures (``self.tracking``),
+        which it then ends; otherwise they end with training.
         """
+        try:
+            result = self._train(resume, warm_start)
+        except BaseException:
+            self.tracking.end()
+            raise
+        if not keep_tracking:
+            self.tracking.end()
+        return result
+
+    def _train(self, resume: bool | str | os.PathLike, warm_start: str | os.PathLike | None) -> TrainResult:
         if self._trained:
             raise RuntimeError("Trainer.train() runs once per Trainer; build a new Trainer to train again")
         self._trained = True
@@ -353,6 +372,7 @@ class Trainer:
             claim_directory(self.output_dir)
             ckpt.truncate_metrics(self.metrics_file, step)
         acc.wait_for_everyone()
+        self.tracking.start(cfg.to_dict())
         reporter = _Reporter(main and not self.quiet, total, step)
         if checkpoint is not None:
             reporter.note(f"resuming from {checkpoint} (step {step}/{total})")
@@ -427,6 +447,7 @@ class Trainer:
                     if main:
                         with open(self.metrics_file, "a", encoding="utf-8") as handle:
                             handle.write(json.dumps(row) + "\n")
+                    self.tracking.log(row, step)
                     reporter.row(row)
                 reporter.step(step)
                 if (cfg.save_every and step % cfg.save_every == 0) or final:
