@@ -76,7 +76,7 @@ def run(args, work: Path) -> None:
     from vpt.stages.dpo import DpoOptions, run_dpo
     from vpt.stages.examples import NoiseOptions
     from vpt.stages.sft import run_sft
-    from vpt.testing.flow_eval import HIGH_NOISE, LOW_NOISE, compare_samples, load_transformer, velocity_drift
+    from vpt.testing.flow_eval import HIGH_NOISE, LOW_NOISE, compare_samples, load_transformer, module_drift
     from vpt.train.policy import DEFAULT_LORA_TARGETS
 
     zoo = args.zoo or cached_tiny_zoo()
@@ -102,7 +102,7 @@ def run(args, work: Path) -> None:
                              cache=cache, quiet=True).checkpoint
             scores = compare_samples(zoo, policy, reference, EVAL_PROMPTS, args.samples, 1000 + seed, brightness)
             policy_model = load_transformer(zoo, policy)
-            drift = [velocity_drift(policy_model, reference_model, latents, embeds, band, 4, seed)
+            drift = [module_drift(policy_model, reference_model, latents, embeds, band, 4, seed)
                      for band in (HIGH_NOISE, LOW_NOISE)]
             rows.append((seed, schedule, scores.win_rate, scores.gain, *drift))
         print(f"seed {seed}: done in {time.perf_counter() - began:.0f} s", flush=True)

@@ -6,10 +6,12 @@ from typing import Any
 
 import typer
 
+from vpt.commands import _guard
 from vpt.commands import _training as shared
 from vpt.commands import _ui
 
 
+@_guard.dpo_options
 @shared.flow_stage_options
 def dpo(
     context: typer.Context,
@@ -31,7 +33,9 @@ def dpo(
 
     Both clips of a pair get the same noise and noise level; the reference is the starting policy without a second
     copy of the generator. Clips are encoded to latents once (cached). Metrics include the implicit reward accuracy
-    and margin. Runs plainly or under `accelerate launch`.
+    and margin, the drift from the reference by noise level (drift/0.10 ... drift/0.90) and, with --judge, held-out
+    judges' scores of the starting and the trained policy's samples (judge/COLUMN/start_mean, judge/COLUMN/mean).
+    Runs plainly or under `accelerate launch`.
 
     Example:
 
@@ -43,6 +47,7 @@ def dpo(
 
     options = DpoOptions(dimension=dimension, beta=beta, beta_schedule=beta_schedule, decoupled=decoupled,
                          reference=reference)
-    result = run_dpo(prefs=prefs, options=options, **shared.stage_arguments(context, training))
+    result = run_dpo(prefs=prefs, options=options, guard=_guard.guard_options(training),
+                     **shared.stage_arguments(context, training))
     _ui.report("dpo", result, training["quiet"])
     finish_distributed()

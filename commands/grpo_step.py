@@ -6,11 +6,13 @@ from typing import List, Optional
 
 import typer
 
+from vpt.commands import _guard
 from vpt.commands import _grpo as grpo
 from vpt.commands import _training as shared
 from vpt.commands import _ui
 
 
+@_guard.grpo_options
 @grpo.algorithm_options
 def grpo_step(
     context: typer.Context,
@@ -48,6 +50,7 @@ def grpo_step(
     gradient_checkpointing: bool = shared.option("--gradient-checkpointing"),
     context_parallel: int = shared.option("--context-parallel"),
     seed: int = shared.option("--seed", help="Seed of the data order and the timestep subsets."),
+    report_to: str = shared.option("--report-to"),
     quiet: bool = shared.option("--quiet"),
     **algorithm,
 ) -> None:
@@ -83,11 +86,14 @@ def grpo_step(
     config = shared.train_config(values, epochs=1)
     targets = shared.policy_lora_targets(lora_targets)
     check_output(Path(out), resume)
+    guard = _guard.guard_options(algorithm)
     inputs = load_step_inputs(policy=policy, init=init, model=model, rollouts=rollouts, scores=scores,
                               prior=values["prior"], options=options, vipo_model=values["vipo_model"],
-                              lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=targets, init_lora=init_lora, command=_ui.command_line(context),
-                              dtype=frozen_dtype, gradient_checkpointing=gradient_checkpointing)
-    result = run(inputs, options, out, config, steps_per_iteration=steps_per_iteration, resume=resume, quiet=quiet)
+                              lora_rank=lora_rank, lora_alpha=lora_alpha, lora_targets=targets, init_lora=init_lora,
+                              command=_ui.command_line(context),
+                              dtype=frozen_dtype, gradient_checkpointing=gradient_checkpointing, judges=guard.judges)
+    result = run(inputs, options, out, config, steps_per_iteration=steps_per_iteration, resume=resume, quiet=quiet,
+                 drift_probes=guard.drift_probes)
     if not quiet and current_processes().is_main:
         _ui.print_table(f"grpo-step iteration {result.iteration}", ["metric", "value"],
                         [[name, f"{value:.6g}"] for name, value in result.metrics.items()])

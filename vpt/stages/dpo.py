@@ -21,7 +21,9 @@ from vpt.models.wan import WanVelocity, wan_dtype
 from vpt.stages.examples import (Example, Examples, LatentItems, NoiseOptions, lora_record, pair_clips,
                                  precision_record, prepare)
 from vpt.train.batch import TensorBatch
-from vpt.train.run import StageResult, StageTask, check_output, options_dict, stage_record, train_stage
+from vpt.stages.guard import GuardOptions
+from vpt.train.run import (StageResult, StageTask, check_output, options_dict, run_directory, stage_record,
+                           train_stage)
 
 DIMENSIONS = ("overall", "vq", "mq", "ta")
 REFERENCES = ("policy", "base")
@@ -188,24 +190,76 @@ def run_dpo(*, model: str | None, policy: str | None, prefs: str, out: str | os.
             noise: NoiseOptions, config, lora_targets: Sequence[str], lora_rank: int = 8, lora_alpha: float = 16.0,
             size: tuple[int, int, int] | None = None, cache: str | None = None, resume: str | None = None,
             quiet: bool = False, init_lora: str | None = None, command: Sequence[str] | None = None,
-            dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False) -> StageResult:
+            dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False,
+            guard: GuardOptions | None = None) -> StageResult:
     """``vpt dpo``: Flow-DPO of the policy (``policy`` continued, a new LoRA on ``model``, or the LoRA
     ``init_lora`` on ``model``) on the pairs of ``prefs`` labelled in ``options.dimension``; writes the policy
     checkpoint ``out``. ``command``: the command line, for the record and the model card. ``dtype``: of the frozen
     generator (the LoRA, optimizer, errors and their differences stay float32); ``gradient_checkpointing``:
-    recompute the transformer's activations in the backward pass."""
+    recompute the transformer's activations in the backward pass.
+
+    ``guard`` (:mod:`vpt.stages.guard`): with judges, the starting policy's ODE samples of the evaluation prompts
+    are drawn before training and the trained policy's from the same noises after it, written to
+    ``OUT.run/eval-samples/`` and scored (``judge/<column>/start_mean`` ... ``/mean``); the drift from the reference
+    is measured on the first chosen clips (``drift/<σ>``)."""
+    from vpt.models.dtypes import dtype_name
+    from vpt.stages.guard import EVAL_DIRECTORY, EvalSampler, eval_prompts, judge_metrics, judge_scores, load_judges
+
+    guard = guard or GuardOptions()
     check_output(Path(out), resume)  # before encoding, which can take long at full scale
     examples = dpo_examples(prefs, options.dimension)
+    prompts = eval_prompts(guard.eval_prompts, [example.prompt for example in examples.examples]) \
+        if guard.judges else []
+    judges = load_judges(guard.judges, dtype_name(dtype)) if guard.judges else []
     lora = {"targets": tuple(lora_targets), "rank": lora_rank, "alpha": lora_alpha}
-    source, trainable, encoded = prepare(examples, model, policy, size, cache, lora, noise.seed, quiet, init_lora,
-                                         dtype, gradient_checkpointing)
+    source, trainable, encoded, evaluation = prepare(examples, model, policy, size, cache, lora, noise.seed, quiet,
+                                                     init_lora, dtype, gradient_checkpointing, prompts)
     # the starting policy is the reference: a parent's or an init LoRA's adapter as it starts, swapped in
     reference = Reference(trainable, parent_weights=options.reference == "policy" and source.adapter)
     task = FlowDpoTask(options, reference, wan_dtype(trainable))
-    record = stage_record("dpo", source, prefs,
-                          {**options_dict(options, noise), "lora": lora_record(lora, source), "size": size}, command)
+    record = stage_record("dpo", source, prefs, {**options_dict(options, noise, guard),
+                                                 "lora": lora_record(lora, source), "size": size}, command)
     record.update(precision_record(dtype, gradient_checkpointing))
-    return train_stage(trainable, StageTask(LatentItems(encoded, noise), task, PairBatch.collate, own_backward=True),
-                       config, Path(out), record, examples.counts, resume=resume, quiet=quiet)
+    sampler = start = None
+    if evaluation is not None:
+        pipe, embeddings = evaluation
+        sampler = EvalSampler(pipe, prompts, embeddings, guard.eval_samples, guard.eval_steps,
+                              size or _clip_size(examples.examples[0].clips["chosen"]), noise.seed)
+        start = sampler.sample(trainable)
+    probes = [(example.latents["chosen"], example.prompt) for example in encoded[:guard.drift_probes]]
+    tracked: list[tuple[str, Path]] = []
+
+    def summary() -> dict[str, float]:
+        from vpt.distributed import current_processes
+        from vpt.encoding.cache import load_latent, load_prompt_embedding
+        from vpt.stages.guard import TRACKED_SAMPLES, drift_metrics
+
+        loaded = [(load_latent(latent), load_prompt_embedding(prompt)[None]) for latent, prompt in probes]
+        measured = {**examples.counts, **drift_metrics(trainable, lambda: reference.active(trainable), loaded,
+                                                       wan_dtype(trainable))}
+        if sampler is None:
+            return measured
+        end = sampler.sample(trainable)  # every process: a sharded policy's forward needs them all
+        if not current_processes().is_main:
+            return measured
+        directory = run_directory(Path(out)) / EVAL_DIRECTORY
+        written = {tag: sampler.write(videos, directory, tag) for tag, videos in (("start", start), ("end", end))}
+        for tag, prefix in (("start", "start_"), ("end", "")):
+            files = [path for _, path in written[tag]]
+            sampled = [sampler.prompts[n // guard.eval_samples] for n in range(len(files))]
+            measured.update(judge_metrics(judge_scores(judges, files, sampled), prefix))
+        pairs = list(zip(written["start"], written["end"]))[:TRACKED_SAMPLES // 2]
+        tracked.extend(video for pair in pairs for video in pair)
+        return measured
+
+    return train_stage(trainable, StageTask(LatentItems(encoded, noise), task, PairBatch.collate, own_backward=True,
+                                            samples=lambda: tracked),
+                       config, Path(out), record, summary, resume=resume, quiet=quiet)
 
 
+def _clip_size(file: Path) -> tuple[int, int, int]:
+    """(frames, height, width) of a clip."""
+    from vpt.io.video import probe
+
+    info = probe(file)
+    return info.frames, info.height, info.width

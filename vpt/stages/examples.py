@@ -197,12 +197,15 @@ def encode_examples(examples: Sequence[Example], pipe, model: Path, cache, size:
 
 
 def prepare(examples: Examples, model: str | None, policy: str | None, size, cache: str | None,
-             lora: Mapping[str, Any], seed: int, quiet: bool, init_lora: str | None = None,
-             dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False):
-    """(source, trainable policy, encoded examples): the policy and data of a stage, checked and encoded.
-    ``init_lora``: a LoRA without ``policy.json`` (peft or diffusers layout) the new policy starts as. The generator
-    is loaded in ``dtype`` (the cache keys its encodings by the VAE's and text encoder's dtype); the LoRA trains in
-    float32 on it, with ``gradient_checkpointing`` when asked (:meth:`~vpt.train.policy.PolicySource.open`)."""
+            lora: Mapping[str, Any], seed: int, quiet: bool, init_lora: str | None = None,
+            dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False,
+            eval_prompts: Sequence[str] = ()):
+    """(source, trainable policy, encoded examples, evaluation): the policy and data of a stage, checked and
+    encoded. ``init_lora``: a LoRA without ``policy.json`` (peft or diffusers layout) the new policy starts as. The
+    generator is loaded in ``dtype`` (the cache keys its encodings by the VAE's and text encoder's dtype); the LoRA
+    trains in float32 on it, with ``gradient_checkpointing`` when asked (:meth:`~vpt.train.policy.PolicySource.open`).
+    ``eval_prompts``: prompts the stage samples videos of (its judges'); ``evaluation`` is then (the pipeline
+    without its text encoder, the prompts' cached embedding files), else None."""
     from vpt.models.loading import load_wan_pipeline
     from vpt.encoding.cache import EncodedCache
     from vpt.train.policy import policy_source
@@ -211,12 +214,24 @@ def prepare(examples: Examples, model: str | None, policy: str | None, size, cac
     if size is None:
         check_clip_sizes(examples.examples)
     pipe = load_wan_pipeline(source.model, dtype=dtype)
-    encoded = encode_examples(examples.examples, pipe, source.model, EncodedCache(cache), size, quiet)
+    store = EncodedCache(cache)
+    encoded = encode_examples(examples.examples, pipe, source.model, store, size, quiet)
+    evaluation = None
+    if eval_prompts:
+        from vpt.distributed import current_processes
+
+        text_id = store.component_identity(source.model / "text_encoder", source.model / "tokenizer")
+        files = store.encode_prompts(list(eval_prompts), pipe, text_id, processes=current_processes(),
+                                     labels=[f"evaluation prompt {n}" for n in range(1, len(eval_prompts) + 1)])
+        evaluation = (pipe, files)
     transformer = pipe.transformer
-    del pipe  # the text encoder and VAE are done: only the transformer trains
+    if evaluation is None:
+        del pipe  # the text encoder and VAE are done: only the transformer trains
+    else:
+        pipe.text_encoder = None  # the samples' prompts are encoded: the VAE stays to decode them
     trainable = source.open(lora["targets"], lora["rank"], lora["alpha"], seed, transformer=transformer,
                             gradient_checkpointing=gradient_checkpointing)
-    return source, trainable, encoded
+    return source, trainable, encoded, evaluation
 
 
 def precision_record(dtype: torch.dtype, gradient_checkpointing: bool) -> dict:

@@ -214,6 +214,7 @@ class StepInputs:
     prior_source: str = "--prior"
     dinov2: torch.nn.Module | None = None
     row_priors: torch.Tensor | None = None  # [N] BPGO's prior of each rollout, from --prior-column
+    judged: dict[str, float] = field(default_factory=dict)  # judge/<column>/mean|std of the rollouts (--judge)
 
 
 def sde_form_of(row: Mapping[str, Any]) -> str:
@@ -258,8 +259,10 @@ def load_step_inputs(*, policy: str | None, init: str | None, model: str | None,
                      lora_rank: int = 8, lora_alpha: float = 16.0,
                      lora_targets: Sequence[str] = DEFAULT_LORA_TARGETS, device: str | None = None,
                      init_lora: str | None = None, command: Sequence[str] | None = None,
-                     dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False) -> StepInputs:
-    """Read and check everything :func:`grpo_step` needs: tables first (cheap, most errors), then the models.
+                     dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False,
+                     judges: Sequence[str] = ()) -> StepInputs:
+    """Read and check everything :func:`grpo_step` needs: tables first (cheap, most errors), then the judges, then
+    the models.
 
     ``policy``: a checkpoint of any stage (continue it; GRPO's own state carries over from a grpo-step one) — or
     ``init``: a Wan / zoo directory (start a LoRA policy with ``lora_rank`` / ``lora_alpha`` / ``lora_targets``, or
@@ -267,7 +270,8 @@ def load_step_inputs(*, policy: str | None, init: str | None, model: str | None,
     recorded). ``model`` overrides the generator a policy records. ``command``: the command line, for the record
     and the model card. ``dtype``: of the frozen transformer (the LoRA, optimizer, log-probs and loss stay float32;
     sample the rollouts with the same ``--dtype``, so the first ratios are 1); ``gradient_checkpointing``: recompute
-    the transformer's activations in the backward pass.
+    the transformer's activations in the backward pass. ``judges``: held-out reward models (``vpt score -m`` names,
+    :mod:`vpt.stages.guard`) that score the rollouts' videos here, before training, and are never optimised.
     """
     from vpt.models.dtypes import dtype_name
     from vpt.io.tables import read_table
@@ -295,6 +299,13 @@ def load_step_inputs(*, policy: str | None, init: str | None, model: str | None,
         if missing is not None:
             raise VptError(f"{rollouts}: row {missing}: no recorded step means, which --ratio-norm and --trust-region "
                            "kl need; sample the rollouts with --record-means")
+    judged = {}
+    if judges:
+        from vpt.stages.guard import judge_metrics, judge_scores, load_judges
+
+        files = [rollout_set.directory / row["path"] for row in rollout_set.rows]
+        judged = judge_metrics(judge_scores(load_judges(judges, dtype_name(dtype)), files,
+                                            [row["prompt"] for row in rollout_set.rows]))
 
     dinov2 = None
     if options.vipo:
@@ -318,7 +329,7 @@ def load_step_inputs(*, policy: str | None, init: str | None, model: str | None,
                                    "gradient_checkpointing": bool(gradient_checkpointing),
                                    **({"command": [str(token) for token in command]} if command else {})},
                       warm_start=warm_start, reference_priors=reference, prior_source=prior or "--prior",
-                      dinov2=dinov2, row_priors=row_priors)
+                      dinov2=dinov2, row_priors=row_priors, judged=judged)
 
 
 # ------------------------------------------------------------------------------------------ data: rewards -> advantages
@@ -784,7 +795,7 @@ class GrpoResult:
 
 
 def grpo_step(inputs: StepInputs, options: GrpoOptions, out: str | Path, config, steps_per_iteration: int = 1,
-              quiet: bool = False, resume: str | None = None) -> GrpoResult:
+              quiet: bool = False, resume: str | None = None, drift_probes: int = 2) -> GrpoResult:
     """Run one iteration and publish the next policy checkpoint ``out`` (it must not exist) through the harness's
     run-and-publish path (:func:`vpt.train.run.train_stage`: checkpoints in ``OUT.run/``, ``resume`` continues an
     interrupted iteration from one of them).
@@ -792,9 +803,14 @@ def grpo_step(inputs: StepInputs, options: GrpoOptions, out: str | Path, config,
     ``config``: the harness's :class:`~vpt.train.TrainConfig` for the optimizer, clipping, precision and
     ``save_every``; its data seed, micro-batches (one :data:`Block` each) and blocks per step are set here, so that
     ``steps_per_iteration`` optimizer steps consume every block once, the same steps on any number of processes.
-    ``inputs.state`` is updated and saved with every checkpoint.
+    ``inputs.state`` is updated and saved with every checkpoint. The judges' scores of the rollouts
+    (``inputs.judged``) and, after training, the drift from the adapter-disabled reference on the first
+    ``drift_probes`` rollouts' final latents join the iteration's figures (:mod:`vpt.stages.guard`).
     """
     from vpt.rollouts.sampling import derived_seed
+    from vpt.stages.guard import GuardOptions, adapter_disabled, drift_metrics
+
+    GuardOptions(drift_probes=drift_probes)  # checks it
 
     if steps_per_iteration < 1:
         raise VptError(f"--steps-per-iteration must be at least 1, got {steps_per_iteration}")
@@ -819,15 +835,49 @@ def grpo_step(inputs: StepInputs, options: GrpoOptions, out: str | Path, config,
                             shuffle=True)
     record = {**inputs.policy_info, "stage": "grpo", "iteration": state.iteration, "grpo": _jsonable(options)}
 
-    def measured() -> dict[str, float]:
-        return {**advantages.metrics, "items": float(dataset.pairs), "ratio_min": loss.ratio_min,
-                "ratio_max": loss.ratio_max}
+    probes = drift_probes_of(rollouts, drift_probes, quiet)
 
-    task = StageTask(dataset, loss, collate_fn=RolloutBatch.concatenate, extra_state=state)
+    def measured() -> dict[str, float]:
+        drift = drift_metrics(policy, lambda: adapter_disabled(policy), probes, wan_dtype(policy))
+        return {**advantages.metrics, "items": float(dataset.pairs), "ratio_min": loss.ratio_min,
+                "ratio_max": loss.ratio_max, **inputs.judged, **drift}
+
+    task = StageTask(dataset, loss, collate_fn=RolloutBatch.concatenate, extra_state=state,
+                     samples=tracked_rollouts(rollouts, inputs.rewards))
     result = train_stage(policy, task, config, out, record, measured, resume=resume, warm_start=inputs.warm_start,
                          iteration=state.iteration, quiet=quiet)
     return GrpoResult(checkpoint=out, iteration=state.iteration, step=result.step, items=dataset.pairs,
                       metrics=result.metrics, ratio_range=(loss.ratio_min, loss.ratio_max))
+
+
+def drift_probes_of(rollouts, count: int, quiet: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(final latent ``[C, F, h, w]``, prompt embeddings ``[1, L, D]``) of the first ``count`` rollouts; none, with
+    a note on stderr, for rollouts written before final latents were recorded."""
+    rows = rollouts.rows[:count]
+    if any(row.get("final_latents_key") is None for row in rows):
+        if not quiet:
+            from vpt.distributed import current_processes
+
+            if current_processes().is_main:
+                from rich.console import Console
+
+                Console(stderr=True, soft_wrap=True).print(
+                    f"note: {rollouts.directory} records no final latents (sampled by an older vpt): no drift/* "
+                    "figures this iteration", highlight=False, markup=False)
+        return []
+    return [(rollouts.final_latent(row), rollouts.embeddings(row)[0]) for row in rows]
+
+
+def tracked_rollouts(rollouts, rewards: Mapping[str, torch.Tensor]) -> list[tuple[str, Path]]:
+    """Up to four of the iteration's rollout videos for the experiment trackers, captioned with the prompt and the
+    reward columns."""
+    from vpt.stages.guard import TRACKED_SAMPLES
+
+    tracked = []
+    for index, row in enumerate(rollouts.rows[:TRACKED_SAMPLES]):
+        values = ", ".join(f"{column} {float(reward[index]):.4g}" for column, reward in rewards.items())
+        tracked.append((f"{row['prompt']} · {values}", rollouts.directory / row["path"]))
+    return tracked
 
 
 def _jsonable(options: GrpoOptions) -> dict:

@@ -138,17 +138,23 @@ def run_sft(*, model: str | None, policy: str | None, data: Sequence[str], out: 
             rwr_beta: float = 1.0, lora_rank: int = 8, lora_alpha: float = 16.0,
             size: tuple[int, int, int] | None = None, cache: str | None = None, resume: str | None = None,
             quiet: bool = False, init_lora: str | None = None, command: Sequence[str] | None = None,
-            dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False) -> StageResult:
+            dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False,
+            drift_probes: int = 2) -> StageResult:
     """``vpt sft``: flow-matching fine-tuning of the policy (``policy`` continued, a new LoRA on ``model``, or the
     LoRA ``init_lora`` on ``model``) on the clips of ``data`` — weights 1 (SFT), a manifest column, or Flow-RWR's
     normalised exp(r/β) of ``rwr_reward`` from ``rwr_scores``; writes ``out``. ``command``: the command line, for the
     record and the model card. ``dtype``: of the frozen generator (the LoRA, optimizer and loss stay float32);
-    ``gradient_checkpointing``: recompute the transformer's activations in the backward pass."""
+    ``gradient_checkpointing``: recompute the transformer's activations in the backward pass. ``drift_probes``: the
+    first clips whose latents the drift from the generator (the adapter disabled) is measured on after training,
+    ``drift/<σ>`` (:mod:`vpt.stages.guard`; 0: off)."""
+    from vpt.stages.guard import GuardOptions, adapter_disabled, drift_metrics
+
+    GuardOptions(drift_probes=drift_probes)  # checks it
     check_output(Path(out), resume)  # before encoding, which can take long at full scale
     examples = sft_examples(data, prompts, weight_column, rwr_scores, rwr_reward, rwr_beta)
     lora = {"targets": tuple(lora_targets), "rank": lora_rank, "alpha": lora_alpha}
-    source, trainable, encoded = prepare(examples, model, policy, size, cache, lora, noise.seed, quiet, init_lora,
-                                         dtype, gradient_checkpointing)
+    source, trainable, encoded, _ = prepare(examples, model, policy, size, cache, lora, noise.seed, quiet,
+                                            init_lora, dtype, gradient_checkpointing)
     weighting = ("rwr" if rwr_scores is not None else "column" if weight_column is not None else "none")
     options = {**options_dict(noise), "weighting": weighting, "weight_column": weight_column,
                "rwr_scores": rwr_scores, "rwr_reward": rwr_reward, "rwr_beta": rwr_beta,
@@ -157,6 +163,15 @@ def run_sft(*, model: str | None, policy: str | None, data: Sequence[str], out: 
                      collate_fn=ClipBatch.collate)
     record = {**stage_record("sft", source, data[0], options, command),
               **precision_record(dtype, gradient_checkpointing)}
-    return train_stage(trainable, task, config, Path(out), record, examples.counts, resume=resume, quiet=quiet)
+    probes = [(example.latents["latent"], example.prompt) for example in encoded[:drift_probes]]
+
+    def summary() -> dict[str, float]:
+        from vpt.encoding.cache import load_latent, load_prompt_embedding
+
+        loaded = [(load_latent(latent), load_prompt_embedding(prompt)[None]) for latent, prompt in probes]
+        return {**examples.counts, **drift_metrics(trainable, lambda: adapter_disabled(trainable), loaded,
+                                                   wan_dtype(trainable))}
+
+    return train_stage(trainable, task, config, Path(out), record, summary, resume=resume, quiet=quiet)
 
 

@@ -4,9 +4,10 @@
   checkpoint, or the bare generator) from the same prompts and the same initial noises, scored by one function.
   Pairing removes the sample-to-sample spread that would swamp a small shift in a comparison of two means; the win
   rate is the share of pairs where the policy's sample scores higher (VideoAlign's win rate against a baseline).
-- **Velocity drift** (:func:`velocity_drift`): ``‖v_θ(x_σ) − v_ref(x_σ)‖²`` (mean over elements) on clean clip
-  latents noised into a band of σ — where along the trajectory the policy departs from the reference. VideoAlign's
-  argument against Diffusion-DPO's β_t = β(1 − σ)²: it barely constrains the high-noise steps.
+- **Velocity drift** (:func:`module_drift`, computed by :mod:`vpt.algo.drift`): ``‖v_θ(x_σ) − v_ref(x_σ)‖²``
+  (mean over elements) on clean clip latents noised into a band of σ — where along the trajectory the policy
+  departs from the reference. VideoAlign's argument against Diffusion-DPO's β_t = β(1 − σ)²: it barely constrains
+  the high-noise steps.
 
 Library code for the learning tests and ``benchmarks/table_dpo_beta.py``; nothing here prints.
 """
@@ -116,21 +117,14 @@ def encode_clips(model: str | os.PathLike, videos: np.ndarray,
     return encode_videos(pipe, videos), embeds
 
 
-def velocity_drift(policy: torch.nn.Module, reference: torch.nn.Module, latents: torch.Tensor,
-                   embeds: torch.Tensor, band: tuple[float, float], draws: int, seed: int) -> float:
-    """Mean over elements of ``(v_policy − v_reference)²`` on ``latents`` (with their ``embeds``) noised to
-    ``draws`` noise levels each, σ uniform in ``band`` (σ = 1 pure noise). The noises and σ depend on ``seed``
-    alone, so every policy is measured at the same points."""
-    from vpt.algo.flow_matching import SIGMA_EPS, noised
+def module_drift(policy: torch.nn.Module, reference: torch.nn.Module, latents: torch.Tensor, embeds: torch.Tensor,
+                 band: tuple[float, float], draws: int, seed: int) -> float:
+    """:func:`vpt.algo.drift.band_drift` of two transformers on ``latents`` with their ``embeds``: σ uniform in
+    ``band`` (σ = 1 pure noise), ``draws`` noise levels per latent, noises and σ from ``seed`` alone, so every
+    policy is measured at the same points."""
+    from vpt.algo.drift import band_drift
     from vpt.models.wan import WanVelocity
 
-    low, high = band
-    generator = torch.Generator().manual_seed(seed)
-    latents = latents.repeat(draws, 1, 1, 1, 1)
     embeds = embeds.repeat(draws, 1, 1)
-    noise = torch.randn(latents.shape, generator=generator)
-    sigma = (low + (high - low) * torch.rand(latents.shape[0], generator=generator)).clamp(SIGMA_EPS, 1 - SIGMA_EPS)
-    x = noised(latents, noise, sigma)
-    with torch.no_grad():
-        moved, kept = (WanVelocity(module, embeds, dtype=latents.dtype)(x, 0, sigma) for module in (policy, reference))
-    return float(((moved.double() - kept.double()) ** 2).mean())
+    moved, kept = (WanVelocity(module, embeds, dtype=latents.dtype) for module in (policy, reference))
+    return band_drift(moved, kept, latents, band, draws, seed)
