@@ -20,7 +20,7 @@ from vpt.commands import _ui
 from vpt.commands import eval as eval_command
 from vpt.commands import eval_flow
 from vpt.commands import build_prefs, dpo, grpo_step, guide, sample_rollouts, schema, score, serve, sft, train_reward
-from vpt.commands import zoo
+from vpt.commands import report, zoo
 
 
 class VptGroup(TyperGroup):
@@ -86,6 +86,7 @@ app.command("build-prefs")(build_prefs.build_prefs)
 app.command("dpo")(dpo.dpo)
 app.command("grpo-step")(grpo_step.grpo_step)
 app.command("guide")(guide.guide)
+app.command("report")(report.report)
 app.command("sample-rollouts")(sample_rollouts.sample_rollouts)
 app.command("score")(score.score)
 app.command("serve")(serve.serve)
