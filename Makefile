@@ -6,8 +6,10 @@ STAMP := $(VENV)/.vpt-installed
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: setup demo test test-all bench table-reward-losses table-bpgo table-grpo-variants table-grpo-speed \
-	table-dpo-beta table-nrg-weights clean
+TABLES := table-reward-losses table-bpgo table-grpo-variants table-grpo-speed table-dpo-beta table-nrg-weights
+REPORT := $(CURDIR)/demo/pipeline/report
+
+.PHONY: setup browser demo tables test test-all bench $(TABLES) clean
 
 setup: $(STAMP)
 
@@ -20,8 +22,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: setup
-	$(MAKE) -C examples demo VPT=$(CURDIR)/$(BIN)/vpt OUT=$(CURDIR)/demo
+# Headless Chromium for the report's browser test (Debian's package; needs root and apt, as on CI). Without it the
+# browser checks are skipped and say so.
+browser:
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "browser: chromium is not installed and could not be (needs root and apt); browser checks skip"
+
+# The toy world, then the whole pipeline (SFT -> GRPO -> DPO -> guided -> report), then the report in a real browser.
+demo: setup browser
+	$(MAKE) -C examples demo VPT=$(CURDIR)/$(BIN)/vpt OUT=$(CURDIR)/demo \
+		$(if $(wildcard demo/tables/*.txt),TABLES=$(CURDIR)/demo/tables)
+	$(BIN)/python -m vpt.testing.browser $(REPORT)/index.html --screenshot $(CURDIR)/demo/pipeline/report.png
+	@echo "report: $(REPORT)/index.html"
+
+# Every table-* target, each one's output kept in demo/tables/, then the demo's report again with them in it.
+tables: setup
+	mkdir -p demo/tables
+	$(foreach table,$(TABLES),$(MAKE) --no-print-directory -s $(table) > demo/tables/$(table).txt.part && \
+		mv demo/tables/$(table).txt.part demo/tables/$(table).txt && cat demo/tables/$(table).txt &&) true
+	$(MAKE) demo
 
 # VideoAlign Fig. 2/3 direction on the toy world: held-out accuracy of BTT vs BT vs regression training.
 table-reward-losses: setup
@@ -51,10 +71,10 @@ table-nrg-weights: setup
 
 # Two single-threaded worker processes (one per core of a 2-core machine); a test module stays on one worker, so
 # its module-scoped fixtures are built once.
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q -n 2 --dist loadscope
 
-test-all: setup
+test-all: setup browser
 	$(BIN)/python -m pytest -q -n 2 --dist loadscope -m ''
 
 bench: setup
