@@ -83,12 +83,12 @@ def judge_scores(models: Sequence, files: Sequence[Path], prompts: Sequence[str 
     score a video."""
     from vpt.io.manifest import VideoItem
     from vpt.rewards.engine import output_columns, score_videos
+    from vpt.train.checkpoint import isolated_rng
 
     items = [VideoItem(id=str(index), path=str(file), file=Path(file), prompt=prompt)
              for index, (file, prompt) in enumerate(zip(files, prompts))]
     columns = output_columns(models)
-    # the judges' own randomness (if any) must not touch the training's streams
-    with torch.random.fork_rng(devices=[]):
+    with isolated_rng():
         rows = [row for batch in score_videos(items, models, strict=True) for row in batch]
     failed = next((row for row in rows if row["error"] is not None), None)
     if failed is not None:
@@ -117,7 +117,10 @@ def eval_prompts(source: str | None, prompts: Sequence[str]) -> list[str]:
     if not Path(source).is_file():
         raise VptError(f"--eval-prompts {source}: no such file; give a prompts file (one prompt per line, or a "
                        "prompts table)")
-    return [item.prompt for item in prompt_items(read_prompts(source).to_pylist(), source)]
+    try:
+        return [item.prompt for item in prompt_items(read_prompts(source).to_pylist(), source)]
+    except VptError as error:
+        raise VptError(f"--eval-prompts {error}") from None
 
 
 @contextlib.contextmanager
@@ -159,6 +162,7 @@ class EvalSampler:
         from vpt.distributed import current_processes, unwrapped
         from vpt.encoding.cache import load_prompt_embedding
         from vpt.rollouts.sampling import sample_group
+        from vpt.train.checkpoint import isolated_rng
 
         module = unwrapped(policy)
         device = next(module.parameters()).device
@@ -168,7 +172,7 @@ class EvalSampler:
         self.pipe.transformer = module
         self.pipe.vae.to(device)
         videos = []
-        with torch.random.fork_rng(devices=[]), evaluating(module):
+        with isolated_rng(), evaluating(module):
             for index, file in enumerate(self.embeddings):
                 embeds = load_prompt_embedding(file)[None].to(device)
                 videos.extend(sample_group(self.pipe, embeds, None, f"eval-{index}", self.options).videos)
@@ -195,6 +199,7 @@ def drift_metrics(policy: torch.nn.Module, reference: Callable[[], ContextManage
     D]``) each, conditional velocities (guidance 1). Nothing without probes."""
     from vpt.distributed import unwrapped
     from vpt.models.wan import WanVelocity
+    from vpt.train.checkpoint import isolated_rng
 
     if not probes:
         return {}
@@ -208,7 +213,7 @@ def drift_metrics(policy: torch.nn.Module, reference: Callable[[], ContextManage
                 return WanVelocity(kept, embeds.to(device), None, 1.0, dtype)(x, index, sigma)
         return velocity
 
-    with torch.random.fork_rng(devices=[]), evaluating(module):
+    with isolated_rng(), evaluating(module):
         moved = [WanVelocity(module, embeds.to(device), None, 1.0, dtype) for _, embeds in probes]
         drift = drift_by_noise_level(moved, [bound(embeds) for _, embeds in probes], x0, DRIFT_SEED, DRIFT_SIGMAS)
     return {f"drift/{sigma:.2f}": value for sigma, value in drift.items()}
