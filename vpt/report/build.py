@@ -192,8 +192,8 @@ def _curves(inputs: Inputs, folder: Path) -> tuple[list[page.Section], int]:
             sources.append((name, f"{run.name}: {figure.title}"))
         count += len(sources)
         tables = ", ".join(table.checkpoint for table in run.tables)
-        points = page.table(["metric", "at", "value"], [[name, f"{axis} {x}", value] for name, axis, x, value in single],
-                            numeric_from=2) if single else ""
+        listed = [[name, f"{axis} {x}", value] for name, axis, x, value in single]
+        points = page.table(["metric", "at", "value"], listed, numeric_from=2) if single else ""
         parts.append(f"<h3>{page.escape(run.name)}</h3><p class=note>metrics of {page.escape(tables)}</p>"
                      + page.images(sources) + points)
     if not parts:

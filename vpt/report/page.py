@@ -111,6 +111,7 @@ def page(title: str, subtitle: str, warnings: Sequence[str], sections: Sequence[
     """The whole document."""
     parts = [f"<!DOCTYPE html>\n<html lang=en>\n<head>\n<meta charset=utf-8>\n"
              f'<meta name=viewport content="width=device-width, initial-scale=1">\n'
+             "<link rel=icon href=\"data:,\">\n"  # no favicon request: a server's 404 would be the page's only error
              f"<title>{escape(title)}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n"
              f"<h1>{escape(title)}</h1>\n<p class=note>{escape(subtitle)}</p>\n"]
     if warnings:

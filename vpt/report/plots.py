@@ -64,6 +64,8 @@ def _series(tables: Sequence[MetricsTable], per_step: bool) -> dict[str, dict[in
 
 
 def _family(name: str, groups: dict[str, tuple[str, ...]]) -> str:
+    if name.endswith("/n"):
+        return "samples"  # a sample count (judge/n) is not on its family's scale
     if "/" in name:
         return name.split("/")[0]
     return next((group for group, members in groups.items() if name in members), name)

@@ -12,6 +12,7 @@ system's (``/usr/bin/chromium``, or ``$VPT_CHROMIUM``): nothing is downloaded.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -46,9 +47,7 @@ def available() -> str | None:
     """Why the page cannot be checked here (no Chromium, no playwright), or None when it can."""
     if not Path(CHROMIUM).is_file():
         return f"no Chromium at {CHROMIUM}"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("playwright") is None:
         return "playwright is not installed"
     return None
 
