@@ -25,6 +25,11 @@ def scores_by_file(world, stage: str) -> dict[Path, dict]:
             for row in read_table(world.root / stage / "scores.parquet", "scores").to_pylist()}
 
 
+def copy_name(index: int, number: int, row: dict) -> str:
+    """Where the report copies video ``number`` of stage ``index`` (r0 is stage 0, r1 stage 1)."""
+    return f"videos/{index:02d}-r{index}/{number:03d}-{Path(row['path']).name}"
+
+
 def rollouts(world, stage: str) -> list[dict]:
     return read_table(world.root / stage / "rollouts.parquet", "rollouts").to_pylist()
 
@@ -41,7 +46,7 @@ def test_the_command_prints_the_page_path_and_the_reward_hacking_warning(report_
 
 
 def test_every_video_is_a_byte_copy_inside_the_folder(report_world):
-    sources = {f"videos/{index:02d}-{stage}/{number:03d}-{Path(row['path']).name}": report_world.root / stage / row["path"]
+    sources = {copy_name(index, number, row): report_world.root / stage / row["path"]
                for index, stage in enumerate(["r0", "r1"]) for number, row in enumerate(rollouts(report_world, stage))}
     shown = [html.unescape(src) for src, _ in CELL.findall(page(report_world))]
     assert len(shown) == 2 * 2 * 3  # 2 prompts x 2 noises x 3 stages
@@ -55,8 +60,7 @@ def test_every_video_is_a_byte_copy_inside_the_folder(report_world):
 def test_captions_carry_the_scores_and_say_other_noise(report_world):
     cells = CELL.findall(page(report_world))
     scores = {**scores_by_file(report_world, "r0"), **scores_by_file(report_world, "r1")}
-    copies = {f"videos/{index:02d}-{stage}/{number:03d}-{Path(row['path']).name}":
-              (report_world.root / stage / row["path"]).resolve()
+    copies = {copy_name(index, number, row): (report_world.root / stage / row["path"]).resolve()
               for index, stage in enumerate(["r0", "r1"]) for number, row in enumerate(rollouts(report_world, stage))}
     for position, (src, caption) in enumerate(cells):
         row = scores[copies[html.unescape(src)]]
