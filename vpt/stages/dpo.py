@@ -19,9 +19,9 @@ from vpt.distributed import is_sharded, unwrapped
 from vpt.errors import VptError
 from vpt.models.wan import WanVelocity, wan_dtype
 from vpt.stages.examples import (Example, Examples, LatentItems, NoiseOptions, lora_record, pair_clips,
-                                 precision_record, prepare)
-from vpt.train.batch import TensorBatch
+                                 precision_record, prepare_with_samples)
 from vpt.stages.guard import GuardOptions
+from vpt.train.batch import TensorBatch
 from vpt.train.run import (StageResult, StageTask, check_output, options_dict, run_directory, stage_record,
                            train_stage)
 
@@ -212,8 +212,9 @@ def run_dpo(*, model: str | None, policy: str | None, prefs: str, out: str | os.
         if guard.judges else []
     judges = load_judges(guard.judges, dtype_name(dtype)) if guard.judges else []
     lora = {"targets": tuple(lora_targets), "rank": lora_rank, "alpha": lora_alpha}
-    source, trainable, encoded, evaluation = prepare(examples, model, policy, size, cache, lora, noise.seed, quiet,
-                                                     init_lora, dtype, gradient_checkpointing, prompts)
+    source, trainable, encoded, evaluation = prepare_with_samples(examples, model, policy, size, cache, lora,
+                                                                  noise.seed, quiet, init_lora, dtype,
+                                                                  gradient_checkpointing, prompts)
     # the starting policy is the reference: a parent's or an init LoRA's adapter as it starts, swapped in
     reference = Reference(trainable, parent_weights=options.reference == "policy" and source.adapter)
     task = FlowDpoTask(options, reference, wan_dtype(trainable))

@@ -198,14 +198,21 @@ def encode_examples(examples: Sequence[Example], pipe, model: Path, cache, size:
 
 def prepare(examples: Examples, model: str | None, policy: str | None, size, cache: str | None,
             lora: Mapping[str, Any], seed: int, quiet: bool, init_lora: str | None = None,
-            dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False,
-            eval_prompts: Sequence[str] = ()):
-    """(source, trainable policy, encoded examples, evaluation): the policy and data of a stage, checked and
-    encoded. ``init_lora``: a LoRA without ``policy.json`` (peft or diffusers layout) the new policy starts as. The
-    generator is loaded in ``dtype`` (the cache keys its encodings by the VAE's and text encoder's dtype); the LoRA
-    trains in float32 on it, with ``gradient_checkpointing`` when asked (:meth:`~vpt.train.policy.PolicySource.open`).
-    ``eval_prompts``: prompts the stage samples videos of (its judges'); ``evaluation`` is then (the pipeline
-    without its text encoder, the prompts' cached embedding files), else None."""
+            dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False):
+    """(source, trainable policy, encoded examples): the policy and data of a stage, checked and encoded.
+    ``init_lora``: a LoRA without ``policy.json`` (peft or diffusers layout) the new policy starts as. The generator
+    is loaded in ``dtype`` (the cache keys its encodings by the VAE's and text encoder's dtype); the LoRA trains in
+    float32 on it, with ``gradient_checkpointing`` when asked (:meth:`~vpt.train.policy.PolicySource.open`)."""
+    return prepare_with_samples(examples, model, policy, size, cache, lora, seed, quiet, init_lora, dtype,
+                                gradient_checkpointing)[:3]
+
+
+def prepare_with_samples(examples: Examples, model: str | None, policy: str | None, size, cache: str | None,
+                         lora: Mapping[str, Any], seed: int, quiet: bool, init_lora: str | None = None,
+                         dtype: torch.dtype = torch.float32, gradient_checkpointing: bool = False,
+                         eval_prompts: Sequence[str] = ()):
+    """:func:`prepare`, and ``evaluation`` for a stage that samples videos of ``eval_prompts`` (its judges'): (the
+    pipeline without its text encoder, the prompts' cached embedding files), None without prompts."""
     from vpt.models.loading import load_wan_pipeline
     from vpt.encoding.cache import EncodedCache
     from vpt.train.policy import policy_source

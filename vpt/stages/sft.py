@@ -153,8 +153,8 @@ def run_sft(*, model: str | None, policy: str | None, data: Sequence[str], out: 
     check_output(Path(out), resume)  # before encoding, which can take long at full scale
     examples = sft_examples(data, prompts, weight_column, rwr_scores, rwr_reward, rwr_beta)
     lora = {"targets": tuple(lora_targets), "rank": lora_rank, "alpha": lora_alpha}
-    source, trainable, encoded, _ = prepare(examples, model, policy, size, cache, lora, noise.seed, quiet,
-                                            init_lora, dtype, gradient_checkpointing)
+    source, trainable, encoded = prepare(examples, model, policy, size, cache, lora, noise.seed, quiet, init_lora,
+                                         dtype, gradient_checkpointing)
     weighting = ("rwr" if rwr_scores is not None else "column" if weight_column is not None else "none")
     options = {**options_dict(noise), "weighting": weighting, "weight_column": weight_column,
                "rwr_scores": rwr_scores, "rwr_reward": rwr_reward, "rwr_beta": rwr_beta,
