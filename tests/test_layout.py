@@ -17,7 +17,7 @@ FLOORS = {
     "vpt.models": 4,
     "vpt.encoding": 5,
     "vpt.rewards": 6, "vpt.rollouts": 6,
-    "vpt.prefs": 7, "vpt.server": 7,
+    "vpt.prefs": 7, "vpt.server": 7, "vpt.report": 7,
     "vpt.train": 8,
     "vpt.stages": 9,
     "vpt.testing": 10,

@@ -97,8 +97,9 @@ def judge_scores(models: Sequence, files: Sequence[Path], prompts: Sequence[str 
 
 
 def judge_metrics(scores: dict[str, list[float]], prefix: str = "") -> dict[str, float]:
-    """``judge/<column>/<prefix>mean`` and ``<prefix>std`` (population std, as ``vpt score`` summarises)."""
-    metrics = {}
+    """``judge/<column>/<prefix>mean`` and ``<prefix>std`` (population std, as ``vpt score`` summarises), and the
+    number of videos judged, ``judge/<prefix>n`` (the report's bar for a falling judge is a standard error)."""
+    metrics = {f"judge/{prefix}n": float(len(next(iter(scores.values()))))} if scores else {}
     for column, values in scores.items():
         mean = math.fsum(values) / len(values)
         metrics[f"judge/{column}/{prefix}mean"] = mean
