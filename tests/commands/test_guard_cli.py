@@ -117,3 +117,19 @@ def test_dpo_samples_the_parent_and_the_trained_policy_from_the_same_noises(run_
     assert table[(None, "judge/brightness/start_mean")] != table[(None, "judge/brightness/mean")]
     for name in DRIFT:
         assert table[(None, name)] == metrics(plain)[(None, name)] >= 0
+
+
+def test_grpo_step_sends_its_figures_and_rollout_videos_to_tensorboard(run_vpt, world, tiny_zoo):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = grpo(run_vpt, tiny_zoo, world, "tracked", "--judge", "motion", "--report-to", "tensorboard")
+    (run,) = [path for path in (out / "logs").iterdir() if path.is_dir()]
+    accumulator = EventAccumulator(str(run), size_guidance={"images": 0, "scalars": 0})
+    accumulator.Reload()
+    assert sorted(accumulator.Tags()["images"]) == [f"samples/{index}" for index in range(4)]
+    table = metrics(out)
+    for name in ("reward/mean", "judge/motion/mean", "drift/0.50", "loss"):
+        step = None if (None, name) in table else 1
+        (event,) = accumulator.Scalars(name)
+        assert (event.step, event.value) == (1, pytest.approx(table[(step, name)], rel=1e-6))
