@@ -33,7 +33,8 @@ browser:
 demo: setup browser
 	$(MAKE) -C examples demo VPT=$(CURDIR)/$(BIN)/vpt OUT=$(CURDIR)/demo \
 		$(if $(wildcard demo/tables/*.txt),TABLES=$(CURDIR)/demo/tables)
-	$(BIN)/python -m vpt.testing.browser $(REPORT)/index.html --screenshot $(CURDIR)/demo/pipeline/report.png
+	VPT_REPORT=$(REPORT)/index.html VPT_TEST_ARTIFACTS=$(CURDIR)/demo/pipeline $(BIN)/python -m pytest -q -rs \
+		-p no:cacheprovider tests/report/test_report_browser.py -k given_report
 	@echo "report: $(REPORT)/index.html"
 
 # Every table-* target, each one's output kept in demo/tables/, then the demo's report again with them in it.

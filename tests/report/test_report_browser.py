@@ -49,6 +49,12 @@ def test_the_page_loads_from_a_static_server(report_world, tmp_path):
         server.server_close()
 
 
+@pytest.mark.skipif(not os.environ.get("VPT_REPORT"), reason="VPT_REPORT names no report page (make demo sets it)")
+def test_a_given_report_loads(tmp_path):
+    """The page $VPT_REPORT names (``make demo``: the pipeline's report), checked as the built ones are."""
+    check(Path(os.environ["VPT_REPORT"]).resolve().as_uri(), tmp_path / "report.png")
+
+
 def test_the_checker_reports_a_missing_video(report_world, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(report_world.report, broken)
