@@ -167,3 +167,15 @@ def test_the_title_is_escaped(run_vpt, report_world, tmp_path, title):
     assert result.exit_code == 0, result.stderr
     text = (tmp_path / "t" / "index.html").read_text()
     assert "<h1>&lt;b&gt;run &amp; co&lt;/b&gt;</h1>" in text and "<h2>Videos</h2>" not in text
+
+
+def test_a_file_under_two_arguments_counts_once(run_vpt, report_world, tmp_path):
+    """r0 also names r0/rollouts.parquet and r0/scores.parquet: one stage, one scores table, the same page."""
+    once = tmp_path / "once"
+    twice = tmp_path / "twice"
+    assert run_vpt(["report", report_world.root / "r0", "-o", once, "-q"]).exit_code == 0
+    result = run_vpt(["report", report_world.root / "r0", report_world.root / "r0" / "rollouts.parquet",
+                      report_world.root / "r0" / "scores.parquet", "-o", twice, "-q"])
+    assert result.exit_code == 0, result.stderr
+    assert len(CELL.findall((twice / "index.html").read_text())) == len(CELL.findall((once / "index.html")
+                                                                                      .read_text()))

@@ -4,7 +4,8 @@ each table names in its metadata.
 A RUN is a directory, walked recursively (natural path order; ``*.run`` working directories, ``checkpoint-*``
 snapshots, ``cache`` and hidden entries are skipped: they hold no result of their own), or one table file. Tables
 of other kinds (prefs, annotations, ...) and files without a schema are passed over; a RUN holding none of the kinds
-below is refused, as is one that does not exist or a table that cannot be read — before anything is written.
+below is refused, as is one that does not exist or a table that cannot be read — before anything is written. A
+file under two arguments (a run and one of its checkpoints) is read once, for the first.
 """
 
 from __future__ import annotations
@@ -164,12 +165,16 @@ def collect(arguments: Sequence[str | os.PathLike]) -> Inputs:
         if not path.exists():
             raise VptError(f"{path}: no such file or directory; name a run directory or a table")
     inputs = Inputs(root=common_parent(paths))
+    read: dict[Path, int] = {}  # a file two arguments hold (a run and one of its checkpoints) counts once
     for argument in paths:
         files = _walk(argument) if argument.is_dir() else [argument]
         run = Run(inputs.name(argument))
         found = 0
         for path in files:
-            found += _add(inputs, run, path)
+            resolved = path.resolve()
+            if resolved not in read:
+                read[resolved] = _add(inputs, run, path)
+            found += read[resolved]
         if not found:
             raise VptError(f"{argument}: holds no table a report shows ({', '.join(KINDS)}) and no {POLICY_FILE}; "
                            "name a run directory or one of these tables")
