@@ -6,10 +6,10 @@ STAMP := $(VENV)/.vpt-installed
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-TABLES := table-reward-losses table-bpgo table-grpo-variants table-grpo-speed table-dpo-beta table-nrg-weights
+TABLE_TARGETS := table-reward-losses table-bpgo table-grpo-variants table-grpo-speed table-dpo-beta table-nrg-weights
 REPORT := $(CURDIR)/demo/pipeline/report
 
-.PHONY: setup browser demo tables test test-all bench $(TABLES) clean
+.PHONY: setup browser demo tables test test-all bench $(TABLE_TARGETS) clean
 
 setup: $(STAMP)
 
@@ -40,7 +40,7 @@ demo: setup browser
 # Every table-* target, each one's output kept in demo/tables/, then the demo's report again with them in it.
 tables: setup
 	mkdir -p demo/tables
-	$(foreach table,$(TABLES),$(MAKE) --no-print-directory -s $(table) > demo/tables/$(table).txt.part && \
+	$(foreach table,$(TABLE_TARGETS),$(MAKE) --no-print-directory -s $(table) > demo/tables/$(table).txt.part && \
 		mv demo/tables/$(table).txt.part demo/tables/$(table).txt && cat demo/tables/$(table).txt &&) true
 	$(MAKE) demo
 
