@@ -76,10 +76,16 @@ def test_two_sharded_processes_train_the_dpo_policy_one_process_trains(run_vpt, 
                   "prompt": clips[i]["prompt"], "overall": "a" if i % 4 else "b"} for i in range(0, 10, 2)],
                 tmp_path / "prefs.parquet", "prefs")
     # 5 pairs, 2 per step: the 3rd step of the epoch holds one pair, and the second process a padding pass
+    # with a held-out judge (evaluation samples drawn by the sharded policy) and a tracker (the main process's)
     command = ["dpo", "--model", str(tiny_zoo), "--prefs", str(tmp_path / "prefs.parquet"), "--decoupled",
-               "--batch-size", "1", "--max-steps", "3", "--lr", str(LR), "--log-every", "1", "-q"]
+               "--batch-size", "1", "--max-steps", "3", "--lr", str(LR), "--log-every", "1", "--judge", "brightness",
+               "--report-to", "tensorboard", "-q"]
     one_metrics, two_metrics = train_sharded_and_alone(run_vpt, command, tmp_path)
     assert two_metrics[(None, "pairs")] == one_metrics[(None, "pairs")] == 5
+    for name in ("judge/brightness/start_mean", "judge/brightness/mean", "judge/n"):
+        assert two_metrics[(None, name)] == pytest.approx(one_metrics[(None, name)], rel=1e-4)
+    assert [run.name for run in (tmp_path / "two" / "logs").iterdir()] == ["two"]
+    assert len(list((tmp_path / "two" / "logs" / "two").glob("events.out.tfevents.*"))) == 1
     assert max(step for step, _ in one_metrics if step is not None) == 3
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "hf") == [
         "cache-one", "cache-two", "clips", "one", "prefs.parquet", "two", "videos.parquet"]

@@ -109,6 +109,10 @@ class Tracking:
                          for index, (caption, path) in enumerate(samples)}, step=step)
 
     def end(self) -> None:
+        # each tracker's own finish, not Accelerator.end_training(): that also destroys the process group, which
+        # the stage still needs after its trackers end (publishing, the last barrier)
         if self.active:
-            self.accelerator.end_training()
+            for tracker in self.accelerator.trackers:
+                tracker.finish()
+            self.accelerator.trackers = []
             self.active = False
