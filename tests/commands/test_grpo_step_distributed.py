@@ -29,7 +29,8 @@ def test_two_processes_train_the_policy_one_process_trains(tiny_zoo, tmp_path):
     subprocess.run([VPT, "score", str(tmp_path / "r" / "rollouts.parquet"), "-m", "brightness", "-o",
                     str(tmp_path / "s.parquet"), "-q"], check=True, env=env, timeout=300)
     step = ["grpo-step", "--init", str(tiny_zoo), "--rollouts", str(tmp_path / "r"), "--scores",
-            str(tmp_path / "s.parquet"), "--reward", "brightness", "--lr", "1e-2", "-q"]
+            str(tmp_path / "s.parquet"), "--reward", "brightness", "--lr", "1e-2", "--judge", "motion", "--report-to",
+            "tensorboard", "-q"]
     launched = subprocess.run([ACCELERATE, "launch", "--config_file", FSDP2, "--num_processes", "2", VPT, *step,
                                "-o", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
     assert launched.returncode == 0, launched.stderr[-3000:]
@@ -48,4 +49,7 @@ def test_two_processes_train_the_policy_one_process_trains(tiny_zoo, tmp_path):
                         for name in ("one", "two"))
     assert table[(None, "items")] == 7 * 2 * 3 and table[(None, "ratio_min")] == table[(None, "ratio_max")] == 1.0
     assert table[(1, "grad_norm")] == pytest.approx(one_table[(1, "grad_norm")], rel=1e-5)
+    for name in ("judge/motion/mean", "drift/0.50"):  # the judge's figures and the drift, measured on two as on one
+        assert table[(None, name)] == pytest.approx(one_table[(None, name)], rel=1e-5)
+    assert len(list((tmp_path / "two" / "logs" / "two").glob("events.out.tfevents.*"))) == 1  # the main process's
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "hf") == ["one", "prompts.txt", "r", "s.parquet", "two"]
