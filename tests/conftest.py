@@ -21,6 +21,17 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+# Modules of a minute or more (learning runs, multi-process launches): collected first, so the two workers of `make
+# test` (--dist loadscope hands out whole modules in collection order) do not end with one of them running a long
+# module alone while the other has finished.
+LONG_MODULES = ("tests/stages/", "_distributed.py", "_sharded.py", "test_reliability_interruptions.py",
+                "test_reliability_sharding.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: not any(part in item.nodeid for part in LONG_MODULES))
+
+
 @dataclass
 class CliResult:
     exit_code: int
