@@ -69,11 +69,11 @@ def test_a_falling_reward_or_a_single_iteration_is_not_flagged(tmp_path):
 def test_a_dpo_judge_below_its_start_is_flagged(tmp_path):
     # start 0.6, trained 0.5: a fall of 0.1 over the bar 0.08 / sqrt(4) = 0.04
     rows = table(tmp_path, {"judge/ta/start_mean": [0.6], "judge/ta/start_std": [0.08], "judge/ta/mean": [0.5],
-                            "judge/ta/std": [0.08], "samples": [4]})
+                            "judge/ta/std": [0.08], "judge/n": [4]})
     assert dpo_flags(rows) == [Flag("ta", pytest.approx(0.1), pytest.approx(0.04), None)]
     assert run_flags([rows]) == dpo_flags(rows)
     noise = table(tmp_path, {"judge/ta/start_mean": [0.6], "judge/ta/mean": [0.57], "judge/ta/std": [0.08],
-                             "samples": [4]}, "noise.parquet")
+                             "judge/n": [4]}, "noise.parquet")
     assert dpo_flags(noise) == []  # a fall of 0.03 is under 0.04
     better = table(tmp_path, {"judge/ta/start_mean": [0.5], "judge/ta/mean": [0.6], "judge/ta/std": [0.01]},
                    "better.parquet")

@@ -64,13 +64,11 @@ def text_tables(directories: Sequence[str | os.PathLike]) -> list[tuple[str, str
 def build_report(runs: Sequence[str | os.PathLike], out: str | os.PathLike, base: str | None = None,
                  title: str | None = None, tables: Sequence[str | os.PathLike] = (), per_prompt: int = 2) -> Report:
     """Read ``runs`` and write the report folder ``out`` (new, or one an earlier report wrote)."""
-    from vpt.io.atomic import OWNER_FILE, atomic_directory, owns
+    from vpt.io.atomic import OWNER_FILE, atomic_directory, check_new_directory
 
     if per_prompt < 1:
         raise VptError(f"--per-prompt {per_prompt}: must be 1 or more (rows of videos per prompt)")
-    target = Path(out)
-    if (target.exists() or target.is_symlink()) and not owns(target):
-        raise VptError(f"{target}: already exists and vpt did not create it; remove it or choose another -o")
+    target = check_new_directory(out, "--out", owned_ok=True)
     inputs = collect(runs)
     texts = text_tables(tables)
     base_index = compare.stage_index(inputs.stages, base) if inputs.stages or base is not None else None

@@ -9,8 +9,8 @@ The metric rows it reads (``metrics`` tables, step null):
 
 The rule. A fall counts when it is larger than one standard error of one iteration's judge mean,
 ``SE = std / sqrt(n)``, with ``std`` the judge's std (averaged over the run's iterations) and ``n`` the samples per
-iteration, read from a ``judge/<col>/n``, ``judge/n``, ``samples``, ``rollouts`` or ``videos`` row of the iteration
-(averaged likewise); without one, ``n = 1``, so the bar is the judge's std itself (cautious: only a fall as large as
+iteration, read from the iteration's ``judge/<col>/n`` or ``judge/n`` row (the videos the stage judged; averaged
+likewise); without one, ``n = 1``, so the bar is the judge's std itself (cautious: only a fall as large as
 the spread of single samples is flagged).
 
 * GRPO: least-squares slopes over iterations of ``reward/mean`` and of the judge's mean (at least two iterations
@@ -25,9 +25,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Sequence
-
-COUNT_NAMES = ("samples", "rollouts", "videos")
-
 
 @dataclass(frozen=True)
 class Flag:
@@ -75,7 +72,7 @@ def _bar(series: dict[str, dict[int, float]], judge: str, iterations: Sequence[i
         return None
     counts = []
     for k in iterations:
-        for name in (f"judge/{judge}/n", "judge/n", *COUNT_NAMES):
+        for name in (f"judge/{judge}/n", "judge/n"):
             if series.get(name, {}).get(k):
                 counts.append(series[name][k])
                 break
